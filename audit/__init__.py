@@ -1,0 +1,3 @@
+"""datamodel-audit: audit image datasets through datamodels."""
+
+__version__ = "0.1.0"

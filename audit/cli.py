@@ -1,0 +1,47 @@
+"""The `audit` command line: registers subcommands, maps AuditError to one line and exit 2."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from audit.commands import evaluate as evaluate_cmd
+from audit.commands import fit as fit_cmd
+from audit.commands import run as run_cmd
+from audit.commands import train as train_cmd
+from audit.errors import AuditError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Audit image datasets through datamodels.")
+app.command("train")(train_cmd.train)
+app.command("fit")(fit_cmd.fit)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("run")(run_cmd.run)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app(standalone_mode=False)
+    except AuditError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished models are saved; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

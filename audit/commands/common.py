@@ -1,0 +1,38 @@
+"""What every command shares: the consoles, the progress bars, option parsing."""
+
+from __future__ import annotations
+
+import os
+
+from rich.console import Console
+
+from audit.errors import AuditError
+from audit.progress import SILENT, Progress, RichProgress
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def progress() -> Progress:
+    """Rich bars on stderr, or nothing when AUDIT_QUIET is set (tests, logs)."""
+    return SILENT if os.environ.get("AUDIT_QUIET") else RichProgress(err_console)
+
+
+def parse_options(pairs: list[str] | None) -> dict:
+    """``["epochs=10", "lr=0.1"]`` -> ``{"epochs": 10, "lr": 0.1}`` (ints, floats, bools, strings)."""
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise AuditError(f"option '{pair}' must look like NAME=VALUE")
+        value: object = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                pass
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        out[key.strip().replace("-", "_")] = value
+    return out

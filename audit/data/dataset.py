@@ -1,0 +1,106 @@
+"""The one dataset type every loader returns, and its checks."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from audit.errors import AuditError
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test image dataset held in memory.
+
+    ``x_*`` are images ``[N, H, W, C]`` uint8 (or ``[N, D]`` features for ``npz`` data
+    without image structure); ``y_*`` are int64 class indices into ``classes``.
+    ``meta`` holds optional per-example arrays keyed ``<name>_train`` / ``<name>_test``
+    (FMoW: ``lat_*``, ``lon_*``, ``image_id_*``).
+    """
+
+    spec: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: tuple[str, ...]
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Short name used for the default run directory (``digits``, ``cifar10``, ...)."""
+        kind, _, rest = self.spec.partition(":")
+        if kind == "npz" and rest:
+            from pathlib import Path
+
+            return Path(rest).stem
+        return kind
+
+    @property
+    def n_train(self) -> int:
+        return int(len(self.y_train))
+
+    @property
+    def n_test(self) -> int:
+        return int(len(self.y_test))
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def is_image(self) -> bool:
+        return self.x_train.ndim == 4
+
+    def targets_x(self) -> np.ndarray:
+        """All targets in store order: train examples first, then test."""
+        return np.concatenate([self.x_train, self.x_test])
+
+    def targets_y(self) -> np.ndarray:
+        return np.concatenate([self.y_train, self.y_test])
+
+    def fingerprint(self) -> str:
+        """A hash of the arrays, so a run directory can refuse a different dataset."""
+        h = hashlib.sha256()
+        for arr in (self.x_train, self.y_train, self.x_test, self.y_test):
+            a = np.ascontiguousarray(arr)
+            h.update(str((a.shape, a.dtype.str)).encode())
+            h.update(a.tobytes())
+        h.update("\x00".join(self.classes).encode())
+        return h.hexdigest()[:16]
+
+
+def validate(ds: Dataset) -> Dataset:
+    """Check shapes, labels and values; raise AuditError naming the first problem."""
+    for part in ("train", "test"):
+        x, y = getattr(ds, f"x_{part}"), getattr(ds, f"y_{part}")
+        if len(x) == 0:
+            raise AuditError(f"{ds.spec}: the {part} split is empty; it needs at least one example")
+        if len(x) != len(y):
+            raise AuditError(f"{ds.spec}: x_{part} has {len(x)} rows but y_{part} has {len(y)}; they must match")
+        if x.ndim not in (2, 4):
+            raise AuditError(f"{ds.spec}: x_{part} has shape {x.shape}; expected [N, H, W, C] images or [N, D] features")
+        if not np.issubdtype(x.dtype, np.number):
+            raise AuditError(f"{ds.spec}: x_{part} has dtype {x.dtype}; expected numbers")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            bad = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0, 0])
+            raise AuditError(f"{ds.spec}: x_{part}[{bad}] has NaN or infinite values; clean or drop that example")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise AuditError(f"{ds.spec}: y_{part} has dtype {y.dtype}; expected integer class labels")
+        if y.ndim != 1:
+            raise AuditError(f"{ds.spec}: y_{part} has shape {y.shape}; expected one label per example")
+        if len(y) and (y.min() < 0 or y.max() >= len(ds.classes)):
+            bad = int(np.argmax((y < 0) | (y >= len(ds.classes))))
+            raise AuditError(f"{ds.spec}: y_{part}[{bad}] = {int(y[bad])} is outside 0..{len(ds.classes) - 1} "
+                             f"({len(ds.classes)} classes)")
+    if ds.x_train.shape[1:] != ds.x_test.shape[1:]:
+        raise AuditError(f"{ds.spec}: train examples have shape {ds.x_train.shape[1:]} but test examples "
+                         f"{ds.x_test.shape[1:]}; they must match")
+    for key, arr in ds.meta.items():
+        part = key.rsplit("_", 1)[-1]
+        n = ds.n_train if part == "train" else ds.n_test if part == "test" else None
+        if n is not None and len(arr) != n:
+            raise AuditError(f"{ds.spec}: metadata {key} has {len(arr)} values for {n} examples")
+    return ds

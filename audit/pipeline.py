@@ -1,0 +1,170 @@
+"""The steps of an audit run as library calls: train, fit, evaluate.
+
+Commands parse options and print; everything here takes paths and values, returns
+results, and saves what it computes as JSON (and arrays) in the run directory.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from audit.data import Dataset, dataset_kind, load_dataset
+from audit.errors import AuditError
+from audit.jsonio import read_json, write_json
+from audit.progress import SILENT, Progress
+from audit.store import RUN_JSON, STREAM_EVAL, RunConfig, RunStore
+from audit.training.engines import train_local, train_ray
+from audit.training.registry import DEFAULT_TRAINER, make_trainer, trainer_from_config
+
+DATAMODELS_FILE = "datamodels.npz"
+
+
+def default_run_dir(spec: str, runs_root: Path | str = "runs") -> Path:
+    """``runs/<dataset name>``: where a dataset's run lives unless told otherwise."""
+    kind = dataset_kind(spec)
+    arg = spec.partition(":")[2]
+    name = Path(arg).stem if kind == "npz" and arg else kind
+    return Path(runs_root) / name
+
+
+def resolve_run(target: str, run: Path | None = None) -> Path:
+    """A command's TARGET is a run directory or a dataset spec (-> its default run dir)."""
+    if run is not None:
+        return Path(run)
+    if (Path(target) / RUN_JSON).exists():
+        return Path(target)
+    if ":" not in target and Path(target).is_dir():
+        raise AuditError(f"{target} is not a run directory (no {RUN_JSON}); run `audit train` first")
+    return default_run_dir(target)
+
+
+def dataset_of(store: RunStore) -> Dataset:
+    """Reload the run's dataset and refuse one whose contents changed."""
+    ds = load_dataset(store.config.dataset, **store.config.dataset_options)
+    if ds.fingerprint() != store.config.fingerprint:
+        raise AuditError(f"{store.config.dataset} no longer matches the data {store.path} was trained on "
+                         f"(fingerprint {ds.fingerprint()} vs {store.config.fingerprint}); use a new --run")
+    return ds
+
+
+# ----- train -----------------------------------------------------------------------
+def train(spec: str, run_dir: Path, *, n_models: int = 5000, alpha: float = 0.5, seed: int = 0,
+          trainer: str | None = None, trainer_options: dict | None = None, block_size: int | None = None,
+          engine: str = "local", address: str | None = None, dataset_options: dict | None = None,
+          dataset: Dataset | None = None, progress: Progress = SILENT) -> dict:
+    """Create or resume a run and train its pending models. Returns the run summary."""
+    ds = dataset or load_dataset(spec, **(dataset_options or {}))
+    model = make_trainer(trainer or DEFAULT_TRAINER[dataset_kind(spec)], **(trainer_options or {}))
+    config = RunConfig(dataset=spec, fingerprint=ds.fingerprint(), n_train=ds.n_train, n_test=ds.n_test,
+                       alpha=alpha, n_models=n_models, seed=seed, trainer=model.config(),
+                       block_size=block_size or getattr(model, "default_block_size", 250),
+                       dataset_options=dataset_options or {})
+    store = RunStore.open_or_create(run_dir, config)
+    return _train_store(store, ds, engine=engine, address=address, progress=progress)
+
+
+def _train_store(store: RunStore, ds: Dataset, *, engine: str = "local", address: str | None = None,
+                 progress: Progress = SILENT) -> dict:
+    model = trainer_from_config(store.config.trainer)
+    start = time.perf_counter()
+    if engine == "local":
+        trained = train_local(store, ds, model, progress=progress)
+    elif engine == "ray":
+        trained = train_ray(store, ds, model, address=address, progress=progress)
+    else:
+        raise AuditError(f"unknown engine '{engine}': use local or ray")
+    seconds = time.perf_counter() - start
+    summary = {**store.summary(), "trained_now": trained, "seconds": round(seconds, 2),
+               "models_per_second": round(trained / seconds, 2) if trained and seconds > 0 else None,
+               "alpha": store.config.alpha, "dataset": store.config.dataset, "trainer": store.config.trainer}
+    _merge_json(store.path / "train.json", summary, key=f"{store.path.name}")
+    return summary
+
+
+def _merge_json(path: Path, summary: dict, key: str) -> None:
+    """Keep the latest training summary; accumulate total training seconds across resumes."""
+    old = read_json(path) if path.exists() else {}
+    summary["total_seconds"] = round(float(old.get("total_seconds", 0.0)) + summary["seconds"], 2)
+    write_json(path, summary)
+
+
+# ----- fit -------------------------------------------------------------------------
+def fit(run_dir: Path, *, device: str = "cpu", progress: Progress = SILENT, **options) -> dict:
+    """Fit LASSO datamodels for every target on the run's finished models."""
+    from audit.datamodels import fit_datamodels
+
+    store = RunStore.open(run_dir, writable=False)
+    rows = store.finished_rows()
+    if len(rows) < 20:
+        raise AuditError(f"{run_dir} has {len(rows)} finished models; train at least 20 (ideally thousands) "
+                         f"before fitting")
+    start = time.perf_counter()
+    dm = fit_datamodels(np.asarray(store.masks[rows]), np.asarray(store.margins[rows]), store.config.n_train,
+                        device=_device(device), progress=progress, **options)
+    seconds = time.perf_counter() - start
+    dm.save(store.path / DATAMODELS_FILE)
+    summary = {"n_models": int(len(rows)), "n_targets": store.config.n_targets, "seconds": round(seconds, 2),
+               "device": _device(device), "mean_nonzero_weights": float((dm.weights != 0).sum(1).mean()),
+               "median_lambda_ratio": float(np.median(dm.lam_ratio)), "mean_val_mse": float(np.mean(dm.val_mse)),
+               "options": options}
+    write_json(store.path / "fit.json", summary)
+    return summary
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise AuditError("--device cuda was asked for but CUDA is not available here; use --device cpu")
+    return device
+
+
+def load_datamodels(run_dir: Path):
+    from audit.datamodels import Datamodels
+
+    path = Path(run_dir) / DATAMODELS_FILE
+    if not path.exists():
+        raise AuditError(f"{run_dir} has no {DATAMODELS_FILE}; run `audit fit {run_dir}` first")
+    try:
+        return Datamodels.load(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise AuditError(f"{path} is unreadable ({exc}); run `audit fit {run_dir}` again") from None
+
+
+# ----- evaluate --------------------------------------------------------------------
+def evaluate(run_dir: Path, *, n_subsets: int = 200, repeats: int = 1, progress: Progress = SILENT) -> dict:
+    """Train held-out models (``repeats`` per subset), then score datamodels and the baseline on them."""
+    from audit.datamodels import difference_of_means, evaluate as score
+
+    store = RunStore.open(run_dir, writable=False)
+    dm = load_datamodels(run_dir)
+    ds = dataset_of(store)
+    c = store.config
+    eval_config = RunConfig(dataset=c.dataset, fingerprint=c.fingerprint, n_train=c.n_train, n_test=c.n_test,
+                            alpha=c.alpha, n_models=n_subsets * repeats, seed=c.seed, stream=STREAM_EVAL,
+                            repeats=repeats, block_size=c.block_size, trainer=c.trainer,
+                            dataset_options=c.dataset_options)
+    eval_store = RunStore.open_or_create(store.path / f"eval_r{repeats}", eval_config)
+    _train_store(eval_store, ds, progress=progress)
+    done = np.asarray(eval_store.done).reshape(n_subsets, repeats)
+    margins = np.asarray(eval_store.margins).reshape(n_subsets, repeats, c.n_targets)
+    keep = done.all(1) & np.isfinite(margins).all(axis=(1, 2))
+    if keep.sum() < 5:
+        raise AuditError(f"only {int(keep.sum())} held-out subsets trained without diverging; evaluation needs 5+")
+    masks_eval = np.asarray(eval_store.masks).reshape(n_subsets, repeats, c.n_train)[keep, 0]
+    rows = store.finished_rows()
+    baseline = difference_of_means(np.asarray(store.masks[rows]), np.asarray(store.margins[rows]), c.n_train)
+    result, per_target = score(dm, masks_eval, margins[keep].mean(1), c.n_train, baseline_weights=baseline,
+                               margins_replicates=margins[keep] if repeats > 1 else None)
+    result.update({"n_subsets": int(keep.sum()), "repeats": repeats, "n_fit_models": int(len(rows))})
+    write_json(store.path / "evaluation.json", result)
+    np.savez(store.path / "evaluation_targets.npz", **per_target)
+    return result

@@ -1,0 +1,246 @@
+"""The run directory: run.json, masks/margins/done memmaps, block claims, resume.
+
+Layout (DESIGN.md): ``masks.npy`` bool [n_models, n_train], ``margins.npy`` float32
+[n_models, n_train + n_test] (train targets first), ``done.npy`` bool [n_models].
+Models are trained in fixed blocks of ``block_size`` consecutive indices. A process
+trains a block only while holding that block's claim (an OS file lock, released if the
+process dies), writes its rows, flushes them, and only then marks them done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from audit import __version__
+from audit.errors import AuditError
+from audit.jsonio import read_json, write_json
+from audit.seeding import model_seed, subset_mask
+
+RUN_JSON = "run.json"
+STREAM_MAIN, STREAM_EVAL = 0, 1
+
+
+@dataclass
+class RunConfig:
+    """What determines a run's models; saved as run.json."""
+
+    dataset: str
+    fingerprint: str
+    n_train: int
+    n_test: int
+    alpha: float
+    n_models: int
+    seed: int = 0
+    stream: int = STREAM_MAIN
+    repeats: int = 1  # models per subset: model i trains on subset i // repeats
+    block_size: int = 250
+    trainer: dict = field(default_factory=dict)
+    dataset_options: dict = field(default_factory=dict)
+    created: str = ""
+    versions: dict = field(default_factory=dict)
+
+    @property
+    def n_targets(self) -> int:
+        return self.n_train + self.n_test
+
+    def check(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise AuditError(f"alpha must be strictly between 0 and 1 (got {self.alpha})")
+        if self.n_models < 1:
+            raise AuditError(f"the number of models must be at least 1 (got {self.n_models})")
+        if self.repeats < 1 or self.n_models % self.repeats:
+            raise AuditError(f"n_models ({self.n_models}) must be a multiple of repeats ({self.repeats})")
+        if self.block_size < 1:
+            raise AuditError(f"block size must be at least 1 (got {self.block_size})")
+        if int(np.floor(self.alpha * self.n_train)) < 1:
+            raise AuditError(f"alpha={self.alpha} leaves no training example out of {self.n_train}; raise alpha")
+
+
+def _versions() -> dict:
+    out = {"audit": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+class RunStore:
+    """Open run directory. Use ``RunStore.create`` or ``RunStore.open``."""
+
+    def __init__(self, path: Path, config: RunConfig, writable: bool = True) -> None:
+        self.path = Path(path)
+        self.config = config
+        mode = "r+" if writable else "r"
+        try:
+            self.masks = np.load(self.path / "masks.npy", mmap_mode=mode)
+            self.margins = np.load(self.path / "margins.npy", mmap_mode=mode)
+            self.done = np.load(self.path / "done.npy", mmap_mode=mode)
+        except (OSError, ValueError) as exc:
+            raise AuditError(f"{self.path}: the run's arrays are missing or corrupted ({exc}); "
+                             f"delete the folder and train again") from None
+        expect = {"masks": (config.n_models, config.n_train), "margins": (config.n_models, config.n_targets),
+                  "done": (config.n_models,)}
+        for name, shape in expect.items():
+            if getattr(self, name).shape != shape:
+                raise AuditError(f"{self.path}/{name}.npy has shape {getattr(self, name).shape}, run.json says "
+                                 f"{shape}; the run directory is corrupted: delete it and train again")
+
+    # ----- creation and opening -------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path | str, config: RunConfig) -> "RunStore":
+        """Make a new run directory (refuses to overwrite one)."""
+        config.check()
+        path = Path(path)
+        if (path / RUN_JSON).exists():
+            raise AuditError(f"{path} already holds a run; open it instead of creating it")
+        need = config.n_models * (config.n_train + 4 * config.n_targets + 1)
+        path.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(path).free
+        if need > free:
+            raise AuditError(f"{config.n_models} models need {need / 2**30:.1f} GiB in {path} but only "
+                             f"{free / 2**30:.1f} GiB is free; ask for fewer models or use another disk")
+        config.created = config.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
+        config.versions = config.versions or _versions()
+        with FileLock(str(path / "run.lock")):
+            np.lib.format.open_memmap(path / "masks.npy", mode="w+", dtype=bool,
+                                      shape=(config.n_models, config.n_train)).flush()
+            margins = np.lib.format.open_memmap(path / "margins.npy", mode="w+", dtype=np.float32,
+                                                shape=(config.n_models, config.n_targets))
+            margins[:] = np.nan
+            margins.flush()
+            del margins
+            np.lib.format.open_memmap(path / "done.npy", mode="w+", dtype=bool, shape=(config.n_models,)).flush()
+            write_json(path / RUN_JSON, asdict(config))  # written last: its presence means "complete"
+        return cls(path, config)
+
+    @classmethod
+    def open(cls, path: Path | str, writable: bool = True) -> "RunStore":
+        path = Path(path)
+        if not (path / RUN_JSON).exists():
+            raise AuditError(f"{path} is not a run directory (no {RUN_JSON}); run `audit train` first")
+        try:
+            raw = read_json(path / RUN_JSON)
+            config = RunConfig(**raw)
+        except (ValueError, TypeError) as exc:
+            raise AuditError(f"{path}/{RUN_JSON} is unreadable ({exc}); restore it or train a new run") from None
+        return cls(path, config, writable=writable)
+
+    @classmethod
+    def open_or_create(cls, path: Path | str, config: RunConfig) -> "RunStore":
+        """Open an existing run made for the same dataset and settings, or create it."""
+        path = Path(path)
+        config.check()
+        if not (path / RUN_JSON).exists():
+            return cls.create(path, config)
+        store = cls.open(path)
+        old = store.config
+        if old.fingerprint != config.fingerprint:
+            raise AuditError(f"{path} was trained on a different dataset ({old.dataset}, fingerprint "
+                             f"{old.fingerprint}) than {config.dataset} ({config.fingerprint}); use another --run")
+        for name in ("alpha", "seed", "repeats", "trainer", "block_size"):
+            if getattr(old, name) != getattr(config, name):
+                raise AuditError(f"{path} was made with {name}={getattr(old, name)!r}, not "
+                                 f"{getattr(config, name)!r}; use those settings or another --run")
+        if config.n_models > old.n_models:
+            store = store.grow(config.n_models)
+        return store
+
+    def grow(self, n_models: int) -> "RunStore":
+        """Extend the run to ``n_models`` models, keeping every row already trained."""
+        config = self.config
+        with FileLock(str(self.path / "run.lock")):
+            new = RunConfig(**{**asdict(config), "n_models": n_models})
+            new.check()
+            for name, dtype, fill in (("masks", bool, False), ("margins", np.float32, np.nan), ("done", bool, False)):
+                old = getattr(self, name)
+                tmp = self.path / f".{name}.grow.npy"
+                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_models,) + old.shape[1:])
+                arr[: len(old)] = old
+                arr[len(old):] = fill
+                arr.flush()
+                del arr
+            for name in ("masks", "margins", "done"):
+                os.replace(self.path / f".{name}.grow.npy", self.path / f"{name}.npy")
+            write_json(self.path / RUN_JSON, asdict(new))
+        return RunStore(self.path, new)
+
+    # ----- models ----------------------------------------------------------------------
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.config.n_models // self.config.block_size)
+
+    def block_rows(self, block: int) -> np.ndarray:
+        start = block * self.config.block_size
+        return np.arange(start, min(start + self.config.block_size, self.config.n_models))
+
+    def pending_blocks(self) -> list[int]:
+        done = np.asarray(self.done)
+        return [b for b in range(self.n_blocks) if not done[self.block_rows(b)].all()]
+
+    def subset_masks(self, rows: np.ndarray) -> np.ndarray:
+        c = self.config
+        return np.stack([subset_mask(c.seed, c.stream, int(i) // c.repeats, c.n_train, c.alpha) for i in rows])
+
+    def model_seeds(self, rows: np.ndarray) -> list[int]:
+        return [model_seed(self.config.seed, self.config.stream, int(i)) for i in rows]
+
+    @contextlib.contextmanager
+    def claim(self, block: int) -> Iterator[bool]:
+        """Yield True while this process holds the block; False if another process does."""
+        (self.path / "claims").mkdir(exist_ok=True)
+        lock = FileLock(str(self.path / "claims" / f"block_{block}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def write_rows(self, rows: np.ndarray, masks: np.ndarray, margins: np.ndarray) -> None:
+        """Write and flush a block's rows, then mark them done (never the other way round)."""
+        with FileLock(str(self.path / "run.lock")):
+            self.masks[rows] = masks
+            self.margins[rows] = margins
+            self.masks.flush()
+            self.margins.flush()
+            self.done[rows] = True
+            self.done.flush()
+
+    # ----- reading ---------------------------------------------------------------------
+    def finished_rows(self) -> np.ndarray:
+        """Indices of models that are done and did not diverge (all margins finite)."""
+        done = np.flatnonzero(np.asarray(self.done))
+        finite = np.ones(len(done), dtype=bool)
+        for start in range(0, len(done), 4096):
+            chunk = done[start:start + 4096]
+            finite[start:start + 4096] = np.isfinite(self.margins[chunk]).all(axis=1)
+        return done[finite]
+
+    def summary(self) -> dict:
+        """Counts of models trained, diverged and pending, and mean test accuracy at alpha."""
+        done = np.asarray(self.done)
+        ok = self.finished_rows()
+        test = self.margins[ok, self.config.n_train:] if len(ok) else np.zeros((0, self.config.n_test))
+        return {
+            "n_models": self.config.n_models,
+            "trained": int(done.sum()),
+            "diverged": int(done.sum() - len(ok)),
+            "pending": int((~done).sum()),
+            "test_accuracy": float((test > 0).mean()) if len(ok) else None,
+        }

@@ -1,0 +1,1 @@
+"""Subset-model training: models, the CPU batched trainer, GPU trainers, engines."""

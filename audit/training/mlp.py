@@ -1,0 +1,125 @@
+"""The CPU trainer: many small MLPs trained at once, batched over models.
+
+A block of B models is one set of batched weights ``[B, ...]``. Each model draws its own
+initialisation and its own per-epoch order of *its own* subset from a generator seeded
+with its model seed, and the loss is the sum of per-model mean losses; torch's SGD is
+elementwise, so every model follows exactly the trajectory it would follow alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from audit.data.dataset import Dataset
+from audit.errors import AuditError
+from audit.progress import SILENT, Progress
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    hidden: int = 64
+    epochs: int = 16
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+
+
+def flatten_inputs(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    """Images or features -> standardised float32 rows ``[N, D]``."""
+    flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    return torch.from_numpy((flat - mean) / std)
+
+
+class BatchedMLP:
+    """B trained two-layer MLPs, evaluated together."""
+
+    def __init__(self, w1, b1, w2, b2, mean: np.ndarray, std: np.ndarray, chunk: int = 4096) -> None:
+        self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
+        self.mean, self.std, self.chunk = mean, std, chunk
+        self.n_models = int(w1.shape[0])
+
+    @torch.no_grad()
+    def _forward(self, x: np.ndarray, want_features: bool) -> np.ndarray:
+        outs = []
+        for start in range(0, len(x), self.chunk):
+            xb = flatten_inputs(x[start:start + self.chunk], self.mean, self.std)
+            h = torch.relu(torch.matmul(xb, self.w1) + self.b1[:, None, :])  # [B, N, H]
+            outs.append(h if want_features else torch.baddbmm(self.b2[:, None, :], h, self.w2))
+        return torch.cat(outs, dim=1).numpy()
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x, want_features=False)
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x, want_features=True)
+
+
+class MLPTrainer:
+    """Batched CPU trainer for small datasets (digits, npz features)."""
+
+    name = "mlp"
+
+    def __init__(self, **options) -> None:
+        try:
+            self.cfg = MLPConfig(**options)
+        except TypeError as exc:
+            raise AuditError(f"unknown option for the mlp trainer: {exc}") from None
+
+    def config(self) -> dict:
+        return {"name": self.name, **asdict(self.cfg)}
+
+    def train_block(self, dataset: Dataset, masks: np.ndarray, seeds: Sequence[int],
+                    labels: np.ndarray | None = None, progress: Progress = SILENT) -> BatchedMLP:
+        cfg = self.cfg
+        masks = np.asarray(masks, dtype=bool)
+        n_models, n = masks.shape
+        flat = np.asarray(dataset.x_train, dtype=np.float32).reshape(n, -1)
+        mean, std = flat.mean(0), flat.std(0) + 1e-3 * (flat.std() + 1e-6)
+        x = flatten_inputs(dataset.x_train, mean, std)
+        y = torch.from_numpy(np.broadcast_to(dataset.y_train if labels is None else labels, (n_models, n)).copy())
+        d, c, h = x.shape[1], dataset.n_classes, cfg.hidden
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+        def init(fan_in: int, *shape: int) -> torch.Tensor:
+            bound = 1.0 / math.sqrt(fan_in)
+            return torch.stack([(torch.rand(*shape, generator=g) * 2 - 1) * bound for g in gens])
+
+        w1, b1 = init(d, d, h), init(d, h)
+        w2, b2 = init(h, h, c), init(h, c)
+        params = [p.requires_grad_() for p in (w1, b1, w2, b2)]
+        sizes = torch.from_numpy(masks.sum(1))
+        steps_per_epoch = max(1, math.ceil(int(sizes.max()) / cfg.batch_size))
+        total = steps_per_epoch * cfg.epochs
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25,
+                                                    anneal_strategy="linear", cycle_momentum=False)
+        in_subset = torch.from_numpy(masks)
+        rows = torch.arange(n_models)[:, None]
+        with progress.task("training block", total=cfg.epochs, unit="epochs") as bar:
+            for _ in range(cfg.epochs):
+                # each model shuffles its own subset: random keys, examples outside the subset last
+                keys = torch.stack([torch.rand(n, generator=g) for g in gens])
+                order = torch.argsort(keys.masked_fill(~in_subset, 2.0), dim=1)
+                for step in range(steps_per_epoch):
+                    pos = torch.arange(step * cfg.batch_size, min((step + 1) * cfg.batch_size, n))
+                    idx = order[:, pos]  # [B, bs]
+                    valid = (pos[None, :] < sizes[:, None]).float()
+                    xb = x[idx]  # [B, bs, D]
+                    hid = torch.relu(torch.baddbmm(b1[:, None, :], xb, w1))
+                    out = torch.baddbmm(b2[:, None, :], hid, w2)
+                    loss = torch.nn.functional.cross_entropy(out.reshape(-1, c), y[rows, idx].reshape(-1),
+                                                             reduction="none", label_smoothing=cfg.label_smoothing)
+                    per_model = (loss.view(n_models, -1) * valid).sum(1) / valid.sum(1).clamp_min(1.0)
+                    opt.zero_grad(set_to_none=True)
+                    per_model.sum().backward()
+                    opt.step()
+                    sched.step()
+                bar.advance(1)
+        return BatchedMLP(*(p.detach() for p in params), mean=mean, std=std)

@@ -1,0 +1,29 @@
+"""Trainer names -> trainer objects, and the default trainer for each dataset kind."""
+
+from __future__ import annotations
+
+from audit.errors import AuditError
+from audit.training.base import Trainer
+
+DEFAULT_TRAINER = {"digits": "mlp", "npz": "mlp", "cifar10": "resnet9", "fmow": "resnet18"}
+
+
+def make_trainer(name: str, **options) -> Trainer:
+    """Build a trainer by name; GPU trainers fail fast with a clear line when CUDA is missing."""
+    if name == "mlp":
+        from audit.training.mlp import MLPTrainer
+
+        return MLPTrainer(**options)
+    if name in ("resnet9", "resnet18"):
+        try:
+            from audit.training.gpu import make_gpu_trainer
+        except ImportError as exc:  # pragma: no cover - the module ships with the package
+            raise AuditError(f"the {name} trainer is unavailable: {exc}") from None
+        return make_gpu_trainer(name, **options)
+    raise AuditError(f"unknown trainer '{name}': use mlp, resnet9 or resnet18")
+
+
+def trainer_from_config(config: dict) -> Trainer:
+    """Rebuild the trainer a run.json recorded."""
+    options = dict(config)
+    return make_trainer(options.pop("name"), **options)

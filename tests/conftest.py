@@ -1,0 +1,57 @@
+"""Shared fixtures: quiet commands and small, fast datasets and runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("AUDIT_QUIET", "1")
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+
+# small, fast settings for the batched CPU trainer
+FAST_MLP = {"hidden": 32, "epochs": 4, "batch_size": 64, "lr": 0.1}
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from audit.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def small_digits_run(tmp_path_factory, digits):
+    """A finished 400-model digits run with fitted datamodels (shared, read-only)."""
+    from audit import pipeline
+
+    run_dir = tmp_path_factory.mktemp("runs") / "digits"
+    pipeline.train("digits", run_dir, n_models=400, block_size=200, trainer_options=FAST_MLP, dataset=digits)
+    pipeline.fit(run_dir, n_lambdas=8)
+    return run_dir
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600):
+    """Run the installed CLI in a subprocess; returns CompletedProcess with text output."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AUDIT_QUIET": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "audit", *args], cwd=cwd or ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc) -> None:
+    """Exit 2, a single 'error:' line on stderr, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
