@@ -1,0 +1,1 @@
+"""Audits that use the datamodel weights (support, mislabel, leakage) and their helpers."""
