@@ -1,0 +1,843 @@
+"""LASSO datamodels: a batched torch solver, per-target λ selection, and evaluation.
+
+For every target j (train targets first, then test targets) we fit scikit-learn's Lasso
+objective with an intercept,
+
+    (1 / 2 m_j) Σ_{i ∈ rows_j} (y_ij − x_i·w_j − b_j)² + λ_j ‖w_j‖₁,
+
+where ``x_i`` is model i's subset mask and ``rows_j`` are the models target j may learn
+from: for a *train* target j only the models whose subset excluded j (paper eq. 9), for a
+test target every model. Rows are given per target as a 0/1 weight matrix, so all
+targets are solved at once.
+
+Solver (``solve_lasso``): FISTA (accelerated proximal gradient) in data form, targets in
+the batch dimension. Each iteration costs two GEMMs (X·Z and Xᵀ·R) for all targets; the
+intercept is eliminated exactly (b_j = mean over rows_j of y − Xw); the step 1/L_j uses a
+per-target Lipschitz constant from a batched Lanczos estimate of the largest eigenvalue of
+the centred, row-weighted Gram matrix (times a small safety factor, doubled on the rare
+sign of a too-long step). Momentum is reset by the gradient restart rule of O'Donoghue &
+Candès. A target stops when its duality gap (scikit-learn's, at the extrapolated point)
+is at most ``tol`` × the variance of its margins; finished targets leave the batch.
+
+Selection (``fit_datamodels``): a λ path per target λ_j,k = λ_max(j)·r_k, r_k log-spaced
+from 1 down to ``lambda_min_ratio``, solved on the fit models with warm starts; validation
+MSE per target per λ on held-out models; λ_j = argmin; refit on all models at λ_j.
+The path stops early per target (see ``fit_datamodels``), which is where most of the speed
+comes from: small λ are the expensive end of the path and seldom chosen.
+
+Library code: no printing; long loops report through ``audit.progress``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+import torch
+
+from audit.errors import AuditError
+from audit.progress import SILENT, Progress
+
+__all__ = [
+    "Datamodels", "LassoSolution", "PathStep", "difference_of_means", "evaluate", "fit_datamodels",
+    "lambda_max", "lasso_objective", "lasso_path", "solve_lasso", "spearman_columns", "target_rows",
+]
+
+_LANCZOS_STEPS = 10
+_L_SAFETY = 1.05
+
+
+# ----- rows each target may use -------------------------------------------------------
+def target_rows(masks: np.ndarray, n_targets: int) -> np.ndarray:
+    """Bool [m, n_targets]: may target j learn from model i? False only where a train target
+    j (j < n_train) was in model i's subset (paper eq. 9)."""
+    masks = np.asarray(masks, dtype=bool)
+    m, n_train = masks.shape
+    if n_targets < n_train:
+        raise AuditError(f"{n_targets} targets but {n_train} training examples; train targets come first")
+    rows = np.ones((m, n_targets), dtype=bool)
+    rows[:, :n_train] = ~masks
+    return rows
+
+
+# ----- the objective, for checks and benchmarks ---------------------------------------------
+def lasso_objective(x: np.ndarray, y: np.ndarray, w: np.ndarray, b: float, lam: float) -> float:
+    """scikit-learn's Lasso objective (1/2m)‖y − xw − b‖² + λ‖w‖₁ in float64 (one target)."""
+    x = np.asarray(x, dtype=np.float64)
+    r = np.asarray(y, dtype=np.float64) - x @ np.asarray(w, dtype=np.float64) - float(b)
+    return float(r @ r / (2 * len(r)) + lam * np.abs(np.asarray(w, dtype=np.float64)).sum())
+
+
+# ----- device helpers ------------------------------------------------------------------
+def _device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AuditError("device cuda was asked for but CUDA is not available here; use cpu")
+    return dev
+
+
+def _budget(device: torch.device, memory_gb: float | None) -> float:
+    """Bytes the solver may use for per-target state (and a shared Gram matrix)."""
+    if memory_gb is not None:
+        return memory_gb * 2**30
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return 0.5 * free
+    return 3.0 * 2**30
+
+
+# ----- problems: one batch of targets over one set of rows ---------------------------------------
+class _DataOracle:
+    """Gradient, ‖r‖²/m and intercept at Z for targets with their own rows (data form: 2 GEMMs)."""
+
+    def __init__(self, X: torch.Tensor, Y: torch.Tensor, D: torch.Tensor | None, m1: torch.Tensor) -> None:
+        self.X, self.Y, self.D, self.m1 = X, Y, D, m1
+        t, m, n = Y.shape[0], X.shape[0], X.shape[1]
+        self._P = torch.empty(t * m, device=X.device)
+        self._G = torch.empty(t * n, device=X.device)
+
+    def __call__(self, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        t, m, n = Z.shape[0], self.X.shape[0], self.X.shape[1]
+        P = torch.mm(Z, self.X.T, out=self._P[: t * m].view(t, m))
+        P.sub_(self.Y)                                # XZ − Y
+        if self.D is not None:
+            P.mul_(self.D)
+        b = P.sum(1).div_(self.m1).neg_()             # intercept: mean over rows of (Y − XZ)
+        if self.D is not None:
+            P.addcmul_(self.D, b[:, None])            # R = D∘(XZ + b − Y)
+        else:
+            P.add_(b[:, None])
+        rn2 = torch.linalg.vector_norm(P, dim=1).pow_(2).div_(self.m1)
+        G = torch.mm(P, self.X, out=self._G[: t * n].view(t, n)).div_(self.m1[:, None])
+        return G, rn2, b
+
+    def keep(self, mask: torch.Tensor) -> None:
+        self.Y, self.m1 = self.Y[mask], self.m1[mask]
+        if self.D is not None:
+            self.D = self.D[mask]
+
+
+class _GramOracle:
+    """The same for targets that share all rows: C = X_cᵀX_c/m is shared (1 small GEMM)."""
+
+    def __init__(self, C: torch.Tensor, c: torch.Tensor, yy: torch.Tensor, ybar: torch.Tensor,
+                 xbar: torch.Tensor) -> None:
+        self.C, self.c, self.yy, self.ybar, self.xbar = C, c, yy, ybar, xbar
+
+    def __call__(self, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        G = Z @ self.C                                 # C z
+        quad = (G.double() * Z.double()).sum(1)        # zᵀCz
+        lin = (self.c.double() * Z.double()).sum(1)    # zᵀc
+        rn2 = (self.yy.double() - 2 * lin + quad).clamp_min(0).float()
+        G.sub_(self.c)
+        return G, rn2, self.ybar - Z @ self.xbar
+
+    def keep(self, mask: torch.Tensor) -> None:
+        self.c, self.yy, self.ybar = self.c[mask], self.yy[mask], self.ybar[mask]
+
+
+class _DataProblem:
+    """Targets with per-target rows: X [m, n], Y [t, m], D [t, m] 0/1 or None (all rows), target-major."""
+
+    def __init__(self, X: torch.Tensor, Y: torch.Tensor, D: torch.Tensor | None) -> None:
+        self.X, self.Y, self.D = X, Y, D
+        self.m = D.sum(1) if D is not None else torch.full((Y.shape[0],), float(X.shape[0]), device=X.device)
+        self.m1 = self.m.clamp_min(1.0)
+        DY = Y * D if D is not None else Y
+        self.mean = DY.sum(1) / self.m1
+        dev2 = (Y - self.mean[:, None]).pow_(2)
+        if D is not None:
+            dev2.mul_(D)
+        self.var = dev2.sum(1) / self.m1
+        # the gap is compared with tol × scale; the tiny mean² term keeps a constant target
+        # (var 0) from chasing float32 rounding
+        self.scale = self.var + 1e-6 * self.mean * self.mean
+
+    @property
+    def n_targets(self) -> int:
+        return self.Y.shape[0]
+
+    def lambda_max(self) -> torch.Tensor:
+        """Smallest λ with all-zero weights: max_k |X_cᵀ(y − ȳ)| / m_j on each target's rows."""
+        R = self.Y - self.mean[:, None]
+        if self.D is not None:
+            R.mul_(self.D)
+        return (R @ self.X).abs_().amax(1) / self.m1
+
+    def lipschitz(self, steps: int = _LANCZOS_STEPS, seed: int = 0) -> torch.Tensor:
+        """Per-target largest eigenvalue of X_cᵀ D X_c / m_j (batched Lanczos) × a safety factor."""
+        X, D, m1 = self.X, self.D, self.m1
+
+        def op(V: torch.Tensor) -> torch.Tensor:
+            P = V @ X.T
+            if D is not None:
+                P.mul_(D)
+                P.addcmul_(D, (P.sum(1) / m1)[:, None], value=-1.0)
+            else:
+                P.sub_(P.mean(1, keepdim=True))
+            return (P @ X).div_(m1[:, None])
+
+        return _lanczos_max(op, self.n_targets, X.shape[1], steps, seed, X.device) * _L_SAFETY
+
+    def oracle(self, cols: torch.Tensor | None) -> _DataOracle:
+        if cols is None:
+            return _DataOracle(self.X, self.Y, self.D, self.m1)
+        D = None if self.D is None else self.D.index_select(0, cols)
+        return _DataOracle(self.X, self.Y.index_select(0, cols), D, self.m1[cols])
+
+
+class _GramProblem:
+    """Targets that all use every row of X: solved in Gram form (n × n shared matrix)."""
+
+    def __init__(self, X: torch.Tensor, Y: torch.Tensor) -> None:
+        m = X.shape[0]
+        self.X = X
+        self.xbar = X.mean(0)
+        Xc = X - self.xbar
+        self.C = (Xc.T @ Xc).div_(m)
+        self.mean = Y.mean(1)
+        Yc = Y - self.mean[:, None]
+        self.c = (Yc @ Xc).div_(m)
+        del Xc
+        self.var = Yc.pow_(2).sum(1) / m
+        self.m = torch.full_like(self.mean, float(m))
+        self.scale = self.var + 1e-6 * self.mean * self.mean
+
+    @property
+    def n_targets(self) -> int:
+        return self.c.shape[0]
+
+    def lambda_max(self) -> torch.Tensor:
+        return self.c.abs().amax(1)
+
+    def lipschitz(self, steps: int = 40, seed: int = 0) -> torch.Tensor:
+        """Largest eigenvalue of the shared C (Lanczos on one vector: cheap, near exact) × 1.02."""
+        top = _lanczos_max(lambda V: V @ self.C, 1, self.C.shape[0], steps, seed, self.C.device)[0] * 1.02
+        return top.expand(self.n_targets).clone()
+
+    def oracle(self, cols: torch.Tensor | None) -> _GramOracle:
+        if cols is None:
+            return _GramOracle(self.C, self.c, self.var, self.mean, self.xbar)
+        return _GramOracle(self.C, self.c.index_select(0, cols), self.var[cols], self.mean[cols], self.xbar)
+
+
+_Problem = _DataProblem | _GramProblem
+
+
+def _lanczos_max(op, t: int, n: int, steps: int, seed: int, device: torch.device) -> torch.Tensor:
+    """Largest Ritz value after ``steps`` Lanczos steps of a PSD operator on [t, n] blocks (per row)."""
+    steps = max(1, min(steps, n))
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    V = torch.randn(t, n, generator=gen).to(device)
+    V /= torch.linalg.vector_norm(V, dim=1, keepdim=True).clamp_min(1e-30)
+    V_prev = torch.zeros_like(V)
+    beta = torch.zeros(t, device=device)
+    alphas, betas = [], []
+    for _ in range(steps):
+        Wv = op(V)
+        a = (Wv * V).sum(1)
+        Wv.addcmul_(V, a[:, None], value=-1.0).addcmul_(V_prev, beta[:, None], value=-1.0)
+        beta = torch.linalg.vector_norm(Wv, dim=1)
+        alphas.append(a)
+        betas.append(beta)
+        ok = beta > 1e-6 * a.abs().clamp_min(1e-30)   # else: invariant subspace found, stop growing it
+        V_prev, V = V, torch.where(ok[:, None], Wv / beta.clamp_min(1e-30)[:, None], torch.zeros_like(Wv))
+        beta = torch.where(ok, beta, torch.zeros_like(beta))
+    k = len(alphas)
+    Tm = np.zeros((t, k, k))
+    a_np = torch.stack(alphas, 1).double().cpu().numpy()
+    ii = np.arange(k)
+    Tm[:, ii, ii] = a_np
+    if k > 1:
+        b_np = torch.stack(betas[:-1], 1).double().cpu().numpy()
+        Tm[:, ii[:-1], ii[1:]] = b_np
+        Tm[:, ii[1:], ii[:-1]] = b_np
+    top = np.linalg.eigvalsh(Tm)[:, -1]  # small tridiagonal eigenproblems, on the host
+    return torch.as_tensor(top, dtype=torch.float32, device=device).clamp_min(1e-12)
+
+
+# ----- FISTA ------------------------------------------------------------------------------
+class _FistaResult(NamedTuple):
+    W: torch.Tensor
+    b: torch.Tensor
+    n_iter: torch.Tensor
+    gap: torch.Tensor
+    converged: torch.Tensor
+    L: torch.Tensor
+
+
+def _fista(oracle, scale: torch.Tensor, lam: torch.Tensor, W0: torch.Tensor, L: torch.Tensor, *,
+           tol: float, max_iter: int) -> _FistaResult:
+    """FISTA with exact intercept, gradient restart and per-target stopping; targets in dim 0.
+
+    Returns for each target the first point Z whose duality gap (scikit-learn's, at Z) is
+    ≤ tol·scale (scale ≈ the variance of y_j on its rows), or the last point where
+    ``max_iter`` ran out. Finished targets leave the batch (``oracle.keep``)."""
+    t0 = W0.shape[0]
+    dev = W0.device
+    out_W = W0.clone()
+    out_b = torch.zeros(t0, device=dev)
+    out_iter = torch.zeros(t0, dtype=torch.long, device=dev)
+    out_gap = torch.full((t0,), float("inf"), device=dev)
+    out_conv = torch.zeros(t0, dtype=torch.bool, device=dev)
+    out_L = L.clone()
+    if t0 == 0:
+        return _FistaResult(out_W, out_b, out_iter, out_gap, out_conv, out_L)
+    idx = torch.arange(t0, device=dev)
+    sc, la, La = scale, lam, L.clone()
+    thr = tol * sc
+    W = W0.clone()
+    W_prev = W
+    Z = W
+    t = torch.ones(t0, device=dev)
+    obj_prev = torch.full((t0,), float("inf"), device=dev)
+    plain = torch.zeros(t0, dtype=torch.bool, device=dev)  # was Z a momentum-free prox step?
+    done = torch.zeros(t0, dtype=torch.bool, device=dev)
+    for it in range(1, max_iter + 1):
+        G, rn2, b = oracle(Z)
+        l1 = torch.linalg.vector_norm(Z, ord=1, dim=1)
+        gmax = torch.linalg.vector_norm(G, ord=float("inf"), dim=1)
+        s = torch.where(gmax > la, la / gmax.clamp_min(1e-30), torch.ones_like(la))
+        gap = 0.5 * rn2 * (1 - s) ** 2 + la * l1 + s * torch.linalg.vecdot(Z, G)
+        new = (gap <= thr) & ~done
+        last = it == max_iter
+        if last or bool(new.any()):
+            rec = ~done if last else new
+            pos = idx[rec]
+            out_W[pos] = Z[rec]
+            out_b[pos] = b[rec]
+            out_iter[pos] = it
+            out_gap[pos] = gap[rec] / sc[rec].clamp_min(1e-30)
+            out_conv[pos] = new[rec]
+            out_L[pos] = La[rec]
+            done |= new
+            if last or bool(done.all()):
+                break
+        # a momentum-free prox step that raised the objective: the step 1/L was too long
+        obj = 0.5 * rn2 + la * l1
+        bad = plain & (obj > obj_prev * (1 + 1e-5) + 1e-12)
+        if bool(bad.any()):
+            La = torch.where(bad, La * 2.0, La)
+        U = Z.addcmul(G, (1.0 / La)[:, None], value=-1.0)     # gradient step, then soft-threshold
+        thr_l = (la / La)[:, None]
+        W_new = U.sub_(torch.clamp(U, -thr_l, thr_l))
+        restart = torch.linalg.vecdot(Z - W_new, W_new - W) > 0   # O'Donoghue–Candès gradient restart
+        restart |= bad
+        t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        beta = torch.where(restart, torch.zeros_like(t), (t - 1) / t_new)
+        t = torch.where(restart, torch.ones_like(t), t_new)
+        W_prev, W = W, W_new
+        Z = torch.addcmul(W, W - W_prev, beta[:, None])
+        plain = beta == 0
+        obj_prev = obj
+        n_done = int(done.sum())
+        if n_done and n_done >= max(1, done.numel() // 8):  # drop finished targets from the batch
+            keep = ~done
+            oracle.keep(keep)
+            idx, sc, la, La, thr = idx[keep], sc[keep], la[keep], La[keep], thr[keep]
+            W, W_prev, Z, t = W[keep], W_prev[keep], Z[keep], t[keep]
+            obj_prev, plain, done = obj_prev[keep], plain[keep], done[keep]
+    return _FistaResult(out_W, out_b, out_iter, out_gap, out_conv, out_L)
+
+
+def _solve(problem: _Problem, lam: torch.Tensor, W0: torch.Tensor, L: torch.Tensor, cols: torch.Tensor | None,
+           *, tol: float, max_iter: int) -> _FistaResult:
+    scale = problem.scale if cols is None else problem.scale[cols]
+    return _fista(problem.oracle(cols), scale, lam, W0, L, tol=tol, max_iter=max_iter)
+
+
+# ----- public solver API ---------------------------------------------------------------------
+@dataclass
+class LassoSolution:
+    """Weights [T, n], intercepts [T], iterations, relative duality gaps (gap / var) and flags."""
+
+    weights: np.ndarray
+    bias: np.ndarray
+    n_iter: np.ndarray
+    gap: np.ndarray
+    converged: np.ndarray
+
+
+def _gram_ok(m: int, n: int, budget: float) -> bool:
+    """Gram form pays when an n×n product is cheaper than two m×n ones and C fits in memory."""
+    return n < 2 * m and 4.0 * n * n <= 0.25 * budget
+
+
+def _make_problem(X: torch.Tensor, Y: torch.Tensor, D: torch.Tensor | None, budget: float) -> _Problem:
+    if D is None and _gram_ok(X.shape[0], X.shape[1], budget):
+        return _GramProblem(X, Y)
+    return _DataProblem(X, Y, D)
+
+
+def _problem_from_numpy(X: np.ndarray, Y: np.ndarray, D: np.ndarray | None, device: str,
+                        memory_gb: float | None = None) -> _Problem:
+    dev = _device(device)
+    Xt = torch.as_tensor(np.asarray(X, dtype=np.float32), device=dev)
+    Y = np.asarray(Y, dtype=np.float32)
+    if Y.ndim != 2 or Y.shape[0] != Xt.shape[0] or (D is not None and np.shape(D) != Y.shape):
+        raise AuditError(f"shape mismatch: X {tuple(Xt.shape)}, Y {Y.shape}, D {None if D is None else np.shape(D)}")
+    Yt = torch.as_tensor(np.ascontiguousarray(Y.T), device=dev)
+    Dt = None
+    if D is not None and not np.all(D):
+        Dt = torch.as_tensor(np.ascontiguousarray(np.asarray(D, dtype=np.float32).T), device=dev)
+    return _make_problem(Xt, Yt, Dt, _budget(dev, memory_gb))
+
+
+def lambda_max(X: np.ndarray, Y: np.ndarray, D: np.ndarray | None = None, *, device: str = "cpu") -> np.ndarray:
+    """Per target the smallest λ whose solution is all zeros (X [m, n], Y [m, T], D [m, T] 0/1)."""
+    return _problem_from_numpy(X, Y, D, device).lambda_max().cpu().numpy()
+
+
+def solve_lasso(X: np.ndarray, Y: np.ndarray, lam: np.ndarray | float, D: np.ndarray | None = None, *,
+                W0: np.ndarray | None = None, tol: float = 1e-4, max_iter: int = 5000,
+                device: str = "cpu", memory_gb: float | None = None) -> LassoSolution:
+    """Solve every target's Lasso at a fixed λ_j, all targets in one batch.
+
+    X [m, n] (masks or floats), Y [m, T], lam scalar or [T], D [m, T] the rows each target
+    may use (None: all; then the Gram form is used). ``tol``: stop a target when its
+    duality gap ≤ tol × the variance of y_j on its rows (scikit-learn's criterion).
+    """
+    problem = _problem_from_numpy(X, Y, D, device, memory_gb)
+    dev = problem.X.device
+    t, n = problem.n_targets, problem.X.shape[1]
+    lam_t = torch.as_tensor(np.broadcast_to(np.asarray(lam, dtype=np.float32), (t,)).copy(), device=dev)
+    W = torch.zeros(t, n, device=dev) if W0 is None else torch.as_tensor(np.asarray(W0, np.float32), device=dev)
+    res = _solve(problem, lam_t, W, problem.lipschitz(), None, tol=tol, max_iter=max_iter)
+    return LassoSolution(res.W.cpu().numpy(), res.b.cpu().numpy(), res.n_iter.cpu().numpy(),
+                         res.gap.cpu().numpy(), res.converged.cpu().numpy())
+
+
+class PathStep(NamedTuple):
+    """One point of a λ path: ratio r_k, λ_j = λ_max(j)·r_k, weights [T, n], intercepts [T]."""
+
+    k: int
+    ratio: float
+    lam: np.ndarray
+    weights: np.ndarray
+    bias: np.ndarray
+    n_iter: np.ndarray
+
+
+def lambda_ratios(n_lambdas: int, lambda_min_ratio: float) -> np.ndarray:
+    """Ratios λ/λ_max, log-spaced from 1 down to ``lambda_min_ratio``."""
+    if n_lambdas < 1 or not 0 < lambda_min_ratio <= 1:
+        raise AuditError(f"need n_lambdas ≥ 1 and 0 < lambda_min_ratio ≤ 1 (got {n_lambdas}, {lambda_min_ratio})")
+    return np.logspace(0.0, np.log10(lambda_min_ratio), n_lambdas) if n_lambdas > 1 else np.ones(1)
+
+
+def lasso_path(X: np.ndarray, Y: np.ndarray, D: np.ndarray | None = None, *, n_lambdas: int = 24,
+               lambda_min_ratio: float = 1e-3, tol: float = 1e-4, max_iter: int = 2000,
+               device: str = "cpu") -> Iterator[PathStep]:
+    """Warm-started path over all targets (no early stop, no selection); yields one ``PathStep`` per λ."""
+    problem = _problem_from_numpy(X, Y, D, device)
+    lmax = problem.lambda_max()
+    L = problem.lipschitz()
+    W = torch.zeros(problem.n_targets, problem.X.shape[1], device=problem.X.device)
+    for k, r in enumerate(lambda_ratios(n_lambdas, lambda_min_ratio)):
+        lam = lmax * float(r)
+        res = _solve(problem, lam, W, L, None, tol=tol, max_iter=max_iter)
+        W, L = res.W, res.L
+        yield PathStep(k, float(r), lam.cpu().numpy(), W.cpu().numpy(), res.b.cpu().numpy(),
+                       res.n_iter.cpu().numpy())
+
+
+# ----- datamodels -------------------------------------------------------------------------
+@dataclass
+class Datamodels:
+    """One sparse linear model per target: margin_j ≈ weights[j] · mask + bias[j].
+
+    ``lam`` is the chosen λ_j (absolute), ``lam_ratio`` λ_j / λ_max(j) on the fit models,
+    ``val_mse`` the validation MSE at the chosen λ (NaN for a target without validation
+    models), ``n_rows`` the number of models each target's refit used.
+    """
+
+    weights: np.ndarray
+    bias: np.ndarray
+    lam: np.ndarray
+    val_mse: np.ndarray
+    lam_ratio: np.ndarray
+    n_models_fit: int
+    n_train: int
+    lam_max: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    n_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    ratios: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    val_mse_path: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    info: dict = field(default_factory=dict)
+
+    @property
+    def n_targets(self) -> int:
+        return int(self.weights.shape[0])
+
+    def predict(self, masks: np.ndarray) -> np.ndarray:
+        """Predicted margins [m, T] for subsets ``masks`` [m, n_train]."""
+        masks = np.asarray(masks)
+        if masks.ndim != 2 or masks.shape[1] != self.weights.shape[1]:
+            raise AuditError(f"masks must be [m, {self.weights.shape[1]}], got {masks.shape}")
+        return masks.astype(np.float32) @ self.weights.T + self.bias[None, :]
+
+    def save(self, path: str | Path) -> None:
+        """Write an .npz: weights, bias, lam, val_mse, lam_ratio, lam_max, n_rows, ratios, val_mse_path, meta."""
+        meta = {"n_models_fit": int(self.n_models_fit), "n_train": int(self.n_train), "info": self.info}
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, weights=self.weights, bias=self.bias, lam=self.lam, val_mse=self.val_mse,
+                 lam_ratio=self.lam_ratio, lam_max=self.lam_max, n_rows=self.n_rows, ratios=self.ratios,
+                 val_mse_path=self.val_mse_path, meta=np.array(json.dumps(meta)))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Datamodels":
+        """Read what ``save`` wrote; also accepts files with only weights and bias (lam, val_mse → NaN)."""
+        with np.load(path, allow_pickle=False) as z:
+            weights = np.asarray(z["weights"], dtype=np.float32)
+            t = weights.shape[0]
+
+            def get(key: str, default: np.ndarray) -> np.ndarray:
+                return np.asarray(z[key]) if key in z.files else default
+
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+            nan = np.full(t, np.nan, np.float32)
+            return cls(weights=weights, bias=np.asarray(z["bias"], np.float32), lam=get("lam", nan),
+                       val_mse=get("val_mse", nan), lam_ratio=get("lam_ratio", nan),
+                       n_models_fit=int(meta.get("n_models_fit", 0)), n_train=int(meta.get("n_train", weights.shape[1])),
+                       lam_max=get("lam_max", nan), n_rows=get("n_rows", np.zeros(t, np.int64)),
+                       ratios=get("ratios", np.zeros(0)), val_mse_path=get("val_mse_path", np.zeros((t, 0), np.float32)),
+                       info=meta.get("info", {}))
+
+
+def _split(m: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if not 0 < val_fraction < 1:
+        raise AuditError(f"val_fraction must be between 0 and 1 (got {val_fraction})")
+    n_val = int(round(val_fraction * m))
+    n_val = min(max(n_val, 1), m - 2)
+    perm = np.random.default_rng(seed).permutation(m)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def fit_datamodels(masks: np.ndarray, margins: np.ndarray, n_train: int, *, n_lambdas: int = 24,
+                   lambda_min_ratio: float = 1e-3, val_fraction: float = 0.1, seed: int = 0,
+                   device: str = "cpu", tol: float = 1e-4, path_tol: float = 1e-3, max_iter: int = 1000,
+                   patience: int = 3, min_improvement: float = 1e-3, memory_gb: float | None = None,
+                   progress: Progress = SILENT) -> Datamodels:
+    """Fit one LASSO datamodel per target, λ chosen per target on held-out models.
+
+    masks bool [m, n_train]; margins [m, T] with train targets first. Models with a
+    non-finite margin are dropped (counted in ``info['n_models_dropped']``).
+
+    1. A seeded random ``val_fraction`` of the models is held out; the rest are fit models.
+    2. λ path r_k = 1 … ``lambda_min_ratio`` (``n_lambdas`` log-spaced), λ_j,k = λ_max(j)·r_k
+       with λ_max(j) computed on target j's fit rows; warm-started FISTA at every step,
+       to a duality gap ≤ ``path_tol``·var_j (enough to rank λ by validation MSE).
+    3. After each step, validation MSE per target on its validation rows. Early stop: a
+       target leaves the path once its validation MSE has gone ``patience`` consecutive
+       steps without improving its best value by more than ``min_improvement`` (relative);
+       the path ends when no target is left. Chosen λ_j = the argmin over the steps run.
+       Targets with no validation rows take the median chosen step of the others.
+    4. Refit on all models at λ_j (gap ≤ ``tol``·var_j), warm-started from step 2's solution.
+
+    Train targets (own rows) are solved in data form; test targets (all rows) in Gram form
+    when n_train < 2m and the n×n matrix fits. Targets run in chunks that fit
+    ``memory_gb`` (default 3 GiB on CPU, half the free memory on CUDA); X is held densely
+    on the device as float32.
+    """
+    t_start = time.perf_counter()
+    masks = np.asarray(masks, dtype=bool)
+    margins = np.asarray(margins, dtype=np.float32)
+    if masks.ndim != 2 or margins.ndim != 2 or masks.shape[0] != margins.shape[0]:
+        raise AuditError(f"masks [m, n_train] and margins [m, T] must have the same m; got {masks.shape}, "
+                         f"{margins.shape}")
+    if masks.shape[1] != n_train or margins.shape[1] < n_train:
+        raise AuditError(f"masks have {masks.shape[1]} columns and margins {margins.shape[1]}; n_train={n_train}")
+    finite = np.isfinite(margins).all(1)
+    n_dropped = int((~finite).sum())
+    if n_dropped:
+        masks, margins = masks[finite], margins[finite]
+    m, T = margins.shape
+    if m < 10:
+        raise AuditError(f"{m} usable models; fitting datamodels needs at least 10 (ideally thousands)")
+    dev = _device(device)
+    ratios = lambda_ratios(n_lambdas, lambda_min_ratio)
+    fit_rows, val_rows = _split(m, val_fraction, seed)
+    m_fit = len(fit_rows)
+    order = np.concatenate([fit_rows, val_rows])
+    masks, margins = masks[order], margins[order]  # fit models first, then validation models
+    X = torch.as_tensor(masks.astype(np.float32), device=dev)
+    X_fit, X_val = X[:m_fit], X[m_fit:]
+    budget = _budget(dev, memory_gb)
+    gram = _gram_ok(m_fit, n_train, budget)
+    per_target = 4.0 * (10 * m + 10 * n_train)
+    chunk = max(1, int((budget - (8.0 * n_train * n_train if gram else 0.0)) // per_target))
+    groups = [(c0, min(n_train, c0 + chunk), True) for c0 in range(0, n_train, chunk)]
+    groups += [(c0, min(T, c0 + chunk), False) for c0 in range(n_train, T, chunk)]
+
+    weights = np.zeros((T, n_train), np.float32)
+    bias = np.zeros(T, np.float32)
+    lam = np.zeros(T, np.float32)
+    lam_ratio = np.zeros(T, np.float32)
+    lam_max_fit = np.zeros(T, np.float32)
+    val_mse = np.full(T, np.nan, np.float32)
+    val_path = np.full((T, len(ratios)), np.nan, np.float32)
+    n_rows = np.zeros(T, np.int64)
+    stats: dict = {"fista_iterations_path": 0, "fista_iterations_refit": 0, "target_iterations": 0,
+                   "not_converged_path": 0, "not_converged_refit": 0, "path_steps": [], "seconds_lipschitz": 0.0,
+                   "per_step": []}
+
+    with progress.task("fitting datamodels (λ path)", total=len(groups) * (len(ratios) + 1), unit="steps") as bar:
+        for c0, c1, own_rows in groups:
+            Y = torch.as_tensor(np.ascontiguousarray(margins[:, c0:c1].T), device=dev)
+            D = None
+            if own_rows:  # train target j: only the models whose subset excluded j
+                D = torch.as_tensor(np.ascontiguousarray(~masks[:, c0:c1].T), device=dev, dtype=torch.float32)
+            fit_p = _make_problem(X_fit, Y[:, :m_fit].contiguous(),
+                                  None if D is None else D[:, :m_fit].contiguous(), budget)
+            Yv, Dv = Y[:, m_fit:], (None if D is None else D[:, m_fit:])
+            best_k, best_mse, best_W, path_mse, L, steps = _path(
+                fit_p, X_val, Yv, Dv, ratios, tol=path_tol, max_iter=max_iter, patience=patience,
+                min_improvement=min_improvement, seed=seed, bar=bar, stats=stats)
+            stats["path_steps"].append(steps)
+            bar.advance(len(ratios) - steps)
+            lmax = fit_p.lambda_max()
+            del fit_p
+            has_val = np.isfinite(path_mse.cpu().numpy()).any(1)
+            bk = best_k.cpu().numpy()
+            if (~has_val).any():  # no validation rows: the median chosen step of the others
+                bk[~has_val] = int(np.median(bk[has_val])) if has_val.any() else 0
+            r_chosen = ratios[bk].astype(np.float32)
+            lam_c = lmax * torch.as_tensor(r_chosen, device=dev)
+            # refit on every model at the chosen λ (data form reuses the path's step sizes)
+            refit_p = _make_problem(X, Y, D, budget)
+            if isinstance(refit_p, _GramProblem):
+                L = refit_p.lipschitz()
+            res = _solve(refit_p, lam_c, best_W, L, None, tol=tol, max_iter=max(max_iter, 2000))
+            stats["fista_iterations_refit"] += int(res.n_iter.max())
+            stats["target_iterations"] += int(res.n_iter.sum())
+            stats["not_converged_refit"] += int((~res.converged).sum())
+            bar.advance(1)
+            W, b = res.W, res.b
+            if own_rows:  # a train target's own column is 0 on its rows: its weight stays 0; make it exact
+                local = torch.arange(c1 - c0, device=dev)
+                W[local, local + c0] = 0.0
+                no_rows = refit_p.m == 0
+                if bool(no_rows.any()):  # in every model: no datamodel, predict its mean margin
+                    b = torch.where(no_rows, Y.mean(1), b)
+            weights[c0:c1] = W.cpu().numpy()
+            bias[c0:c1] = b.cpu().numpy()
+            lam[c0:c1] = lam_c.cpu().numpy()
+            lam_ratio[c0:c1] = r_chosen
+            lam_max_fit[c0:c1] = lmax.cpu().numpy()
+            val_mse[c0:c1] = np.where(has_val, best_mse.cpu().numpy(), np.nan)
+            val_path[c0:c1] = path_mse.cpu().numpy()
+            n_rows[c0:c1] = refit_p.m.cpu().numpy().astype(np.int64)
+            del refit_p, Y, D, res, best_W
+
+    info = {"n_models_dropped": n_dropped, "n_models_val": int(len(val_rows)), "device": str(dev),
+            "n_chunks": len(groups), "chunk_size": int(chunk), "gram_form_test_targets": bool(gram),
+            "tol": tol, "path_tol": path_tol, "patience": patience, "min_improvement": min_improvement,
+            "n_lambdas": int(n_lambdas), "lambda_min_ratio": lambda_min_ratio, "val_fraction": val_fraction,
+            "seed": seed, "seconds": round(time.perf_counter() - t_start, 3), **stats}
+    return Datamodels(weights=weights, bias=bias, lam=lam, val_mse=val_mse, lam_ratio=lam_ratio,
+                      n_models_fit=int(m), n_train=int(n_train), lam_max=lam_max_fit, n_rows=n_rows,
+                      ratios=ratios.astype(np.float64), val_mse_path=val_path, info=info)
+
+
+def _path(problem: _Problem, X_val: torch.Tensor, Yv: torch.Tensor, Dv: torch.Tensor | None, ratios: np.ndarray, *,
+          tol: float, max_iter: int, patience: int, min_improvement: float, seed: int, bar, stats: dict):
+    """Warm-started path with per-target early stopping. Returns (best step, best val MSE,
+    weights at the best step, val MSE per step [t, K], step sizes L, steps run)."""
+    dev = X_val.device
+    t, n = problem.n_targets, problem.X.shape[1]
+    lmax = problem.lambda_max()
+    t_l = time.perf_counter()
+    L = problem.lipschitz(seed=seed)
+    stats["seconds_lipschitz"] += time.perf_counter() - t_l
+    W = torch.zeros(t, n, device=dev)
+    best_W = torch.zeros(t, n, device=dev)
+    best_mse = torch.full((t,), float("inf"), device=dev)
+    best_k = torch.zeros(t, dtype=torch.long, device=dev)
+    stall = torch.zeros(t, dtype=torch.long, device=dev)
+    path_mse = torch.full((t, len(ratios)), float("nan"), device=dev)
+    mv = Dv.sum(1) if Dv is not None else torch.full((t,), float(X_val.shape[0]), device=dev)
+    active = torch.arange(t, device=dev)
+    steps = 0
+    for k, r in enumerate(ratios):
+        if active.numel() == 0:
+            break
+        steps += 1
+        full = active.numel() == t
+        cols = None if full else active
+        W0 = W if full else W.index_select(0, active)
+        res = _solve(problem, lmax[active] * float(r), W0, L[active], cols, tol=tol, max_iter=max_iter)
+        stats["fista_iterations_path"] += int(res.n_iter.max())
+        stats["target_iterations"] += int(res.n_iter.sum())
+        stats["not_converged_path"] += int((~res.converged).sum())
+        stats["per_step"].append([k, int(active.numel()), int(res.n_iter.max()),
+                                  round(float(res.n_iter.float().mean()), 1)])
+        W[active] = res.W
+        L[active] = res.L
+        # validation MSE at this step, on each target's validation rows
+        err = (res.W @ X_val.T).add_(res.b[:, None]).sub_(Yv[active]).pow_(2)
+        if Dv is not None:
+            err.mul_(Dv[active])
+        mva = mv[active]
+        err = err.sum(1) / mva.clamp_min(1.0)
+        err = torch.where(mva > 0, err, torch.full_like(err, float("nan")))
+        path_mse[active, k] = err
+        prev = best_mse[active]
+        better = err < prev
+        significant = err < prev * (1 - min_improvement)
+        pos = active[better]
+        best_mse[pos] = err[better]
+        best_k[pos] = k
+        best_W[pos] = res.W[better]
+        stall[active] = torch.where(significant, torch.zeros_like(stall[active]), stall[active] + 1)
+        active = active[stall[active] < patience]
+        bar.advance(1)
+    return best_k, best_mse, best_W, path_mse, L, steps
+
+
+# ----- the difference-of-means baseline -----------------------------------------------------
+def difference_of_means(masks: np.ndarray, margins: np.ndarray, n_train: int, *, chunk: int = 2048) -> np.ndarray:
+    """Feldman–Zhang empirical influence, weights [T, n_train]: mean margin of target j over
+    models containing k minus over models not containing k (train targets: only models that
+    exclude j; self-weight 0; 0 where a side is empty). Non-finite rows are dropped."""
+    masks = np.asarray(masks, dtype=bool)
+    margins = np.asarray(margins)
+    finite = np.isfinite(margins).all(1)
+    masks, margins = masks[finite], margins[finite]
+    m, T = margins.shape
+    if masks.shape != (m, n_train):
+        raise AuditError(f"masks {masks.shape} do not match margins {margins.shape} and n_train={n_train}")
+    X = torch.as_tensor(masks.astype(np.float64))
+    out = np.zeros((T, n_train), np.float32)
+    for c0 in range(0, T, chunk):
+        c1 = min(T, c0 + chunk)
+        Y = torch.as_tensor(np.ascontiguousarray(margins[:, c0:c1].T), dtype=torch.float64)
+        D = torch.ones_like(Y)
+        tr = np.arange(c0, c1) < n_train
+        if tr.any():
+            D[torch.as_tensor(np.nonzero(tr)[0])] = torch.as_tensor(~masks[:, np.arange(c0, c1)[tr]].T, dtype=torch.float64)
+        Y = Y - (D * Y).sum(1, keepdim=True) / D.sum(1, keepdim=True).clamp_min(1)  # centre: no cancellation
+        DY = D * Y
+        s1, n1 = DY @ X, D @ X
+        s_all, n_all = DY.sum(1, keepdim=True), D.sum(1, keepdim=True)
+        n0 = n_all - n1
+        w = s1 / n1.clamp_min(1) - (s_all - s1) / n0.clamp_min(1)
+        w = torch.where((n1 > 0) & (n0 > 0), w, torch.zeros_like(w))
+        out[c0:c1] = w.float().numpy()
+    idx = np.arange(min(n_train, T))
+    out[idx, idx] = 0.0
+    return out
+
+
+# ----- evaluation --------------------------------------------------------------------------
+def spearman_columns(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None, min_points: int = 3) -> np.ndarray:
+    """Spearman correlation of a[:, j] vs b[:, j] over the rows where valid[:, j], per column.
+
+    Ties get average ranks; NaN where fewer than ``min_points`` rows or either side is constant."""
+    from scipy.stats import rankdata
+
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    valid = np.ones(a.shape, bool) if valid is None else np.asarray(valid, bool)
+    valid = valid & np.isfinite(a) & np.isfinite(b)
+    ra = rankdata(np.where(valid, a, np.nan), axis=0, nan_policy="omit")
+    rb = rankdata(np.where(valid, b, np.nan), axis=0, nan_policy="omit")
+    cnt = valid.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ma = np.where(valid, ra, 0).sum(0) / np.maximum(cnt, 1)
+        mb = np.where(valid, rb, 0).sum(0) / np.maximum(cnt, 1)
+        da = np.where(valid, ra - ma, 0.0)
+        db = np.where(valid, rb - mb, 0.0)
+        va, vb = (da * da).sum(0), (db * db).sum(0)
+        rho = (da * db).sum(0) / np.sqrt(va * vb)
+    tiny = 1e-9 * np.maximum(cnt, 1) ** 3
+    rho[(cnt < min_points) | (va <= tiny) | (vb <= tiny)] = np.nan
+    return np.clip(rho, -1.0, 1.0)
+
+
+def _summary(lds: np.ndarray, mse: np.ndarray, base: np.ndarray | None, floor: np.ndarray | None) -> dict:
+    def stat(f, x: np.ndarray) -> float:
+        x = x[np.isfinite(x)]
+        return float(f(x)) if x.size else float("nan")
+
+    out = {"n_targets": int(lds.size), "n_lds": int(np.isfinite(lds).sum()),
+           "n_lds_undefined": int((~np.isfinite(lds)).sum()),
+           "lds_mean": stat(np.mean, lds), "lds_median": stat(np.median, lds),
+           "mse_mean": stat(np.mean, mse), "mse_median": stat(np.median, mse),
+           "baseline_lds_mean": float("nan"), "baseline_lds_median": float("nan"), "baseline_n_lds": 0}
+    if base is not None:
+        out.update(baseline_lds_mean=stat(np.mean, base), baseline_lds_median=stat(np.median, base),
+                   baseline_n_lds=int(np.isfinite(base).sum()))
+    if floor is not None:
+        out["noise_floor_mse"] = stat(np.mean, floor)
+    return out
+
+
+def evaluate(datamodels: Datamodels, masks_eval: np.ndarray, margins_eval: np.ndarray | None, n_train: int,
+             baseline_weights: np.ndarray | None = None,
+             margins_replicates: np.ndarray | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Score datamodels (and the difference-of-means baseline) on held-out models.
+
+    masks_eval [m, n_train]; margins_eval [m, T] (ignored when ``margins_replicates``
+    [m, R, T] is given: the measured margins are then its mean over R, and the noise floor
+    MSE — mean within-subset variance / R, the error of a perfect predictor of the expected
+    margin — is reported too). Per target: MSE and LDS (Spearman over held-out models; train
+    targets only over models that exclude them). Returns (summary dict with 'all', 'train',
+    'test' groups and top-level copies of 'all', per-target arrays).
+    """
+    masks_eval = np.asarray(masks_eval, dtype=bool)
+    floor = None
+    n_rep = None
+    if margins_replicates is not None:
+        reps = np.asarray(margins_replicates, dtype=np.float64)
+        if reps.ndim != 3 or reps.shape[0] != masks_eval.shape[0]:
+            raise AuditError(f"replicate margins must be [m, R, T] with m={masks_eval.shape[0]}, got {reps.shape}")
+        n_rep = int(reps.shape[1])
+        measured = reps.mean(1)
+    else:
+        if margins_eval is None:
+            raise AuditError("evaluate needs margins_eval or margins_replicates")
+        measured = np.asarray(margins_eval, dtype=np.float64)
+    m, T = measured.shape
+    if masks_eval.shape != (m, n_train) or datamodels.weights.shape != (T, n_train):
+        raise AuditError(f"shapes disagree: masks {masks_eval.shape}, margins {measured.shape}, "
+                         f"datamodels {datamodels.weights.shape}, n_train={n_train}")
+    valid = target_rows(masks_eval, T) & np.isfinite(measured)
+    pred = datamodels.predict(masks_eval).astype(np.float64)
+    sq = np.where(valid, (pred - measured) ** 2, 0.0)
+    cnt = valid.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mse = np.where(cnt > 0, sq.sum(0) / np.maximum(cnt, 1), np.nan)
+    lds = spearman_columns(pred, measured, valid)
+    per_target: dict[str, np.ndarray] = {"mse": mse.astype(np.float32), "lds": lds.astype(np.float32),
+                                         "n_eval_models": cnt.astype(np.int64)}
+    base = None
+    if baseline_weights is not None:
+        bw = np.asarray(baseline_weights, dtype=np.float32)
+        if bw.shape != (T, n_train):
+            raise AuditError(f"baseline weights must be [{T}, {n_train}], got {bw.shape}")
+        base = spearman_columns(masks_eval.astype(np.float32) @ bw.T, measured, valid)
+        per_target["baseline_lds"] = base.astype(np.float32)
+    if margins_replicates is not None:
+        if n_rep is not None and n_rep >= 2:
+            within = reps.var(1, ddof=1)  # [m, T]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                floor = np.where(cnt > 0, np.where(valid, within, 0).sum(0) / np.maximum(cnt, 1), np.nan) / n_rep
+        else:
+            floor = np.full(T, np.nan)
+        per_target["noise_floor_mse"] = floor.astype(np.float32)
+    groups = {"all": np.arange(T), "train": np.arange(min(n_train, T)), "test": np.arange(n_train, T)}
+    result: dict = {"n_targets": int(T), "n_train_targets": int(n_train), "n_test_targets": int(T - n_train),
+                    "n_eval_models": int(m), "replicates": n_rep}
+    for name, g in groups.items():
+        result[name] = _summary(lds[g], mse[g], None if base is None else base[g], None if floor is None else floor[g])
+    for key in ("lds_mean", "lds_median", "mse_mean", "mse_median", "baseline_lds_mean", "baseline_lds_median",
+                "n_lds", "n_lds_undefined"):
+        result[key] = result["all"][key]
+    result["noise_floor_mse"] = result["all"].get("noise_floor_mse") if floor is not None else None
+    return result, per_target

@@ -1,0 +1,256 @@
+"""LASSO datamodels: solver vs scikit-learn, λ selection, row exclusion, baseline, evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from audit.datamodels import (Datamodels, difference_of_means, evaluate, fit_datamodels, lambda_max,
+                              lasso_objective, solve_lasso, spearman_columns, target_rows)
+from audit.errors import AuditError
+
+
+def random_masks(rng, m: int, n: int, alpha: float = 0.5) -> np.ndarray:
+    """Exactly floor(alpha n) examples per model, like the run store."""
+    k = int(alpha * n)
+    order = np.argsort(rng.random((m, n)), axis=1)
+    masks = np.zeros((m, n), bool)
+    np.put_along_axis(masks, order[:, :k], True, axis=1)
+    return masks
+
+
+def planted(rng, m: int, n: int, n_test: int, k: int = 4, scale: float = 1.0, noise: float = 0.3):
+    """Margins = sparse linear model + noise; train targets get a big self-effect when included."""
+    T = n + n_test
+    masks = random_masks(rng, m, n)
+    W = np.zeros((T, n), np.float32)
+    for j in range(T):
+        idx = rng.choice([i for i in range(n) if i != j], k, replace=False)
+        W[j, idx] = rng.choice([-1.0, 1.0], k) * rng.uniform(0.6, 1.0, k) * scale
+    b = rng.normal(1.0, 1.0, T).astype(np.float32)
+    Y = masks.astype(np.float32) @ W.T + b + noise * rng.standard_normal((m, T)).astype(np.float32)
+    Y[:, :n] += 5.0 * masks  # the datamodel of a train target must never see these rows
+    return masks, Y.astype(np.float32), W, b
+
+
+# ----- (a) the solver reaches scikit-learn's objective ----------------------------------------
+@pytest.mark.parametrize("ratio", [0.9, 0.3, 0.05, 0.005])
+def test_solver_matches_sklearn_objective(ratio):
+    from sklearn.linear_model import Lasso
+
+    rng = np.random.default_rng(1)
+    m, n, n_test = 300, 40, 3
+    masks, Y, _, _ = planted(rng, m, n, n_test, noise=1.0)
+    targets = [0, 7, 19, n, n + 2]  # train targets (own rows) and test targets
+    Y = Y[:, targets]
+    D = target_rows(masks, n + n_test)[:, targets]
+    lam = lambda_max(masks, Y, D) * ratio
+    sol = solve_lasso(masks, Y, lam, D, tol=1e-6)
+    assert sol.converged.all()
+    for j in range(len(targets)):
+        rows = D[:, j]
+        x, y = masks[rows].astype(np.float64), Y[rows, j].astype(np.float64)
+        sk = Lasso(alpha=float(lam[j]), fit_intercept=True, tol=1e-10, max_iter=100000).fit(x, y)
+        ours = lasso_objective(x, y, sol.weights[j], sol.bias[j], float(lam[j]))
+        ref = lasso_objective(x, y, sk.coef_, sk.intercept_, float(lam[j]))
+        assert (ours - ref) / ref <= 1e-3, (j, ours, ref)
+        if targets[j] < n:
+            assert sol.weights[j, targets[j]] == 0.0  # its own column is all zero on its rows
+
+
+def test_solver_default_tolerance_is_close_to_sklearn():
+    from sklearn.linear_model import Lasso
+
+    rng = np.random.default_rng(2)
+    masks, Y, _, _ = planted(rng, 300, 40, 2, noise=1.0)
+    Y = Y[:, 40:]
+    lam = lambda_max(masks, Y) * 0.1
+    sol = solve_lasso(masks, Y, lam)  # default tol=1e-4, Gram form (shared rows)
+    for j in range(2):
+        sk = Lasso(alpha=float(lam[j]), tol=1e-10, max_iter=100000).fit(masks.astype(float), Y[:, j])
+        ours = lasso_objective(masks, Y[:, j], sol.weights[j], sol.bias[j], float(lam[j]))
+        ref = lasso_objective(masks, Y[:, j], sk.coef_, sk.intercept_, float(lam[j]))
+        assert (ours - ref) / ref <= 1e-3
+
+
+# ----- (d) λ_max ----------------------------------------------------------------------------
+def test_lambda_max_gives_all_zero_weights():
+    rng = np.random.default_rng(3)
+    masks, Y, _, _ = planted(rng, 200, 30, 4)
+    D = target_rows(masks, 34)
+    lmax = lambda_max(masks, Y, D)
+    at = solve_lasso(masks, Y, lmax * 1.0001, D)
+    assert np.all(at.weights == 0)
+    # the intercept is then the mean over each target's own rows
+    means = np.array([Y[D[:, j], j].mean() for j in range(34)])
+    np.testing.assert_allclose(at.bias, means, rtol=1e-4, atol=1e-4)
+    below = solve_lasso(masks, Y, lmax * 0.9, D)
+    assert ((below.weights != 0).sum(1) >= 1).all()
+
+
+# ----- (b) planted model: support, sign and λ selection ------------------------------------------
+def test_planted_sparse_model_recovered_and_lambda_selected():
+    rng = np.random.default_rng(4)
+    m, n, n_test = 800, 50, 10
+    masks, Y, W, b = planted(rng, m, n, n_test, k=4, noise=0.3)
+    dm = fit_datamodels(masks, Y, n, n_lambdas=20, seed=0)
+    T = n + n_test
+    assert dm.weights.shape == (T, n) and dm.bias.shape == (T,) and dm.n_models_fit == m
+    for j in range(T):
+        true = np.flatnonzero(W[j])
+        top = np.argsort(-np.abs(dm.weights[j]))[: len(true)]
+        assert set(top) == set(true), j
+        assert np.all(np.sign(dm.weights[j, true]) == np.sign(W[j, true]))
+        assert np.abs(np.delete(dm.weights[j], true)).max() < 0.2  # anything else is small
+    # λ selection: low validation MSE (noise var 0.09) vs the intercept-only model at λ_max
+    assert np.mean(dm.val_mse) < 0.09 * 1.3 and np.all(dm.val_mse < 0.09 * 2.5)  # ~40-80 val models each
+    assert np.all(dm.val_mse < 0.2 * dm.val_mse_path[:, 0])
+    assert np.all((dm.lam_ratio < 1) & (dm.lam_ratio > 1e-3))
+    np.testing.assert_allclose(dm.val_mse, np.nanmin(dm.val_mse_path, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(dm.lam, dm.lam_max * dm.lam_ratio, rtol=1e-5)
+    # early stop: the path ran past every chosen λ by at most `patience` steps, not to the end
+    assert dm.info["path_steps"] and max(dm.info["path_steps"]) < 20
+    # refit on all models and predictions
+    pred = dm.predict(masks[:5])
+    np.testing.assert_allclose(pred, masks[:5].astype(np.float32) @ dm.weights.T + dm.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_no_signal_target_chooses_lambda_max():
+    rng = np.random.default_rng(5)
+    masks = random_masks(rng, 400, 30)
+    Y = rng.standard_normal((400, 31)).astype(np.float32)  # pure noise: nothing to learn
+    Y[:, 30] = masks[:, :5].sum(1) + 0.1 * Y[:, 30]        # one test target with signal
+    dm = fit_datamodels(masks, Y, 30, n_lambdas=12)
+    assert (dm.weights[30, :5] > 0.5).all()
+    assert np.mean(dm.lam_ratio[:30] > 0.3) > 0.8  # noise targets: strongly regularised
+    assert np.mean((dm.weights[:30] != 0).sum(1)) < 5
+
+
+# ----- (c) train targets never learn from models that contained them ------------------------------
+def test_train_target_ignores_rows_that_include_it():
+    rng = np.random.default_rng(6)
+    n = 30
+    masks, Y, _, _ = planted(rng, 400, n, 3)
+    corrupt = Y.copy()
+    j = 4
+    corrupt[masks[:, j], j] = 1e3 * rng.standard_normal(masks[:, j].sum())  # rows that include target j
+    a = fit_datamodels(masks, Y, n, n_lambdas=10)
+    b = fit_datamodels(masks, corrupt, n, n_lambdas=10)
+    np.testing.assert_allclose(b.weights[j], a.weights[j], atol=1e-5)
+    assert b.bias[j] == pytest.approx(a.bias[j], abs=1e-5)
+    assert a.weights[j, j] == 0 and a.n_rows[j] == (~masks[:, j]).sum()
+    # control: the same corruption on rows the target does use changes its fit
+    c_rows = Y.copy()
+    c_rows[~masks[:, j], j] += 3.0 * masks[~masks[:, j], 0]
+    c = fit_datamodels(masks, c_rows, n, n_lambdas=10)
+    assert abs(c.weights[j, 0] - a.weights[j, 0]) > 1.0
+
+
+def test_non_finite_rows_are_dropped_and_bad_input_refused():
+    rng = np.random.default_rng(7)
+    masks, Y, _, _ = planted(rng, 120, 20, 2)
+    Y[3, 5] = np.nan
+    dm = fit_datamodels(masks, Y, 20, n_lambdas=5)
+    assert dm.n_models_fit == 119 and dm.info["n_models_dropped"] == 1 and np.isfinite(dm.weights).all()
+    with pytest.raises(AuditError):
+        fit_datamodels(masks, Y, 21)
+    with pytest.raises(AuditError):
+        fit_datamodels(masks[:5], Y[:5], 20)
+
+
+# ----- (e) difference of means ------------------------------------------------------------------
+def test_difference_of_means_matches_brute_force_and_planted():
+    rng = np.random.default_rng(8)
+    n = 25
+    masks, Y, W, _ = planted(rng, 3000, n, 5, k=3, noise=0.2)
+    dom = difference_of_means(masks, Y, n)
+    assert dom.shape == (n + 5, n)
+    for j in (0, 3, n, n + 4):
+        rows = ~masks[:, j] if j < n else np.ones(len(masks), bool)
+        for k in (1, 2, 10):
+            x, y = masks[rows, k], Y[rows, j]
+            want = 0.0 if k == j else y[x].mean() - y[~x].mean()
+            assert dom[j, k] == pytest.approx(want, abs=1e-4)
+    assert np.all(np.diag(dom[:n]) == 0)
+    # planted: the influence estimates follow the true weights (fixed-size subsets shift each by
+    # −Σ_l w_l/(n−1), tiny here)
+    corr = [np.corrcoef(dom[j], W[j])[0, 1] for j in range(n + 5)]
+    assert min(corr) > 0.9
+
+
+# ----- (f) evaluation ---------------------------------------------------------------------------
+def test_spearman_columns_matches_scipy_with_ties_and_masks():
+    rng = np.random.default_rng(9)
+    a = rng.integers(0, 5, (60, 4)).astype(float)  # many ties
+    b = a + rng.standard_normal((60, 4))
+    valid = rng.random((60, 4)) > 0.3
+    got = spearman_columns(a, b, valid)
+    for j in range(4):
+        assert got[j] == pytest.approx(spearmanr(a[valid[:, j], j], b[valid[:, j], j])[0], abs=1e-10)
+    const = spearman_columns(np.ones((10, 1)), rng.standard_normal((10, 1)))
+    assert np.isnan(const[0])
+
+
+def test_datamodels_beat_difference_of_means():
+    rng = np.random.default_rng(10)
+    n, n_test = 100, 20
+    masks, Y, W, b = planted(rng, 1200, n, n_test, k=5, noise=0.5)
+    fit_m, eval_m = masks[:1000], masks[1000:]
+    dm = fit_datamodels(fit_m, Y[:1000], n, n_lambdas=16)
+    base = difference_of_means(fit_m, Y[:1000], n)
+    result, per_target = evaluate(dm, eval_m, Y[1000:], n, baseline_weights=base)
+    for group in ("all", "train", "test"):
+        g = result[group]
+        assert g["lds_mean"] > g["baseline_lds_mean"] + 0.05, (group, g)
+    assert result["all"]["n_targets"] == n + n_test and result["train"]["n_targets"] == n
+    assert result["lds_mean"] == result["all"]["lds_mean"] and result["noise_floor_mse"] is None
+    assert per_target["lds"].shape == (n + n_test,) and np.isfinite(per_target["mse"]).all()
+    # train targets are scored only on held-out models that exclude them
+    assert (per_target["n_eval_models"][:n] == (~eval_m).sum(0)).all()
+    assert (per_target["n_eval_models"][n:] == 200).all()
+    import json
+
+    json.dumps(result)  # plain JSON
+
+
+def test_evaluate_noise_floor_and_undefined_spearman():
+    rng = np.random.default_rng(11)
+    n, n_test, m, R = 20, 3, 50, 2
+    masks = random_masks(rng, m, n)
+    W = np.zeros((n + n_test, n), np.float32)
+    W[:, 1:4] = 1.0
+    W[np.arange(n), np.arange(n)] = 0.0
+    W[n + 2] = 0.0  # constant predictions -> undefined Spearman
+    bias = np.zeros(n + n_test, np.float32)
+    dm = Datamodels(weights=W, bias=bias, lam=np.zeros(n + n_test), val_mse=np.zeros(n + n_test),
+                    lam_ratio=np.zeros(n + n_test), n_models_fit=0, n_train=n)
+    expected = masks.astype(np.float32) @ W.T + rng.standard_normal((m, 1))  # measured mean = this
+    a = 0.5
+    reps = np.stack([expected - a, expected + a], axis=1)  # within-subset variance 2a² (ddof=1)
+    result, per_target = evaluate(dm, masks, None, n, margins_replicates=reps)
+    assert result["replicates"] == R
+    np.testing.assert_allclose(per_target["noise_floor_mse"], a * a, rtol=1e-9)  # 2a² / R
+    assert result["noise_floor_mse"] == pytest.approx(a * a)
+    assert result["all"]["n_lds_undefined"] == 1 and np.isnan(per_target["lds"][n + 2])
+    assert result["test"]["n_lds"] == 2
+    # the mean over R is what is measured: mse = mean of the common offset², not a² + ...
+    off = (expected - masks.astype(np.float32) @ W.T)[:, 0]
+    want = [np.mean(off[~masks[:, j]] ** 2) for j in range(n)] + [np.mean(off ** 2)] * n_test
+    np.testing.assert_allclose(per_target["mse"], want, rtol=1e-5)
+
+
+# ----- (g) save / load ------------------------------------------------------------------------
+def test_save_load_round_trip(tmp_path):
+    rng = np.random.default_rng(12)
+    masks, Y, _, _ = planted(rng, 150, 15, 3)
+    dm = fit_datamodels(masks, Y, 15, n_lambdas=6)
+    dm.save(tmp_path / "dm.npz")
+    back = Datamodels.load(tmp_path / "dm.npz")
+    for key in ("weights", "bias", "lam", "val_mse", "lam_ratio", "lam_max", "n_rows", "ratios", "val_mse_path"):
+        np.testing.assert_array_equal(getattr(back, key), getattr(dm, key), err_msg=key)
+    assert back.n_models_fit == dm.n_models_fit and back.n_train == 15
+    assert back.info["n_lambdas"] == 6
+    np.testing.assert_array_equal(back.predict(masks), dm.predict(masks))
+    with np.load(tmp_path / "dm.npz") as z:
+        assert {"weights", "bias", "lam", "val_mse"} <= set(z.files)
