@@ -244,3 +244,33 @@ class RunStore:
             "pending": int((~done).sum()),
             "test_accuracy": float((test > 0).mean()) if len(ok) else None,
         }
+
+
+# ----- generic pieces for other resumable tables (e.g. audit.retrain) -------------------
+@contextlib.contextmanager
+def claim_block(folder: Path | str, block: int) -> Iterator[bool]:
+    """Like ``RunStore.claim`` for any folder: True while this process holds ``claims/block_N.lock``."""
+    claims = Path(folder) / "claims"
+    claims.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(claims / f"block_{block}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def flush_then_done(lock_path: Path | str, writes: list[tuple[np.memmap, np.ndarray, np.ndarray]],
+                    done: np.memmap, done_rows: np.ndarray) -> None:
+    """Under a file lock: write each ``(array, rows, values)``, flush them, then mark ``done_rows``."""
+    with FileLock(str(lock_path)):
+        for array, rows, values in writes:
+            array[rows] = values
+        for array, _, _ in writes:
+            array.flush()
+        done[done_rows] = True
+        done.flush()

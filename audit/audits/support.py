@@ -1,0 +1,417 @@
+"""Data support (brittleness) and label-flip support of test predictions (paper §4.1.1, App. F.3/F.4).
+
+For a test target, a *ranking* orders the training examples (datamodel weights, or a
+baseline). The search retrains T models on the full training set with the top k of the
+ranking removed (``mode='remove'``) or relabelled to the target's most likely wrong class
+(``mode='relabel'``), for every k of a grid, and records the target's mean margin. An
+isotonic (decreasing) fit of mean margin against k gives the zero crossing k*; retraining
+with the top ⌈1.2·k*⌉ edited *certifies* the support when the mean margin there is < 0.
+
+The pure pieces (heuristic, isotonic crossing, certification rule, summaries) are plain
+functions; ``run_brittleness`` wires them to the run directory and to ``audit.retrain``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from audit.errors import AuditError
+from audit.progress import SILENT, Progress
+
+MODES = ("remove", "relabel")
+METHODS = ("datamodels", "representation", "random")
+PAPER_GRID = (10, 20, 40, 80, 160, 320, 640, 1280)  # for CIFAR-10's 50,000 training examples
+PAPER_N_TRAIN = 50_000
+VERIFY_FACTOR = 1.2
+NOT_FOUND = -1  # heuristic: the positive weights never add up to the predicted margin
+
+
+# ----- options ---------------------------------------------------------------------------
+def default_k_grid(n_train: int) -> list[int]:
+    """A geometric grid of edit sizes sized for the training set.
+
+    From 10,000 examples up: the paper's grid (10..1280 for CIFAR-10's 50k) scaled to
+    ``n_train``. Below that, where retraining is cheap but the scaled grid would stop at a
+    few dozen examples (CPU models on small data are less brittle than a ResNet on CIFAR,
+    so most supports would lie beyond it): powers of two from 1 up to ~5% of the training
+    set (digits, 1,297: 1..64, about half of a class).
+    """
+    scale = n_train / PAPER_N_TRAIN
+    if scale >= 0.2:
+        grid = sorted({max(1, int(round(k * scale))) for k in PAPER_GRID})
+    else:
+        top = max(1, int(np.floor(np.log2(max(1.0, 0.05 * n_train)))))
+        grid = [2 ** i for i in range(top + 1)]
+    return [k for k in grid if k < n_train]
+
+
+def default_replicates(n_train: int) -> int:
+    """Models per grid point: 4 for CPU-sized data (margins vary little between seeds), 8 beyond."""
+    return 4 if n_train <= 10_000 else 8
+
+
+def check_k_grid(k_grid: Sequence[int], n_train: int) -> list[int]:
+    grid = [int(k) for k in k_grid]
+    if not grid or any(k < 1 for k in grid) or grid != sorted(set(grid)):
+        raise AuditError(f"the k grid must be increasing positive integers (got {list(k_grid)})")
+    if grid[-1] >= n_train:
+        raise AuditError(f"the k grid reaches {grid[-1]} but there are only {n_train} training examples")
+    return grid
+
+
+def sample_targets(y_test: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` test indices, class-balanced (round-robin over classes), drawn with a fixed seed; sorted."""
+    y_test = np.asarray(y_test)
+    if n < 1:
+        raise AuditError(f"the number of targets must be at least 1 (got {n})")
+    if n >= len(y_test):
+        return np.arange(len(y_test))
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
+    classes = np.unique(y_test)
+    pools = [list(rng.permutation(np.flatnonzero(y_test == c))) for c in rng.permutation(classes)]
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < n:
+        for pool in pools:
+            if depth < len(pool) and len(picked) < n:
+                picked.append(int(pool[depth]))
+        depth += 1
+    return np.sort(np.asarray(picked, dtype=np.int64))
+
+
+def check_targets(targets: Sequence[int], n_test: int) -> np.ndarray:
+    t = np.asarray(list(targets), dtype=np.int64)
+    if len(t) == 0:
+        raise AuditError("--targets is empty; name test indices like 3,17,42")
+    bad = t[(t < 0) | (t >= n_test)]
+    if len(bad):
+        raise AuditError(f"target {int(bad[0])} is not a test index (there are {n_test} test examples: 0..{n_test - 1})")
+    if len(np.unique(t)) != len(t):
+        raise AuditError("--targets names a test index twice")
+    return t
+
+
+# ----- rankings and the heuristic --------------------------------------------------------
+def datamodel_ranking(weights: np.ndarray, k: int) -> np.ndarray:
+    """Top-``k`` training indices by weight (largest first, ties by index): ``[n_t, n_train] -> [n_t, k]``."""
+    weights = np.asarray(weights, dtype=np.float32)
+    return np.argsort(-weights, axis=1, kind="stable")[:, :k].astype(np.int64)
+
+
+def predicted_full_margin(weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The datamodel's margin with every training example present: bias + sum(weights)."""
+    return np.asarray(bias, dtype=np.float64) + np.asarray(weights, dtype=np.float64).sum(axis=1)
+
+
+def heuristic_support(weights: np.ndarray, bias: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Smallest k whose k largest weights add up to the predicted full-data margin.
+
+    0 where the predicted margin is already ≤ 0; ``NOT_FOUND`` (-1) where even all the
+    positive weights do not reach it. Returns int64 ``[n_targets]``.
+    """
+    weights = np.asarray(weights)
+    out = np.empty(len(weights), dtype=np.int64)
+    for start in range(0, len(weights), chunk):
+        w = np.asarray(weights[start:start + chunk], dtype=np.float64)
+        margin = np.asarray(bias[start:start + chunk], dtype=np.float64) + w.sum(axis=1)
+        csum = np.cumsum(-np.sort(-w, axis=1), axis=1)
+        reached = csum >= margin[:, None]
+        k = np.where(reached.any(axis=1), reached.argmax(axis=1) + 1, NOT_FOUND)
+        out[start:start + chunk] = np.where(margin <= 0, 0, k)
+    return out
+
+
+# ----- the isotonic zero crossing and the certification rule ----------------------------
+def isotonic_fit(ks: Sequence[float], mean_margins: Sequence[float], weights: Sequence[float] | None = None) -> np.ndarray:
+    """Decreasing isotonic regression of mean margin against k (scikit-learn)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    ks = np.asarray(ks, dtype=np.float64)
+    y = np.asarray(mean_margins, dtype=np.float64)
+    return IsotonicRegression(increasing=False).fit(ks, y, sample_weight=weights).predict(ks)
+
+
+def zero_crossing(ks: Sequence[float], fitted: Sequence[float]) -> float | None:
+    """First k where a decreasing curve reaches ≤ 0, linearly interpolated; None if it never does."""
+    ks = np.asarray(ks, dtype=np.float64)
+    f = np.asarray(fitted, dtype=np.float64)
+    below = np.flatnonzero(f <= 0)
+    if len(below) == 0:
+        return None
+    i = int(below[0])
+    if i == 0:
+        return float(ks[0])
+    k0, k1, f0, f1 = ks[i - 1], ks[i], f[i - 1], f[i]
+    return float(k0 + f0 * (k1 - k0) / (f0 - f1))
+
+
+def estimate_support(ks: Sequence[int], mean_margins: Sequence[float], counts: Sequence[float] | None = None,
+                     full_margin: float | None = None) -> tuple[float | None, np.ndarray]:
+    """k* from a margin curve: 0 when the full-data mean margin is < 0, else the isotonic zero crossing.
+
+    ``ks``/``mean_margins`` may include k=0 (the full-data point); grid points with no
+    finite margin (every replicate diverged) are dropped. Returns (k*, fitted curve).
+    """
+    ks = np.asarray(ks, dtype=np.float64)
+    y = np.asarray(mean_margins, dtype=np.float64)
+    w = np.ones_like(y) if counts is None else np.asarray(counts, dtype=np.float64)
+    ok = np.isfinite(y) & (w > 0)
+    fitted = np.full_like(y, np.nan)
+    if full_margin is not None and full_margin < 0:
+        if ok.any():
+            fitted[ok] = isotonic_fit(ks[ok], y[ok], w[ok])
+        return 0.0, fitted
+    if not ok.any():
+        return None, fitted
+    fitted[ok] = isotonic_fit(ks[ok], y[ok], w[ok])
+    return zero_crossing(ks[ok], fitted[ok]), fitted
+
+
+def verification_k(k_star: float) -> int:
+    """⌈1.2·k*⌉ (0 for k* = 0), the edit size that is retrained to certify k*."""
+    return int(math.ceil(VERIFY_FACTOR * k_star - 1e-9))
+
+
+def is_certified(mean_margin: float) -> bool:
+    """The verification counts when the target's mean margin is below zero there."""
+    return bool(np.isfinite(mean_margin) and mean_margin < 0)
+
+
+# ----- summaries -------------------------------------------------------------------------
+def support_cdf(sizes: Sequence[float], ks: Sequence[int]) -> list[dict]:
+    """Fraction of targets whose support size is ≤ k, for each k (sizes: inf = not found)."""
+    s = np.asarray(sizes, dtype=np.float64)
+    return [{"k": int(k), "fraction": float((s <= k).mean()) if len(s) else None} for k in ks]
+
+
+def median_label(value: float, max_k: int) -> str:
+    """A median support for people: the number, or '> max k' when it lies beyond the grid."""
+    return f"> {max_k}" if not np.isfinite(value) else f"{value:g}"
+
+
+def summarize_method(records: list[dict], method: str, max_k: int, cdf_ks: Sequence[int]) -> dict:
+    """Per-method summary: fraction certified, median certified support / k*, CDF of support sizes.
+
+    A target's certified support is the edit size that was verified (⌈1.2·k*⌉, 0 for targets
+    already wrong); targets not certified count as infinite (support beyond the grid).
+    """
+    res = [r["methods"][method] for r in records]
+    certified = np.array([r["certified"] for r in res], dtype=bool)
+    sizes = np.array([r["certified_support"] if r["certified"] else np.inf for r in res], dtype=np.float64)
+    kstar = np.array([np.inf if r["k_star"] is None else r["k_star"] for r in res], dtype=np.float64)
+    med_size = float(np.median(sizes)) if len(sizes) else float("nan")
+    med_kstar = float(np.median(kstar)) if len(kstar) else float("nan")
+    return {
+        "n_targets": len(res),
+        "fraction_certified": float(certified.mean()) if len(res) else None,
+        "median_certified_support": med_size,
+        "median_certified_support_label": median_label(med_size, max_k),
+        "median_k_star": med_kstar,
+        "median_k_star_label": median_label(med_kstar, max_k),
+        "fraction_no_crossing": float(np.mean([r["k_star"] is None for r in res])) if len(res) else None,
+        "cdf": support_cdf(sizes, cdf_ks),
+    }
+
+
+# ----- the search ------------------------------------------------------------------------
+def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = 100, targets: Sequence[int] | None = None,
+                    T: int | None = None, k_grid: Sequence[int] | None = None,
+                    methods: Sequence[str] = METHODS, seed: int = 0, all_heuristic: bool = False,
+                    block_size: int | None = None, dataset=None, progress: Progress = SILENT) -> dict:
+    """Run the support search for ``n`` class-balanced test targets (or ``targets``) and save it.
+
+    ``mode='remove'`` writes RUN/audits/brittleness.{json,csv}; ``mode='relabel'`` writes
+    RUN/audits/mislabel.{json,csv}. Retraining is resumable (RUN/retrain/...). Returns the
+    summary dict (also the JSON's "summary").
+    """
+    from audit import pipeline
+    from audit.audits.mislabel import wrong_classes
+    from audit.jsonio import write_csv, write_json
+    from audit.reference import reference_models
+    from audit.retrain import REMOVE, RetrainPlan, run_plan
+    from audit.store import RunStore
+    from audit.training.registry import trainer_from_config
+
+    start = time.perf_counter()
+    if mode not in MODES:
+        raise AuditError(f"unknown mode '{mode}': use remove or relabel")
+    methods = list(dict.fromkeys(methods))
+    if not methods or any(m not in METHODS for m in methods):
+        raise AuditError(f"methods must be among {', '.join(METHODS)} (got {', '.join(methods) or 'none'})")
+    store = RunStore.open(run_dir, writable=False)
+    c = store.config
+    dm = pipeline.load_datamodels(run_dir)
+    if dm.weights.shape != (c.n_targets, c.n_train):
+        raise AuditError(f"{run_dir}/datamodels.npz has weights {dm.weights.shape}, expected "
+                         f"{(c.n_targets, c.n_train)}; run `audit fit {run_dir}` again")
+    if dataset is None:
+        ds = pipeline.dataset_of(store)
+    else:
+        ds = dataset
+        if ds.fingerprint() != c.fingerprint:
+            raise AuditError(f"the dataset passed does not match the one {run_dir} was trained on")
+    T = default_replicates(c.n_train) if T is None else int(T)
+    if T < 1:
+        raise AuditError(f"T (models per grid point) must be at least 1 (got {T})")
+    grid = check_k_grid(default_k_grid(c.n_train) if k_grid is None else k_grid, c.n_train)
+    tgt = sample_targets(ds.y_test, n, seed) if targets is None else check_targets(targets, c.n_test)
+    n_t, n_m, K = len(tgt), len(methods), min(c.n_train, verification_k(grid[-1]))
+    rows_dm = c.n_train + tgt  # datamodel rows of the targets (train targets come first)
+    weights = np.asarray(dm.weights[rows_dm], dtype=np.float32)
+    bias = np.asarray(dm.bias[rows_dm], dtype=np.float32)
+
+    # rankings, one candidate list per (target, method)
+    need_ref = "representation" in methods or mode == "relabel"
+    ref = reference_models(store, ds, progress=progress) if need_ref else None
+    lists = np.full((n_t, n_m, K), -1, dtype=np.int64)
+    for mi, method in enumerate(methods):
+        lists[:, mi] = _ranking(method, weights, ref, ds, tgt, K, seed)
+    y_t = ds.y_test[tgt]
+    wrong = wrong_classes(ref.mean_logits[c.n_train + tgt], y_t) if mode == "relabel" else None
+    label = np.full((n_t, n_m), REMOVE, dtype=np.int64) if wrong is None else np.repeat(wrong[:, None], n_m, 1)
+
+    trainer = trainer_from_config(c.trainer)
+    bs = int(block_size or min(c.block_size, 64))
+    common = dict(seed=seed, trainer_config=c.trainer, fingerprint=c.fingerprint, block_size=bs)
+    root = store.path / "retrain"
+    name = "brittleness" if mode == "remove" else "mislabel"
+    opts = {"mode": mode, "targets": tgt, "T": T, "k_grid": grid, "methods": methods, "seed": seed}
+
+    # phase 1: k = 0 (full data, shared by every target) and the grid
+    ks = [0] + grid
+    ti, mi, gi, ri = np.meshgrid(np.arange(n_t), np.arange(n_m), np.arange(len(ks)), np.arange(T), indexing="ij")
+    ti, mi, gi, ri = ti.ravel(), mi.ravel(), gi.ravel(), ri.ravel()
+    plan = RetrainPlan.build(lists.reshape(n_t * n_m, K), label.reshape(-1), ti * n_m + mi, np.asarray(ks)[gi], ri,
+                             c.n_train + tgt[ti])
+    margins, trained = run_plan(root, f"{name}-grid", plan, ds, trainer, options=opts, progress=progress,
+                                description=f"retraining ({name}: grid)", **common)
+    curves = margins.reshape(n_t, n_m, len(ks), T)
+    counts = np.isfinite(curves).sum(axis=3)
+    with np.errstate(invalid="ignore"):
+        means = np.where(counts > 0, np.nansum(np.nan_to_num(curves, nan=0.0), axis=3) / np.maximum(counts, 1), np.nan)
+    full = means[:, 0, 0]  # identical for every method (the same unedited models)
+
+    # k* per (target, method), then phase 2: verify at ceil(1.2 k*) where the grid has no such point
+    kstar = np.full((n_t, n_m), np.nan)
+    fitted = np.full((n_t, n_m, len(ks)), np.nan)
+    kv = np.full((n_t, n_m), -1, dtype=np.int64)
+    for t in range(n_t):
+        for m in range(n_m):
+            k_, fitted[t, m] = estimate_support(ks, means[t, m], counts[t, m], full_margin=full[t])
+            if k_ is not None:
+                kstar[t, m], kv[t, m] = k_, min(K, verification_k(k_))
+    verify = np.full((n_t, n_m), np.nan)
+    on_grid = {k: i for i, k in enumerate(ks)}
+    todo = [(t, m) for t in range(n_t) for m in range(n_m) if kv[t, m] >= 0 and int(kv[t, m]) not in on_grid]
+    for t in range(n_t):
+        for m in range(n_m):
+            if kv[t, m] >= 0 and int(kv[t, m]) in on_grid:
+                verify[t, m] = means[t, m, on_grid[int(kv[t, m])]]
+    trained_verify = 0
+    if todo:
+        tt = np.repeat([t for t, _ in todo], T)
+        mm = np.repeat([m for _, m in todo], T)
+        rr = np.tile(np.arange(T), len(todo))
+        vplan = RetrainPlan.build(lists.reshape(n_t * n_m, K), label.reshape(-1), tt * n_m + mm, kv[tt, mm], rr,
+                                  c.n_train + tgt[tt])
+        vmargins, trained_verify = run_plan(root, f"{name}-verify", vplan, ds, trainer, options=opts,
+                                            progress=progress, description=f"retraining ({name}: verify)", **common)
+        vm = vmargins.reshape(len(todo), T)
+        with np.errstate(invalid="ignore"):
+            vmean = np.nanmean(np.where(np.isfinite(vm), vm, np.nan), axis=1) if vm.size else vm
+        for (t, m), v in zip(todo, vmean):
+            verify[t, m] = v
+
+    # records, summary, files
+    heur = heuristic_support(weights, bias)
+    pred = predicted_full_margin(weights, bias)
+    records = []
+    for t in range(n_t):
+        rec = {"target": int(tgt[t]), "label": int(y_t[t]), "label_name": ds.classes[int(y_t[t])],
+               "full_margin": _f(full[t]), "predicted_full_margin": _f(pred[t]),
+               "heuristic_k": None if heur[t] == NOT_FOUND else int(heur[t]), "methods": {}}
+        if wrong is not None:
+            rec["wrong_class"] = int(wrong[t])
+            rec["wrong_class_name"] = ds.classes[int(wrong[t])]
+        for m, method in enumerate(methods):
+            found = np.isfinite(kstar[t, m])
+            cert = bool(found and is_certified(verify[t, m]))
+            rec["methods"][method] = {
+                "k_star": _f(kstar[t, m]) if found else None,
+                "verify_k": int(kv[t, m]) if found else None,
+                "verify_margin": _f(verify[t, m]) if found else None,
+                "certified": cert,
+                "certified_support": int(kv[t, m]) if cert else None,
+                "curve": {str(k): _f(means[t, m, i]) for i, k in enumerate(ks)},
+                "fitted": {str(k): _f(fitted[t, m, i]) for i, k in enumerate(ks)},
+            }
+        records.append(rec)
+    cdf_ks = sorted(set([0] + grid + [verification_k(grid[-1])]))
+    summary = {
+        "mode": mode, "n_targets": n_t, "T": T, "k_grid": grid, "max_k": grid[-1], "methods": methods, "seed": seed,
+        "full_data_accuracy": float(np.mean(full > 0)),
+        "per_method": {method: summarize_method(records, method, grid[-1], cdf_ks) for method in methods},
+        "heuristic": _heuristic_summary(heur, cdf_ks),
+        "models_trained_now": int(trained + trained_verify),
+        "models_in_plan": int(plan.n_jobs + (vplan.n_jobs if todo else 0)),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    out = {"summary": summary, "targets": records}
+    if all_heuristic:
+        w_all = dm.weights[c.n_train:]
+        h_all = heuristic_support(w_all, dm.bias[c.n_train:])
+        out["heuristic_all"] = [None if h == NOT_FOUND else int(h) for h in h_all]
+        summary["heuristic_all"] = _heuristic_summary(h_all, cdf_ks)
+    audits = store.path / "audits"
+    summary["json"] = str(audits / f"{name}.json")
+    summary["csv"] = str(audits / f"{name}.csv")
+    write_json(audits / f"{name}.json", out)
+    columns, rows = _csv_rows(records, methods, wrong is not None)
+    write_csv(audits / f"{name}.csv", rows, columns)
+    return summary
+
+
+def _f(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _heuristic_summary(h: np.ndarray, cdf_ks: Sequence[int]) -> dict:
+    sizes = np.where(h == NOT_FOUND, np.inf, h).astype(np.float64)
+    med = float(np.median(sizes)) if len(sizes) else float("nan")
+    return {"n": int(len(h)), "median": med, "fraction_not_found": float((h == NOT_FOUND).mean()) if len(h) else None,
+            "cdf": support_cdf(sizes, cdf_ks)}
+
+
+def _ranking(method: str, weights: np.ndarray, ref, ds, tgt: np.ndarray, K: int, seed: int) -> np.ndarray:
+    """Candidate lists ``[n_targets, K]`` (-1 padded) for one method."""
+    from audit.audits import baselines
+
+    if method == "datamodels":
+        return datamodel_ranking(weights, K)
+    if method == "representation":
+        n_train = ds.n_train
+        _, idx = baselines.nearest_neighbours(ref.train_features(n_train), ref.test_features(n_train)[tgt], K)
+        return np.asarray(idx, dtype=np.int64)
+    return np.asarray(baselines.random_same_class(ds.y_train, ds.y_test[tgt], K, seed), dtype=np.int64)
+
+
+def _csv_rows(records: list[dict], methods: Sequence[str], relabel: bool) -> tuple[list[str], list[dict]]:
+    columns = ["target", "label", "label_name"] + (["wrong_class", "wrong_class_name"] if relabel else [])
+    columns += ["full_margin", "predicted_full_margin", "heuristic_k"]
+    for m in methods:
+        columns += [f"{m}_k_star", f"{m}_certified", f"{m}_verify_k", f"{m}_verify_margin", f"{m}_certified_support"]
+    rows = []
+    for r in records:
+        row = {k: r.get(k) for k in columns if k in r}
+        for m in methods:
+            res = r["methods"][m]
+            row.update({f"{m}_k_star": res["k_star"], f"{m}_certified": res["certified"],
+                        f"{m}_verify_k": res["verify_k"], f"{m}_verify_margin": res["verify_margin"],
+                        f"{m}_certified_support": res["certified_support"]})
+        rows.append(row)
+    return columns, rows

@@ -1,0 +1,259 @@
+"""Resumable retraining jobs: models trained on the full training set with edits.
+
+An audit asks for *rows*: "the margin of target t for a model trained without (or with
+relabelled) the first k examples of candidate list l, replicate r". Rows that describe
+the same model (same edited examples, same new labels, same replicate) share one *job*,
+so e.g. every k=0 row of every target is served by the T unedited full-data models.
+
+Everything is derived from the plan: job j's mask removes ``lists[l, :k]`` (or relabels
+those examples to ``list_label[l]``), and its seed is ``model_seed(seed, STREAM_RETRAIN,
+r)``, so a resumed job dir trains exactly the same models. Layout of a job dir::
+
+    plan.json     options, trainer, dataset fingerprint, hash of the plan, sizes
+    plan.npz      lists, list_label, job_list/job_k/job_rep, row_job/row_target
+    margins.npy   float32 [n_rows]  the row target's margin (NaN until done)
+    done.npy      bool    [n_jobs]  set only after the job's rows are flushed
+
+Jobs are trained in fixed blocks of consecutive jobs, each under a block claim, written
+with the store's flush-then-done discipline (see ``audit.store``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from audit.data.dataset import Dataset
+from audit.errors import AuditError
+from audit.jsonio import read_json, save_npz, write_json
+from audit.progress import SILENT, Progress
+from audit.seeding import model_seed
+from audit.store import claim_block, flush_then_done
+from audit.training.base import Trainer, correct_class_margins
+
+STREAM_RETRAIN = 3
+PLAN_JSON = "plan.json"
+REMOVE = -1  # list_label value meaning "remove the examples" (otherwise: relabel to this class)
+
+
+@dataclass(frozen=True)
+class RetrainPlan:
+    """Candidate lists, the deduplicated jobs (models) and the requested rows."""
+
+    lists: np.ndarray  # int32 [L, K] training-example indices, best first, -1 padded
+    list_label: np.ndarray  # int32 [L] REMOVE or the class the edited examples get
+    job_list: np.ndarray  # int32 [M] a list whose first job_k entries define the job's edit
+    job_k: np.ndarray  # int32 [M]
+    job_rep: np.ndarray  # int32 [M] replicate -> seed
+    row_job: np.ndarray  # int32 [R]
+    row_target: np.ndarray  # int32 [R] target index (train targets first, then test)
+
+    @property
+    def n_jobs(self) -> int:
+        return int(len(self.job_k))
+
+    @property
+    def n_rows(self) -> int:
+        return int(len(self.row_job))
+
+    @classmethod
+    def build(cls, lists: np.ndarray, list_label: np.ndarray, row_list: np.ndarray, row_k: np.ndarray,
+              row_rep: np.ndarray, row_target: np.ndarray) -> "RetrainPlan":
+        """Rows ``(list, k, replicate, target)`` -> plan, sharing one job among rows with the same model."""
+        lists = np.asarray(lists, dtype=np.int32).reshape(len(lists), -1)
+        list_label = np.asarray(list_label, dtype=np.int32)
+        row_list, row_k, row_rep, row_target = (np.asarray(a, dtype=np.int32).ravel()
+                                                for a in (row_list, row_k, row_rep, row_target))
+        if not (len(row_list) == len(row_k) == len(row_rep) == len(row_target)):
+            raise AuditError("retraining rows need the same number of lists, ks, replicates and targets")
+        if len(list_label) != len(lists):
+            raise AuditError("every candidate list needs a label (REMOVE or a class)")
+        if len(row_k) and (row_k.min() < 0 or row_k.max() > lists.shape[1]):
+            raise AuditError(f"k must lie in 0..{lists.shape[1]} (the candidate lists' length)")
+        keys: dict[tuple, int] = {}
+        job_list, job_k, job_rep, row_job = [], [], [], np.empty(len(row_k), dtype=np.int32)
+        for i, (l, k, r) in enumerate(zip(row_list.tolist(), row_k.tolist(), row_rep.tolist())):
+            edited = lists[l, :k]
+            edited = np.unique(edited[edited >= 0])
+            label = int(list_label[l]) if len(edited) else REMOVE
+            key = (label, r, edited.tobytes())
+            if key not in keys:
+                keys[key] = len(job_k)
+                job_list.append(l), job_k.append(k), job_rep.append(r)
+            row_job[i] = keys[key]
+        as32 = lambda a: np.asarray(a, dtype=np.int32)  # noqa: E731
+        return cls(lists=lists, list_label=list_label, job_list=as32(job_list), job_k=as32(job_k),
+                   job_rep=as32(job_rep), row_job=row_job, row_target=row_target)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in ("lists", "list_label", "job_list", "job_k", "job_rep",
+                                                       "row_job", "row_target")}
+
+    def digest(self, extra: dict) -> str:
+        """A hash of the plan and of what else determines the models (trainer, data, seed)."""
+        h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+        for name, arr in self.arrays().items():
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:12]
+
+    def edits(self, jobs: np.ndarray, y_train: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Masks ``[B, n_train]`` and labels ``[B, n_train]`` (None when no job relabels) for ``jobs``."""
+        n = len(y_train)
+        masks = np.ones((len(jobs), n), dtype=bool)
+        labels = np.broadcast_to(np.asarray(y_train), (len(jobs), n)).copy()
+        relabels = False
+        for b, j in enumerate(np.asarray(jobs).tolist()):
+            l, k = int(self.job_list[j]), int(self.job_k[j])
+            edited = self.lists[l, :k]
+            edited = edited[edited >= 0]
+            if self.list_label[l] == REMOVE:
+                masks[b, edited] = False
+            else:
+                labels[b, edited] = self.list_label[l]
+                relabels = relabels or len(edited) > 0
+        return masks, (labels if relabels else None)
+
+
+class RetrainStore:
+    """An open job dir. Use ``RetrainStore.open_or_create``."""
+
+    def __init__(self, path: Path, plan: RetrainPlan, meta: dict, writable: bool = True) -> None:
+        self.path, self.plan, self.meta = Path(path), plan, meta
+        mode = "r+" if writable else "r"
+        try:
+            self.margins = np.load(self.path / "margins.npy", mmap_mode=mode)
+            self.done = np.load(self.path / "done.npy", mmap_mode=mode)
+        except (OSError, ValueError) as exc:
+            raise AuditError(f"{self.path}: the retraining arrays are missing or corrupted ({exc}); "
+                             f"delete the folder and run the audit again") from None
+        if self.margins.shape != (plan.n_rows,) or self.done.shape != (plan.n_jobs,):
+            raise AuditError(f"{self.path}: arrays do not match plan.json; delete the folder and run again")
+
+    @classmethod
+    def open_or_create(cls, path: Path | str, plan: RetrainPlan, *, seed: int, trainer: dict, fingerprint: str,
+                       block_size: int, options: dict | None = None) -> "RetrainStore":
+        """Open the job dir made for exactly this plan, or create it; a different plan is an error."""
+        path = Path(path)
+        determined_by = {"seed": seed, "trainer": trainer, "fingerprint": fingerprint, "block_size": block_size}
+        digest = plan.digest(determined_by)
+        if (path / PLAN_JSON).exists():
+            meta = read_json(path / PLAN_JSON)
+            if meta.get("hash") != digest:
+                raise AuditError(f"{path} holds retraining jobs for other settings (plan {meta.get('hash')}, "
+                                 f"now {digest}); delete it or choose other options")
+            return cls(path, plan, meta)
+        if block_size < 1:
+            raise AuditError(f"retraining block size must be at least 1 (got {block_size})")
+        meta = {**determined_by, "hash": digest, "n_jobs": plan.n_jobs, "n_rows": plan.n_rows,
+                "options": options or {}}
+        path.mkdir(parents=True, exist_ok=True)
+        save_npz(path / "plan.npz", **plan.arrays())
+        margins = np.lib.format.open_memmap(path / "margins.npy", mode="w+", dtype=np.float32, shape=(plan.n_rows,))
+        margins[:] = np.nan
+        margins.flush()
+        del margins
+        np.lib.format.open_memmap(path / "done.npy", mode="w+", dtype=bool, shape=(plan.n_jobs,)).flush()
+        write_json(path / PLAN_JSON, meta)  # written last: its presence means "complete"
+        return cls(path, plan, meta)
+
+    # ----- blocks ----------------------------------------------------------------------
+    @property
+    def block_size(self) -> int:
+        return int(self.meta["block_size"])
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.plan.n_jobs // self.block_size)
+
+    def block_jobs(self, block: int) -> np.ndarray:
+        start = block * self.block_size
+        return np.arange(start, min(start + self.block_size, self.plan.n_jobs))
+
+    def pending_blocks(self) -> list[int]:
+        done = np.asarray(self.done)
+        return [b for b in range(self.n_blocks) if not done[self.block_jobs(b)].all()]
+
+    def seeds(self, jobs: np.ndarray) -> list[int]:
+        return [model_seed(int(self.meta["seed"]), STREAM_RETRAIN, int(self.plan.job_rep[j])) for j in jobs]
+
+    def write_jobs(self, jobs: np.ndarray, rows: np.ndarray, margins: np.ndarray) -> None:
+        """Write and flush the jobs' rows, then mark the jobs done."""
+        flush_then_done(self.path / "retrain.lock", [(self.margins, rows, margins)], self.done, jobs)
+
+    # ----- reading ---------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        return bool(np.asarray(self.done).all())
+
+    def row_margins(self) -> np.ndarray:
+        """Margins of every row (NaN for rows whose job is not done or diverged)."""
+        out = np.asarray(self.margins).copy()
+        out[~np.asarray(self.done)[self.plan.row_job]] = np.nan
+        return out
+
+
+def train_pending(store: RetrainStore, dataset: Dataset, trainer: Trainer, progress: Progress = SILENT,
+                  description: str = "retraining", max_blocks: int | None = None) -> int:
+    """Train every pending block this process can claim; returns the number of models trained."""
+    plan = store.plan
+    order = np.argsort(plan.row_job, kind="stable")
+    bounds = np.searchsorted(plan.row_job[order], np.arange(plan.n_jobs + 1))
+    pending = store.pending_blocks()
+    if max_blocks is not None:
+        pending = pending[:max_blocks]
+    trained = 0
+    with progress.task(description, total=sum(len(store.block_jobs(b)) for b in pending), unit="models") as bar:
+        for block in pending:
+            jobs = store.block_jobs(block)
+            with claim_block(store.path, block) as mine:
+                if not mine or np.asarray(store.done)[jobs].all():
+                    bar.advance(len(jobs))
+                    continue
+                rows = np.concatenate([order[bounds[j]:bounds[j + 1]] for j in jobs])
+                owner = np.concatenate([np.full(bounds[j + 1] - bounds[j], b) for b, j in enumerate(jobs)])
+                masks, labels = plan.edits(jobs, dataset.y_train)
+                models = trainer.train_block(dataset, masks, store.seeds(jobs), labels)
+                targets, inverse = np.unique(plan.row_target[rows], return_inverse=True)
+                x, y = dataset.targets_x(), dataset.targets_y()
+                margins = correct_class_margins(models.logits(x[targets]), y[targets])  # [B, U]
+                store.write_jobs(jobs, rows, margins[owner.astype(np.int64), inverse])
+                trained += len(jobs)
+            bar.advance(len(jobs))
+    return trained
+
+
+def job_dir(root: Path | str, name: str, plan: RetrainPlan, *, seed: int, trainer: dict, fingerprint: str,
+            block_size: int) -> Path:
+    """``ROOT/NAME-HASH``: one folder per plan, so other options never reuse (or clash with) it."""
+    digest = plan.digest({"seed": seed, "trainer": trainer, "fingerprint": fingerprint, "block_size": block_size})
+    return Path(root) / f"{name}-{digest}"
+
+
+def run_plan(root: Path | str, name: str, plan: RetrainPlan, dataset: Dataset, trainer: Trainer, *, seed: int,
+             trainer_config: dict, fingerprint: str, block_size: int, options: dict | None = None,
+             progress: Progress = SILENT, description: str = "retraining") -> tuple[np.ndarray, int]:
+    """Open or create the plan's job dir under ``root``, train what is pending.
+
+    Returns (row margins, models trained by this call).
+    """
+    path = job_dir(root, name, plan, seed=seed, trainer=trainer_config, fingerprint=fingerprint,
+                   block_size=block_size)
+    store = RetrainStore.open_or_create(path, plan, seed=seed, trainer=trainer_config, fingerprint=fingerprint,
+                                        block_size=block_size, options=options)
+    trained = train_pending(store, dataset, trainer, progress=progress, description=description)
+    if not store.complete:
+        raise AuditError(f"{path}: another process holds some retraining blocks; wait for it and run again")
+    return store.row_margins(), trained
+
+
+def plan_from_requests(lists: Sequence[np.ndarray] | np.ndarray, list_label: Sequence[int],
+                       requests: Sequence[tuple[int, int, int, int]]) -> RetrainPlan:
+    """Convenience: ``requests`` = (list, k, replicate, target) tuples."""
+    req = np.asarray(requests, dtype=np.int32).reshape(-1, 4)
+    return RetrainPlan.build(np.asarray(lists), np.asarray(list_label), req[:, 0], req[:, 1], req[:, 2], req[:, 3])

@@ -1,0 +1,36 @@
+import json
+
+import numpy as np
+import pytest
+
+from audit.audits.mislabel import run_mislabel, wrong_classes
+from audit.errors import AuditError
+
+
+def test_wrong_class_is_the_likeliest_other_class():
+    logits = np.array([[5.0, 4.0, 1.0], [5.0, 4.0, 1.0], [0.0, 0.0, 9.0]])
+    assert list(wrong_classes(logits, np.array([0, 1, 2]))) == [1, 0, 0]
+    with pytest.raises(AuditError):
+        wrong_classes(logits, np.array([0, 1]))
+
+
+def test_mislabel_relabels_instead_of_removing(audit_run, digits):
+    from audit.reference import load_reference
+
+    s = run_mislabel(audit_run, n=3, T=2, k_grid=[2, 8], block_size=8, dataset=digits)
+    assert s["mode"] == "relabel" and s["json"].endswith("mislabel.json")
+    out = json.loads((audit_run / "audits" / "mislabel.json").read_text())
+    ref = load_reference(audit_run)
+    for r in out["targets"]:
+        want = wrong_classes(ref.mean_logits[digits.n_train + r["target"]][None], np.array([r["label"]]))[0]
+        assert r["wrong_class"] == want != r["label"]
+        for res in r["methods"].values():
+            if res["k_star"] is not None:
+                assert res["certified"] == (res["verify_margin"] < 0)
+    assert "wrong_class_name" in (audit_run / "audits" / "mislabel.csv").read_text().splitlines()[0]
+    # the saved plan relabels (never removes) each list's examples, to its target's wrong class
+    (grid_dir,) = (audit_run / "retrain").glob("mislabel-grid-*")
+    with np.load(grid_dir / "plan.npz") as z:
+        labels = z["list_label"].reshape(3, 3)
+    assert (labels == np.array([r["wrong_class"] for r in out["targets"]])[:, None]).all()
+    assert not (audit_run / "audits" / "brittleness.json").exists()

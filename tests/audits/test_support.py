@@ -1,0 +1,190 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from audit.audits import support
+from audit.audits.support import (NOT_FOUND, default_k_grid, estimate_support, heuristic_support, is_certified,
+                                  sample_targets, verification_k, zero_crossing)
+from audit.errors import AuditError
+
+
+# ----- pure logic ----------------------------------------------------------------------
+def test_default_grid_scales_the_papers():
+    assert default_k_grid(50_000) == [10, 20, 40, 80, 160, 320, 640, 1280]
+    assert default_k_grid(20_000) == [4, 8, 16, 32, 64, 128, 256, 512]
+    assert default_k_grid(1297) == [1, 2, 4, 8, 16, 32, 64]
+    assert default_k_grid(40) == [1, 2] and default_k_grid(3) == [1, 2]
+
+
+def test_heuristic_support():
+    w = np.array([[3.0, 1.0, 2.0, -1.0, 0.0],  # predicted margin 0.5 + 5 = 5.5 -> 3 + 2 = 5 < 5.5, +1 = 6 -> k=3
+                  [0.5, 0.5, 0.0, 0.0, 0.0],  # margin 2 + 1 = 3 > sum of positives (1) -> never
+                  [1.0, 0.0, 0.0, 0.0, -3.0]])  # margin 1 - 2 = -1 <= 0 -> already wrong: 0
+    bias = np.array([0.5, 2.0, 1.0])
+    assert list(heuristic_support(w, bias)) == [3, NOT_FOUND, 0]
+    assert np.allclose(support.predicted_full_margin(w, bias), [5.5, 3.0, -1.0])
+    # exactly reaching counts
+    assert list(heuristic_support(np.array([[2.0, 2.0]]), np.array([0.0]))) == [2]
+    assert list(heuristic_support(w, bias, chunk=1)) == [3, NOT_FOUND, 0]
+
+
+def test_zero_crossing_interpolates():
+    assert zero_crossing([0, 2, 4, 8], [3.0, 1.0, -1.0, -2.0]) == pytest.approx(3.0)
+    assert zero_crossing([0, 10, 20], [2.0, 0.0, -1.0]) == pytest.approx(10.0)
+    assert zero_crossing([0, 1], [1.0, 0.5]) is None
+    assert zero_crossing([1, 2], [-1.0, -2.0]) == 1.0
+
+
+def test_isotonic_crossing_of_a_noisy_curve():
+    ks = [0, 1, 2, 4, 8, 16]
+    raw = [5.0, 5.5, 3.0, 1.0, 2.0, -3.0]  # two violations, pooled by the isotonic fit
+    k, fitted = estimate_support(ks, raw)
+    assert np.all(np.diff(fitted) <= 1e-12)
+    assert fitted[0] == pytest.approx(5.25) and fitted[3] == pytest.approx(1.5) and fitted[4] == pytest.approx(1.5)
+    assert k == pytest.approx(8 + 1.5 * 8 / 4.5)  # between k=8 (1.5) and k=16 (-3)
+    assert 8 < k < 16
+
+
+def test_estimate_support_edge_cases():
+    assert estimate_support([0, 1, 2], [-0.5, -1.0, -2.0], full_margin=-0.5)[0] == 0.0  # already wrong
+    assert estimate_support([0, 1, 2], [3.0, 2.0, 1.0], full_margin=3.0)[0] is None  # beyond the grid
+    k, fitted = estimate_support([0, 1, 2, 4], [3.0, np.nan, 1.0, -1.0], counts=[4, 0, 4, 4], full_margin=3.0)
+    assert np.isnan(fitted[1]) and k == pytest.approx(3.0)  # the all-diverged point is dropped
+    # counts weight the pooling
+    k, fitted = estimate_support([0, 1], [1.0, 2.0], counts=[3, 1])
+    assert fitted[0] == pytest.approx(1.25)
+
+
+def test_certification_rule():
+    assert verification_k(10) == 12 and verification_k(5) == 6 and verification_k(2.5) == 3
+    assert verification_k(0) == 0 and verification_k(0.4) == 1
+    assert is_certified(-0.01) and not is_certified(0.0) and not is_certified(0.3) and not is_certified(float("nan"))
+
+
+def test_sample_targets_balanced_and_fixed():
+    y = np.repeat(np.arange(5), [30, 10, 20, 3, 40])
+    t = sample_targets(y, 15, seed=1)
+    assert len(t) == 15 and len(np.unique(t)) == 15 and np.all(np.diff(t) > 0)
+    assert list(np.bincount(y[t], minlength=5)) == [3, 3, 3, 3, 3]
+    t2 = sample_targets(y, 27, seed=1)  # class 3 has only 3: the others share the rest evenly
+    counts = np.bincount(y[t2], minlength=5)
+    assert counts[3] == 3 and counts.sum() == 27 and set(counts[[0, 1, 2, 4]]) == {6}
+    assert np.array_equal(t, sample_targets(y, 15, seed=1))
+    assert not np.array_equal(t, sample_targets(y, 15, seed=2))
+    assert len(sample_targets(y, 1000)) == len(y)
+    with pytest.raises(AuditError):
+        sample_targets(y, 0)
+
+
+def test_summary_counts_uncertified_as_infinite():
+    recs = [{"methods": {"dm": {"certified": True, "certified_support": 3, "k_star": 2.1}}},
+            {"methods": {"dm": {"certified": False, "certified_support": None, "k_star": 7.0}}},
+            {"methods": {"dm": {"certified": False, "certified_support": None, "k_star": None}}}]
+    s = support.summarize_method(recs, "dm", max_k=8, cdf_ks=[0, 4, 8])
+    assert s["fraction_certified"] == pytest.approx(1 / 3)
+    assert math.isinf(s["median_certified_support"]) and s["median_certified_support_label"] == "> 8"
+    assert s["median_k_star"] == 7.0 and s["fraction_no_crossing"] == pytest.approx(1 / 3)
+    assert [c["fraction"] for c in s["cdf"]] == pytest.approx([0, 1 / 3, 1 / 3])
+
+
+# ----- the search on a small digits run ------------------------------------------------
+SMALL = dict(n=4, T=2, k_grid=[2, 8], block_size=8)
+
+
+def _check_records(out: dict, grid: list[int]) -> None:
+    for r in out["targets"]:
+        assert set(r["methods"]) == {"datamodels", "representation", "random"}
+        for res in r["methods"].values():
+            assert list(res["curve"]) == ["0"] + [str(k) for k in grid]
+            assert res["curve"]["0"] == pytest.approx(r["full_margin"])  # the shared full-data models
+            if r["full_margin"] < 0:
+                assert res["k_star"] == 0 and res["certified"]
+            if res["k_star"] is None:
+                assert not res["certified"] and res["verify_k"] is None
+            else:
+                assert res["verify_k"] == verification_k(res["k_star"])
+                assert res["certified"] == (res["verify_margin"] < 0)
+                assert res["certified_support"] == (res["verify_k"] if res["certified"] else None)
+
+
+def test_brittleness_end_to_end(audit_run, digits):
+    s = support.run_brittleness(audit_run, all_heuristic=True, dataset=digits, **SMALL)
+    out = json.loads((audit_run / "audits" / "brittleness.json").read_text())
+    assert out["summary"]["per_method"].keys() == {"datamodels", "representation", "random"}
+    assert s["n_targets"] == 4 and s["k_grid"] == [2, 8] and s["T"] == 2
+    assert len(out["targets"]) == 4 and len(out["heuristic_all"]) == digits.n_test
+    targets = [r["target"] for r in out["targets"]]
+    assert targets == list(sample_targets(digits.y_test, 4, 0))
+    _check_records(out, [2, 8])
+    csv = (audit_run / "audits" / "brittleness.csv").read_text().splitlines()
+    assert len(csv) == 5 and "datamodels_k_star" in csv[0] and "random_certified" in csv[0]
+    # the job plans are saved with the options that made them
+    plans = sorted((audit_run / "retrain").glob("brittleness-grid-*/plan.json"))
+    assert len(plans) == 1 and json.loads(plans[0].read_text())["options"]["T"] == 2
+    # same options: nothing is retrained; other options: another job dir
+    assert support.run_brittleness(audit_run, all_heuristic=True, dataset=digits, **SMALL)["models_trained_now"] == 0
+    s2 = support.run_brittleness(audit_run, dataset=digits, targets=[targets[0]], T=1, k_grid=[2],
+                                 methods=["datamodels"], block_size=8)
+    assert s2["models_trained_now"] > 0 and len(list((audit_run / "retrain").glob("brittleness-grid-*"))) == 2
+
+
+def test_resume_after_an_interruption(audit_run, digits, tmp_path, monkeypatch):
+    import shutil
+
+    from audit.training.mlp import MLPTrainer
+
+    clean = tmp_path / "clean"
+    shutil.copytree(audit_run, clean)
+    expected = support.run_brittleness(clean, dataset=digits, **SMALL)
+    real = MLPTrainer.train_block
+    calls = {"n": 0, "models": 0, "fail_after": None}
+
+    def counting(self, dataset, masks, seeds, labels=None, progress=None):
+        if calls["fail_after"] is not None and calls["n"] >= calls["fail_after"]:
+            raise KeyboardInterrupt("killed")
+        calls["n"] += 1
+        calls["models"] += len(seeds)
+        return real(self, dataset, masks, seeds, labels)
+
+    monkeypatch.setattr(MLPTrainer, "train_block", counting)
+    support.run_brittleness(audit_run, dataset=digits, n=1, T=1, k_grid=[2], methods=["representation"])  # reference
+    calls.update(n=0, models=0, fail_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        support.run_brittleness(audit_run, dataset=digits, **SMALL)
+    first = calls["models"]
+    assert first == SMALL["block_size"]
+    calls.update(models=0, fail_after=None)
+    s = support.run_brittleness(audit_run, dataset=digits, **SMALL)
+    assert calls["models"] == s["models_trained_now"] == expected["models_in_plan"] - first  # no row retrained
+    got = json.loads((audit_run / "audits" / "brittleness.json").read_text())
+    want = json.loads((clean / "audits" / "brittleness.json").read_text())
+    assert got["targets"] == want["targets"]
+    assert got["summary"]["per_method"] == want["summary"]["per_method"]
+
+
+def test_bad_inputs_are_one_line_errors(audit_run, small_digits_run):
+    from tests.audits.conftest import audit_cli
+    from tests.conftest import assert_one_line_error
+
+    for args in (["--targets", "3,99999"], ["--targets", "a,b"], ["--k-grid", "8,2"], ["--methods", "nearest"],
+                 ["--T", "0"]):
+        proc = audit_cli("brittleness", str(audit_run), *args)
+        assert_one_line_error(proc)
+    unfitted = audit_run.parent / "unfitted"
+    import shutil
+
+    shutil.copytree(audit_run, unfitted, ignore=shutil.ignore_patterns("datamodels.npz"))
+    proc = audit_cli("mislabel", str(unfitted), "--n", "2")
+    assert_one_line_error(proc)
+    assert "audit fit" in proc.stderr
+
+
+def test_cli_prints_the_table(audit_run):
+    from tests.audits.conftest import audit_cli
+
+    proc = audit_cli("brittleness", str(audit_run), "--targets", "0,5", "--T", "1", "--k-grid", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "median certified support" in proc.stdout and "datamodels" in proc.stdout
+    assert "brittleness.json" in proc.stdout.replace("\n", "")

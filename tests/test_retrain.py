@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+
+from audit.errors import AuditError
+from audit.retrain import REMOVE, RetrainPlan, RetrainStore, job_dir, run_plan, train_pending
+from audit.training.mlp import MLPTrainer
+from tests.conftest import FAST_MLP
+
+N_TRAIN, N_TEST = 1297, 500
+
+
+def make_plan():
+    """Two targets: list 0 removes, list 1 relabels to class 3; ks 0, 1, 3; two replicates."""
+    lists = np.array([[5, 9, 2, 7], [5, 9, 2, 7]])
+    rows = [(l, k, r, N_TRAIN + t) for l, t in ((0, 0), (1, 1)) for k in (0, 1, 3) for r in (0, 1)]
+    rows += [(0, 2, 0, N_TRAIN + 0)]
+    req = np.array(rows)
+    return RetrainPlan.build(lists, np.array([REMOVE, 3]), req[:, 0], req[:, 1], req[:, 2], req[:, 3])
+
+
+def test_plan_shares_jobs_between_identical_models():
+    plan = make_plan()
+    assert plan.n_rows == 13
+    # k=0 rows of both lists are the same two (unedited) models; the rest are distinct
+    assert plan.n_jobs == 2 + 2 * 2 * 2 + 1
+    assert plan.row_job[0] == plan.row_job[6] and plan.row_job[1] == plan.row_job[7]
+    masks, labels = plan.edits(np.arange(plan.n_jobs), np.zeros(N_TRAIN, dtype=np.int64))
+    removed = [set(np.flatnonzero(~m)) for m in masks]
+    relabelled = [set(np.flatnonzero(lab == 3)) for lab in labels]
+    by_job = {(int(plan.job_list[j]), int(plan.job_k[j])): j for j in range(plan.n_jobs)}
+    assert removed[by_job[(0, 3)]] == {5, 9, 2} and relabelled[by_job[(0, 3)]] == set()
+    assert removed[by_job[(1, 1)]] == set() and relabelled[by_job[(1, 1)]] == {5}
+    assert removed[by_job[(0, 0)]] == set() and relabelled[by_job[(0, 0)]] == set()
+    assert plan.edits(np.array([by_job[(0, 3)]]), np.zeros(N_TRAIN, dtype=np.int64))[1] is None  # remove only
+
+
+def test_padding_and_bad_rows():
+    plan = RetrainPlan.build(np.array([[4, -1, -1]]), np.array([REMOVE]), [0, 0, 0], [1, 2, 3], [0, 0, 0], [0, 0, 0])
+    assert plan.n_jobs == 1  # -1 padding edits nothing more: k=1,2,3 are one model
+    with pytest.raises(AuditError, match="k must"):
+        RetrainPlan.build(np.array([[4, 1]]), np.array([REMOVE]), [0], [3], [0], [0])
+
+
+class CountingTrainer(MLPTrainer):
+    """The MLP trainer that records how many models it trains, and can fail after n blocks."""
+
+    def __init__(self, fail_after: int | None = None):
+        super().__init__(**FAST_MLP)
+        self.trained, self.blocks, self.fail_after = 0, 0, fail_after
+
+    def train_block(self, dataset, masks, seeds, labels=None, progress=None):
+        if self.fail_after is not None and self.blocks >= self.fail_after:
+            raise KeyboardInterrupt("stopped")
+        self.blocks += 1
+        self.trained += len(seeds)
+        return super().train_block(dataset, masks, seeds, labels)
+
+
+def _run(root, plan, digits, trainer):
+    kw = dict(seed=0, trainer_config=trainer.config(), fingerprint=digits.fingerprint(), block_size=4)
+    return run_plan(root, "t", plan, digits, trainer, **kw)
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, digits):
+    plan = make_plan()
+    full, n_full = _run(tmp_path / "a", plan, digits, CountingTrainer())
+    assert n_full == plan.n_jobs and np.isfinite(full).all()
+    # the two k=0 models are shared: both targets' rows come from the same model
+    first = CountingTrainer(fail_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "b", plan, digits, first)
+    assert first.trained == 4
+    path = job_dir(tmp_path / "b", "t", plan, seed=0, trainer=first.config(), fingerprint=digits.fingerprint(),
+                   block_size=4)
+    done = np.load(path / "done.npy")
+    assert done.sum() == 4 and done[:4].all()
+    again = CountingTrainer()
+    resumed, n_now = _run(tmp_path / "b", plan, digits, again)
+    assert n_now == again.trained == plan.n_jobs - 4  # nothing trained twice
+    assert np.array_equal(full, resumed)
+    third = CountingTrainer()
+    assert np.array_equal(_run(tmp_path / "b", plan, digits, third)[0], full) and third.trained == 0
+
+
+def test_margins_match_a_direct_training(tmp_path, digits):
+    """Row margins are the row target's margin of the edited model (here: relabel 5, 9, 2 to class 3)."""
+    from audit.retrain import STREAM_RETRAIN
+    from audit.seeding import model_seed
+    from audit.training.base import correct_class_margins
+
+    plan = make_plan()
+    margins, _ = _run(tmp_path, plan, digits, CountingTrainer())
+    job = int(np.flatnonzero((plan.job_list == 1) & (plan.job_k == 3) & (plan.job_rep == 1))[0])
+    m, lab = plan.edits(np.array([job]), digits.y_train)
+    assert lab is not None and (lab[0, [5, 9, 2]] == 3).all() and m.all()
+    model = MLPTrainer(**FAST_MLP).train_block(digits, m, [model_seed(0, STREAM_RETRAIN, 1)], lab)
+    direct = correct_class_margins(model.logits(digits.x_test[1:2]), digits.y_test[1:2])[0, 0]
+    row = int(np.flatnonzero(plan.row_job == job)[0])
+    assert margins[row] == pytest.approx(direct, abs=1e-4)
+
+
+def test_other_plan_other_dir_and_clash_is_an_error(tmp_path, digits):
+    plan = make_plan()
+    other = RetrainPlan.build(plan.lists, plan.list_label, [0], [1], [0], [N_TRAIN])
+    kw = dict(seed=0, trainer={"name": "mlp"}, fingerprint="x", block_size=4)
+    assert job_dir(tmp_path, "t", plan, **kw) != job_dir(tmp_path, "t", other, **kw)
+    assert job_dir(tmp_path, "t", plan, **kw) != job_dir(tmp_path, "t", plan, **{**kw, "seed": 1})
+    RetrainStore.open_or_create(tmp_path / "j", plan, **kw)
+    assert RetrainStore.open_or_create(tmp_path / "j", plan, **kw).plan.n_jobs == plan.n_jobs
+    with pytest.raises(AuditError, match="other settings"):
+        RetrainStore.open_or_create(tmp_path / "j", other, **kw)
+
+
+def test_a_claimed_block_is_left_to_its_owner(tmp_path, digits):
+    from audit.store import claim_block
+
+    plan = make_plan()
+    store = RetrainStore.open_or_create(tmp_path / "j", plan, seed=0, trainer={"name": "mlp"},
+                                        fingerprint=digits.fingerprint(), block_size=4)
+    import multiprocessing as mp  # a FileLock is per process: hold block 0 from another one
+
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold, args=(str(tmp_path / "j"), ready, release))
+    proc.start()
+    try:
+        assert ready.wait(30)
+        trainer = CountingTrainer()
+        train_pending(store, digits, trainer)
+        assert trainer.trained == plan.n_jobs - 4 and not np.asarray(store.done)[:4].any()
+    finally:
+        release.set()
+        proc.join(30)
+    with claim_block(tmp_path / "j", 0) as mine:
+        assert mine
+
+
+def _hold(path, ready, release):
+    from audit.store import claim_block
+
+    with claim_block(path, 0) as mine:
+        assert mine
+        ready.set()
+        release.wait(60)
