@@ -522,8 +522,8 @@ def _split(m: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
 def fit_datamodels(masks: np.ndarray, margins: np.ndarray, n_train: int, *, n_lambdas: int = 24,
                    lambda_min_ratio: float = 1e-3, val_fraction: float = 0.1, seed: int = 0,
                    device: str = "cpu", tol: float = 1e-4, path_tol: float = 1e-3, max_iter: int = 1000,
-                   patience: int = 3, min_improvement: float = 1e-3, memory_gb: float | None = None,
-                   progress: Progress = SILENT) -> Datamodels:
+                   patience: int = 3, min_improvement: float = 1e-3, selection: str = "min",
+                   memory_gb: float | None = None, progress: Progress = SILENT) -> Datamodels:
     """Fit one LASSO datamodel per target, λ chosen per target on held-out models.
 
     masks bool [m, n_train]; margins [m, T] with train targets first. Models with a
@@ -536,7 +536,8 @@ def fit_datamodels(masks: np.ndarray, margins: np.ndarray, n_train: int, *, n_la
     3. After each step, validation MSE per target on its validation rows. Early stop: a
        target leaves the path once its validation MSE has gone ``patience`` consecutive
        steps without improving its best value by more than ``min_improvement`` (relative);
-       the path ends when no target is left. Chosen λ_j = the argmin over the steps run.
+       the path ends when no target is left. Chosen λ_j: ``select_lambda`` with rule
+       ``selection`` (``min``: the argmin over the steps run; ``1se``: one-standard-error rule).
        Targets with no validation rows take the median chosen step of the others.
     4. Refit on all models at λ_j (gap ≤ ``tol``·var_j), warm-started from step 2's solution.
 
@@ -546,6 +547,8 @@ def fit_datamodels(masks: np.ndarray, margins: np.ndarray, n_train: int, *, n_la
     on the device as float32.
     """
     t_start = time.perf_counter()
+    if selection not in ("min", "1se"):
+        raise AuditError(f"unknown λ selection rule '{selection}': use min or 1se")
     masks = np.asarray(masks, dtype=bool)
     margins = np.asarray(margins, dtype=np.float32)
     if masks.ndim != 2 or margins.ndim != 2 or masks.shape[0] != margins.shape[0]:
@@ -596,15 +599,16 @@ def fit_datamodels(masks: np.ndarray, margins: np.ndarray, n_train: int, *, n_la
             fit_p = _make_problem(X_fit, Y[:, :m_fit].contiguous(),
                                   None if D is None else D[:, :m_fit].contiguous(), budget)
             Yv, Dv = Y[:, m_fit:], (None if D is None else D[:, m_fit:])
-            best_k, best_mse, best_W, path_mse, L, steps = _path(
+            best_k, best_mse, best_W, path_mse, path_se, L, steps = _path(
                 fit_p, X_val, Yv, Dv, ratios, tol=path_tol, max_iter=max_iter, patience=patience,
                 min_improvement=min_improvement, seed=seed, bar=bar, stats=stats)
             stats["path_steps"].append(steps)
             bar.advance(len(ratios) - steps)
             lmax = fit_p.lambda_max()
             del fit_p
-            has_val = np.isfinite(path_mse.cpu().numpy()).any(1)
-            bk = best_k.cpu().numpy()
+            mse_np = path_mse.cpu().numpy()
+            has_val = np.isfinite(mse_np).any(1)
+            bk = select_lambda(mse_np, path_se.cpu().numpy(), selection)
             if (~has_val).any():  # no validation rows: the median chosen step of the others
                 bk[~has_val] = int(np.median(bk[has_val])) if has_val.any() else 0
             r_chosen = ratios[bk].astype(np.float32)
@@ -630,7 +634,7 @@ def fit_datamodels(masks: np.ndarray, margins: np.ndarray, n_train: int, *, n_la
             lam[c0:c1] = lam_c.cpu().numpy()
             lam_ratio[c0:c1] = r_chosen
             lam_max_fit[c0:c1] = lmax.cpu().numpy()
-            val_mse[c0:c1] = np.where(has_val, best_mse.cpu().numpy(), np.nan)
+            val_mse[c0:c1] = np.where(has_val, mse_np[np.arange(c1 - c0), bk], np.nan)
             val_path[c0:c1] = path_mse.cpu().numpy()
             n_rows[c0:c1] = refit_p.m.cpu().numpy().astype(np.int64)
             del refit_p, Y, D, res, best_W
@@ -638,7 +642,7 @@ def fit_datamodels(masks: np.ndarray, margins: np.ndarray, n_train: int, *, n_la
     info = {"n_models_dropped": n_dropped, "n_models_val": int(len(val_rows)), "device": str(dev),
             "n_chunks": len(groups), "chunk_size": int(chunk), "gram_form_test_targets": bool(gram),
             "tol": tol, "path_tol": path_tol, "patience": patience, "min_improvement": min_improvement,
-            "n_lambdas": int(n_lambdas), "lambda_min_ratio": lambda_min_ratio, "val_fraction": val_fraction,
+            "selection": selection, "n_lambdas": int(n_lambdas), "lambda_min_ratio": lambda_min_ratio, "val_fraction": val_fraction,
             "seed": seed, "seconds": round(time.perf_counter() - t_start, 3), **stats}
     return Datamodels(weights=weights, bias=bias, lam=lam, val_mse=val_mse, lam_ratio=lam_ratio,
                       n_models_fit=int(m), n_train=int(n_train), lam_max=lam_max_fit, n_rows=n_rows,
@@ -661,6 +665,7 @@ def _path(problem: _Problem, X_val: torch.Tensor, Yv: torch.Tensor, Dv: torch.Te
     best_k = torch.zeros(t, dtype=torch.long, device=dev)
     stall = torch.zeros(t, dtype=torch.long, device=dev)
     path_mse = torch.full((t, len(ratios)), float("nan"), device=dev)
+    path_se = torch.full((t, len(ratios)), float("nan"), device=dev)
     mv = Dv.sum(1) if Dv is not None else torch.full((t,), float(X_val.shape[0]), device=dev)
     active = torch.arange(t, device=dev)
     steps = 0
@@ -684,9 +689,12 @@ def _path(problem: _Problem, X_val: torch.Tensor, Yv: torch.Tensor, Dv: torch.Te
         if Dv is not None:
             err.mul_(Dv[active])
         mva = mv[active]
+        err_sq = err.pow(2).sum(1) / mva.clamp_min(1.0)
         err = err.sum(1) / mva.clamp_min(1.0)
         err = torch.where(mva > 0, err, torch.full_like(err, float("nan")))
         path_mse[active, k] = err
+        # standard error of the validation MSE (spread of the per-model squared errors)
+        path_se[active, k] = ((err_sq - err.pow(2)).clamp_min(0.0) / (mva - 1).clamp_min(1.0)).sqrt()
         prev = best_mse[active]
         better = err < prev
         significant = err < prev * (1 - min_improvement)
@@ -697,7 +705,26 @@ def _path(problem: _Problem, X_val: torch.Tensor, Yv: torch.Tensor, Dv: torch.Te
         stall[active] = torch.where(significant, torch.zeros_like(stall[active]), stall[active] + 1)
         active = active[stall[active] < patience]
         bar.advance(1)
-    return best_k, best_mse, best_W, path_mse, L, steps
+    return best_k, best_mse, best_W, path_mse, path_se, L, steps
+
+
+def select_lambda(path_mse: np.ndarray, path_se: np.ndarray, rule: str) -> np.ndarray:
+    """Chosen path step per target from validation MSE [t, K] (NaN = step not run).
+
+    ``min``: the step with the lowest validation MSE. ``1se``: the largest λ (earliest step)
+    whose validation MSE is within one standard error of that minimum (Hastie et al.,
+    ESL §7.10), which keeps targets without signal from picking a small λ by chance.
+    Targets without any validation MSE get step 0.
+    """
+    filled = np.where(np.isfinite(path_mse), path_mse, np.inf)
+    best = filled.argmin(1)
+    if rule == "min":
+        return best
+    if rule != "1se":
+        raise AuditError(f"unknown λ selection rule '{rule}': use min or 1se")
+    rows = np.arange(len(best))
+    limit = filled[rows, best] + np.nan_to_num(path_se[rows, best], nan=0.0)
+    return (filled <= limit[:, None]).argmax(1)
 
 
 # ----- the difference-of-means baseline -----------------------------------------------------
