@@ -140,6 +140,21 @@ def load_datamodels(run_dir: Path):
 
 
 # ----- evaluate --------------------------------------------------------------------
+def _scatter_sample(dm, masks_eval: np.ndarray, measured: np.ndarray, n_train: int, n_targets: int,
+                    per_group: int = 4) -> dict[str, np.ndarray]:
+    """Predicted vs measured margins on the held-out models for a few train and test targets
+    (for plots): ``scatter_targets`` [k], ``scatter_pred`` / ``scatter_measured`` [m, k], and
+    ``scatter_valid`` [m, k] (a train target is only scored on models that exclude it)."""
+    targets = np.r_[np.linspace(0, n_train - 1, per_group), np.linspace(n_train, n_targets - 1, per_group)]
+    targets = np.unique(targets.astype(int))
+    pred = masks_eval.astype(np.float32) @ dm.weights[targets].T + dm.bias[targets]
+    valid = np.ones((len(masks_eval), len(targets)), bool)
+    is_train = targets < n_train
+    valid[:, is_train] = ~masks_eval[:, targets[is_train]]
+    return {"scatter_targets": targets, "scatter_pred": pred.astype(np.float32),
+            "scatter_measured": measured[:, targets].astype(np.float32), "scatter_valid": valid}
+
+
 def evaluate(run_dir: Path, *, n_subsets: int = 200, repeats: int = 1, progress: Progress = SILENT) -> dict:
     """Train held-out models (``repeats`` per subset), then score datamodels and the baseline on them."""
     from audit.datamodels import difference_of_means, evaluate as score
@@ -165,6 +180,7 @@ def evaluate(run_dir: Path, *, n_subsets: int = 200, repeats: int = 1, progress:
     result, per_target = score(dm, masks_eval, margins[keep].mean(1), c.n_train, baseline_weights=baseline,
                                margins_replicates=margins[keep] if repeats > 1 else None)
     result.update({"n_subsets": int(keep.sum()), "repeats": repeats, "n_fit_models": int(len(rows))})
+    per_target.update(_scatter_sample(dm, masks_eval, margins[keep].mean(1), c.n_train, c.n_targets))
     write_json(store.path / "evaluation.json", result)
     np.savez(store.path / "evaluation_targets.npz", **per_target)
     return result
