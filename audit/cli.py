@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from audit.commands import data as data_cmd
 from audit.commands import evaluate as evaluate_cmd
 from audit.commands import fit as fit_cmd
 from audit.commands import run as run_cmd
@@ -18,6 +19,7 @@ app.command("train")(train_cmd.train)
 app.command("fit")(fit_cmd.fit)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("run")(run_cmd.run)
+app.add_typer(data_cmd.app, name="data")
 
 
 def main() -> None:

@@ -256,7 +256,9 @@ def main() -> None:
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "train_gpu.json"))
     args = p.parse_args()
     if not torch.cuda.is_available():
-        sys.exit("train_gpu.py needs a CUDA GPU")
+        print(f"train_gpu: needs a CUDA GPU and torch {torch.__version__} sees none here; run it on a GPU machine",
+              file=sys.stderr)
+        sys.exit(2)
     out = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "args": vars(args)}
     print(f"device {out['device']}, torch {out['torch']}", flush=True)
     if args.profile:

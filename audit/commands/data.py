@@ -12,17 +12,6 @@ from audit.commands.common import console
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prepare datasets for fast loading.")
 
 
-def default_beton_dir(spec: str) -> Path:
-    """``$AUDIT_DATA/ffcv/<dataset name>`` (default ``~/.cache/datamodel-audit/ffcv/<name>``)."""
-    from audit.data import dataset_kind
-    from audit.data.paths import default_data_dir
-
-    kind = dataset_kind(spec)
-    arg = spec.partition(":")[2]
-    name = Path(arg).stem if kind == "npz" and arg else kind
-    return default_data_dir() / "ffcv" / name
-
-
 @app.command("prepare")
 def prepare(
     dataset: str = typer.Argument(..., help="digits, cifar10[:DIR], fmow[:DIR] or npz:FILE"),
@@ -36,11 +25,11 @@ def prepare(
 ) -> None:
     """Write the dataset once to FFCV .beton files (needs the ffcv extra: scripts/setup-ffcv.sh)."""
     from audit.data import load_dataset
-    from audit.data.ffcv_io import import_ffcv, write_beton
+    from audit.data.ffcv_io import default_beton_dir, import_ffcv, write_beton
 
     import_ffcv()  # fail before loading a large dataset
     ds = load_dataset(dataset, **({"year": year} if year else {}))
-    folder = out or default_beton_dir(dataset)
+    folder = out or default_beton_dir(dataset, year)
     paths = write_beton(ds, folder, write_mode=write_mode, jpeg_quality=jpeg_quality, num_workers=workers,
                         overwrite=overwrite)
     sizes = ", ".join(f"{p.name} {p.stat().st_size / 2**20:.1f} MiB" for p in paths.values())

@@ -7,7 +7,9 @@ decoding cost; ``jpg`` for smaller files), anything else (other channel counts, 
 feature rows) to an ``NDArrayField``; labels and the example's index go to ``IntField``s.
 ``ffcv.json`` beside the files records the dataset spec, fingerprint, classes and fields.
 
-Importing ffcv sets torch to one thread; this module restores the thread count.
+Importing ffcv sets torch to one thread, and iterating an FFCV ``Loader`` sets it to the
+loader's ``num_workers``; this module restores torch's thread count after each (the
+loader: when a pass over it ends).
 """
 
 from __future__ import annotations
@@ -77,6 +79,20 @@ class _NoBar:
 
     def close(self) -> None:
         pass
+
+
+def default_beton_dir(spec: str, year: int | None = None) -> Path:
+    """``$AUDIT_DATA/ffcv/<dataset>`` (default ``~/.cache/datamodel-audit/ffcv/<dataset>``);
+    ``<dataset>`` is the kind (``cifar10``, ``fmow`` or ``fmow-<year>``) or the npz file's stem."""
+    from audit.data import dataset_kind
+    from audit.data.paths import default_data_dir
+
+    kind = dataset_kind(spec)
+    arg = spec.partition(":")[2]
+    name = Path(arg).stem if kind == "npz" and arg else kind
+    if year is not None:
+        name = f"{name}-{year}"
+    return default_data_dir() / "ffcv" / name
 
 
 def beton_paths(out_dir: Path | str) -> dict[str, Path]:
@@ -167,6 +183,8 @@ def ffcv_loader(path: Path | str, batch_size: int, *, order: str = "sequential",
     ``order`` is sequential, random or quasi_random; ``indices`` reads a subset (a
     model's mask); ``device`` (e.g. ``cuda``) moves batches there asynchronously.
     FFCV reuses its batch buffers: use each batch before the next, or ``.clone()`` it.
+    While a pass runs torch has ``num_workers`` threads (FFCV sets that); the thread count
+    from before comes back when the pass ends.
     """
     ffcv = import_ffcv()
     from ffcv.fields.decoders import IntDecoder, NDArrayDecoder, SimpleRGBImageDecoder
@@ -199,9 +217,56 @@ def ffcv_loader(path: Path | str, batch_size: int, *, order: str = "sequential",
     threads = torch.get_num_threads()
     try:
         workers = int(num_workers or min(8, os.cpu_count() or 1))
-        return ffcv.loader.Loader(str(path), batch_size=int(batch_size), num_workers=workers, order=orders[order], indices=None if indices is None else np.asarray(indices),
-                                  drop_last=drop_last, seed=seed, os_cache=os_cache, pipelines=pipelines)
+        loader = ffcv.loader.Loader(str(path), batch_size=int(batch_size), num_workers=workers,
+                                    order=orders[order], indices=None if indices is None else np.asarray(indices),
+                                    drop_last=drop_last, seed=seed, os_cache=os_cache, pipelines=pipelines)
     except (OSError, ValueError) as exc:
         raise AuditError(f"cannot read {path} with FFCV: {exc}") from None
     finally:
         torch.set_num_threads(threads)
+    return ThreadKeepingLoader(loader)
+
+
+class ThreadKeepingLoader:
+    """An FFCV ``Loader`` whose passes give torch its thread count back when they end."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            yield from self.loader
+        finally:
+            torch.set_num_threads(threads)
+
+
+def read_beton(out_dir: Path | str, batch_size: int = 512, num_workers: int | None = None) -> Dataset:
+    """Read ``train.beton`` and ``test.beton`` back into a ``Dataset`` through FFCV loaders
+    (in example order; the spec, classes and fingerprint come from ``ffcv.json``)."""
+    meta = read_meta(out_dir)
+    arrays = {}
+    for split, path in beton_paths(out_dir).items():
+        xs, ys, ids = [], [], []
+        for x, y, idx in ffcv_loader(path, batch_size, num_workers=num_workers):
+            xs.append(x.numpy().copy())
+            ys.append(y.numpy().astype(np.int64))
+            ids.append(idx.numpy().astype(np.int64))
+        idx = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+        n = meta[f"n_{split}"]
+        if len(idx) != n or not np.array_equal(np.sort(idx), np.arange(n)):
+            raise AuditError(f"{path} holds {len(idx)} examples, not the {n} that {META_FILE} lists; "
+                             f"write it again with `audit data prepare --overwrite`")
+        order = np.argsort(idx)
+        x = np.concatenate(xs)[order]
+        arrays[f"x_{split}"] = x.reshape((n, *meta["x_shape"])).astype(np.dtype(meta["x_dtype"]), copy=False)
+        arrays[f"y_{split}"] = np.concatenate(ys)[order]
+    return Dataset(spec=meta["spec"], classes=tuple(meta["classes"]), **arrays)

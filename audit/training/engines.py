@@ -6,6 +6,8 @@ the same whichever engine trained a block.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from audit.data.dataset import Dataset
@@ -13,7 +15,7 @@ from audit.errors import AuditError
 from audit.progress import SILENT, Progress
 from audit.store import RunStore
 from audit.training.base import Trainer, correct_class_margins
-from audit.training.registry import trainer_from_config
+from audit.training.registry import GPU_TRAINERS, trainer_from_config
 
 
 def train_block_margins(dataset: Dataset, trainer: Trainer, masks: np.ndarray, seeds: list[int]) -> np.ndarray:
@@ -45,22 +47,38 @@ def train_local(store: RunStore, dataset: Dataset, trainer: Trainer, progress: P
     return trained
 
 
+_WORKER_TRAINERS: dict[str, Trainer] = {}
+
+
 def _ray_block(dataset: Dataset, trainer_config: dict, masks: np.ndarray, seeds: list[int], threads: int | None):
-    """Body of one Ray task: rebuild the trainer and train the block."""
+    """Body of one Ray task: rebuild the trainer (kept per worker process, so a GPU worker
+    keeps its resident data and compiled steps across blocks) and train the block."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    return train_block_margins(dataset, trainer_from_config(trainer_config), masks, seeds)
+    key = json.dumps(trainer_config, sort_keys=True)
+    if key not in _WORKER_TRAINERS:
+        _WORKER_TRAINERS.clear()
+        _WORKER_TRAINERS[key] = trainer_from_config(trainer_config)
+    return train_block_margins(dataset, _WORKER_TRAINERS[key], masks, seeds)
 
 
-def train_ray(store: RunStore, dataset: Dataset, trainer: Trainer, address: str | None = None,
-              progress: Progress = SILENT, num_cpus: int | None = None, gpus_per_task: float = 0.0,
+def default_gpus_per_task(trainer_config: dict) -> float:
+    """One GPU per Ray task for the GPU trainers (resnet9, resnet18), none for the CPU trainer."""
+    return 1.0 if trainer_config.get("name") in GPU_TRAINERS else 0.0
+
+
+def train_ray(store: RunStore, dataset: Dataset, trainer: Trainer | dict, address: str | None = None,
+              progress: Progress = SILENT, num_cpus: int | None = None, gpus_per_task: float | None = None,
               cpus_per_task: int = 1) -> int:
     """Train pending blocks as Ray tasks; the driver writes finished rows into the store.
 
     ``address`` None starts a local Ray instance; ``"auto"`` or ``ray://HOST:PORT`` joins
-    an existing cluster. Each task trains one block (one GPU per task on GPU clusters).
+    an existing cluster. Each task trains one block. ``trainer`` may be a trainer or its
+    ``config()`` dict (a driver without a GPU cannot build a GPU trainer, but can send its
+    config). ``gpus_per_task`` defaults to 1 for the GPU trainers (resnet9, resnet18) and 0
+    for the CPU trainer; GPU workers are reused across blocks (``max_calls=0``).
     """
     try:
         import ray
@@ -79,9 +97,11 @@ def train_ray(store: RunStore, dataset: Dataset, trainer: Trainer, address: str 
             raise AuditError(f"could not reach the Ray cluster at {address or 'a new local instance'}: "
                              f"{str(exc).splitlines()[0]}") from None
     try:
-        remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task)(_ray_block)
+        config = trainer if isinstance(trainer, dict) else trainer.config()
+        if gpus_per_task is None:
+            gpus_per_task = default_gpus_per_task(config)
+        remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_calls=0)(_ray_block)
         data_ref = ray.put(dataset)
-        config = trainer.config()
         pending = {}
         for block in store.pending_blocks():
             rows = store.block_rows(block)

@@ -17,13 +17,17 @@ Design (measured choices are in benchmarks/train_gpu.py):
 - Margins use flip test-time augmentation: logits are the mean of the image's and its
   mirror's. ``logits`` evaluates every target once per model in large chunks.
 
-The ``device="cpu"`` option exists for tests and smoke runs only (tiny widths, one epoch):
-the default device is ``cuda`` and the trainer refuses to start without CUDA.
+``make_gpu_trainer`` (what ``audit train`` uses) insists on CUDA and fails fast with one
+line without it. ``GPUTrainer(name, cfg, device="cpu")`` runs the same step functions on
+the CPU (fp32, eager, no streams or graphs) so tests can check the logic on tiny inputs.
+The device is not part of the saved config: a run resumes, or a Ray worker rebuilds the
+trainer, on whatever GPU it is given (choose one with ``CUDA_VISIBLE_DEVICES``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import Callable, Sequence
@@ -81,7 +85,6 @@ class GPUConfig:
     cutout: int = 4
     tta: bool = True
     width: int = 64
-    device: str = "cuda"
     precision: str = "bf16"
     channels_last: bool = True
     compile: bool = True
@@ -89,8 +92,20 @@ class GPUConfig:
     eval_batch: int = 1024
 
 
-def make_gpu_trainer(name: str, **options) -> "GPUTrainer":
-    """Build the ``resnet9`` or ``resnet18`` trainer; AuditError for bad options or no CUDA."""
+def make_gpu_trainer(name: str, device: str = "cuda", **options) -> "GPUTrainer":
+    """Build the ``resnet9`` or ``resnet18`` trainer on CUDA; AuditError for bad options or no CUDA.
+
+    ``device`` is ``cuda`` or ``cuda:N``; ``options`` are ``recipe`` and any ``GPUConfig`` field.
+    """
+    cfg = gpu_config(name, **options)
+    if not isinstance(device, str) or not (device == "cuda" or device.startswith("cuda:")):
+        raise AuditError(f"the {name} trainer runs on CUDA only (device cuda or cuda:N, got {device!r}); "
+                         f"on the CPU use --trainer mlp")
+    return GPUTrainer(name, cfg, device=device)
+
+
+def gpu_config(name: str, **options) -> GPUConfig:
+    """The validated settings of trainer ``name`` (recipe defaults + ``options``); needs no GPU."""
     if name not in RECIPES:
         raise AuditError(f"unknown GPU trainer '{name}': use resnet9 or resnet18")
     recipe = str(options.pop("recipe", DEFAULT_RECIPE[name]))
@@ -109,7 +124,8 @@ def make_gpu_trainer(name: str, **options) -> "GPUTrainer":
         cfg = GPUConfig(recipe=recipe, **{**base, **options})
     except TypeError as exc:
         raise AuditError(f"bad options for the {name} trainer: {exc}") from None
-    return GPUTrainer(name, cfg)
+    _check(name, cfg)
+    return cfg
 
 
 def _check(name: str, cfg: GPUConfig) -> None:
@@ -125,20 +141,23 @@ def _check(name: str, cfg: GPUConfig) -> None:
         raise AuditError(f"{name} option peak_epoch must lie in 0..epochs={cfg.epochs} (got {cfg.peak_epoch})")
     if not 0 <= cfg.label_smoothing < 1 or not 0 <= cfg.momentum < 1 or cfg.weight_decay < 0:
         raise AuditError(f"{name}: label_smoothing and momentum must lie in [0, 1) and weight_decay be >= 0")
+    for key in ("tta", "channels_last", "compile", "cuda_graphs"):
+        if not isinstance(getattr(cfg, key), bool):
+            raise AuditError(f"{name} option {key} must be true or false (got {getattr(cfg, key)!r})")
     if cfg.translate < 0 or cfg.cutout < 0:
         raise AuditError(f"{name}: translate and cutout must be >= 0 pixels")
     if cfg.augment not in AUGMENTS:
         raise AuditError(f"{name} option augment must be one of {', '.join(AUGMENTS)} (got {cfg.augment!r})")
     if cfg.precision not in PRECISIONS:
         raise AuditError(f"{name} option precision must be bf16 or fp32 (got {cfg.precision!r})")
-    if not (cfg.device == "cpu" or cfg.device == "cuda" or cfg.device.startswith("cuda:")):
-        raise AuditError(f"{name} option device must be cuda, cuda:N or cpu (got {cfg.device!r})")
 
 
-def _require_device(name: str, device: str) -> torch.device:
+def _require_device(name: str, device: str | torch.device) -> torch.device:
     """The torch device, or AuditError (one line) when CUDA is asked for but missing."""
-    if device == "cpu":
+    if str(device) == "cpu":
         return torch.device("cpu")
+    if not str(device).startswith("cuda"):
+        raise AuditError(f"{name}: device must be cuda, cuda:N or cpu (got {device!r})")
     if not torch.cuda.is_available():
         raise AuditError(f"the {name} trainer needs a CUDA GPU and none is available here; train on a GPU "
                          f"machine, or use --trainer mlp on the CPU")
@@ -149,12 +168,21 @@ def _require_device(name: str, device: str) -> torch.device:
 
 
 # ----- the data on the device ----------------------------------------------------------
+def _digest(x: np.ndarray) -> str:
+    """A content hash of an array (shape, dtype and bytes)."""
+    a = np.ascontiguousarray(x)
+    h = hashlib.blake2b(str((a.shape, a.dtype.str)).encode(), digest_size=16)
+    h.update(memoryview(a.reshape(-1).view(np.uint8)))
+    return h.hexdigest()
+
+
 class _Resident:
     """A dataset's training images on the device (NHWC, padded by ``pad`` with the channel
     means) and the per-channel mean and 1/std used to normalise every input."""
 
     def __init__(self, x: np.ndarray, device: torch.device, pad: int) -> None:
         self.source = x  # held so the cache key (identity) stays valid
+        self.digest = _digest(x)
         self.h, self.w, self.c = (int(s) for s in x.shape[1:])
         self.pad = pad
         host = torch.from_numpy(np.ascontiguousarray(x))
@@ -187,25 +215,60 @@ def _normalise(xb: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor, chan
     return out if channels_last else out.contiguous()
 
 
+def augment_batch(x: torch.Tensor, idx: torch.Tensor, aug: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Flip + translate as one gather from the padded resident images ``x`` ``[N, h+2p, w+2p, C]``.
+
+    ``aug`` rows are (flip, dy, dx, cutout_y, cutout_x) per example; the crop starts at row
+    ``dy`` and column ``dx`` of the padded image (``dy = dx = p`` is no shift), and a flipped
+    example reads its crop's columns right to left. Returns ``[B, h, w, C]`` in ``x``'s dtype.
+    """
+    ar_h = torch.arange(h, device=x.device)
+    ar_w = torch.arange(w, device=x.device)
+    flip, dy, dx = aug[0], aug[1], aug[2]
+    rows = dy[:, None] + ar_h[None, :]
+    cols = torch.where(flip[:, None] > 0, w - 1 - ar_w[None, :], ar_w[None, :]) + dx[:, None]
+    return x[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+def cutout_keep(aug: torch.Tensor, h: int, w: int, size: int) -> torch.Tensor:
+    """Bool ``[B, h, w]``: False inside each example's ``size`` x ``size`` square at
+    (``aug[3]``, ``aug[4]``). Zeroing a normalised image there fills it with the mean."""
+    ar_h = torch.arange(h, device=aug.device)
+    ar_w = torch.arange(w, device=aug.device)
+    cy, cx = aug[3], aug[4]
+    in_r = (ar_h[None, :] >= cy[:, None]) & (ar_h[None, :] < cy[:, None] + size)
+    in_c = (ar_w[None, :] >= cx[:, None]) & (ar_w[None, :] < cx[:, None] + size)
+    return ~(in_r[:, :, None] & in_c[:, None, :])
+
+
+def draw_epoch_plan(subset: torch.Tensor, gen: torch.Generator, pad: int, h: int, w: int, cutout: int,
+                    augment: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One epoch's example order and per-example augmentation, drawn from the model's own
+    generator (CPU): order ``[n]`` (a permutation of ``subset``) and ``aug`` int64 ``[5, n]``
+    (flip in {0,1}, dy and dx in 0..2*pad, cutout corner in 0..h-cutout, 0..w-cutout) or None."""
+    n = len(subset)
+    order = subset[torch.randperm(n, generator=gen)]
+    if not augment:
+        return order, None
+    aug = torch.zeros((5, n), dtype=torch.int64)
+    aug[0] = (torch.rand(n, generator=gen) < 0.5).long()
+    if pad:
+        aug[1:3] = torch.randint(0, 2 * pad + 1, (2, n), generator=gen)
+    if cutout:
+        aug[3] = torch.randint(0, h - cutout + 1, (n,), generator=gen)
+        aug[4] = torch.randint(0, w - cutout + 1, (n,), generator=gen)
+    return order, aug
+
+
 def _train_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
                 aug: torch.Tensor | None, h: int, w: int, cutout: int, mean: torch.Tensor, inv_std: torch.Tensor,
                 label_smoothing: float, bf16: bool, channels_last: bool) -> torch.Tensor:
-    """Gather a batch from the resident images (flip + translate as one gather), cut out,
-    normalise, forward, loss. ``aug`` rows are (flip, dy, dx, cutout_y, cutout_x) per example."""
-    if aug is None:
-        xb = x[idx]
-    else:
-        ar_h = torch.arange(h, device=x.device)
-        ar_w = torch.arange(w, device=x.device)
-        flip, dy, dx, cy, cx = aug.unbind(0)
-        rows = dy[:, None] + ar_h[None, :]
-        cols = torch.where(flip[:, None] > 0, w - 1 - ar_w[None, :], ar_w[None, :]) + dx[:, None]
-        xb = x[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
+    """One training batch's loss: gather with flip + translate, normalise, cut out, forward,
+    label-smoothed cross-entropy (compiled as one function on CUDA)."""
+    xb = x[idx] if aug is None else augment_batch(x, idx, aug, h, w)
     xf = _normalise(xb, mean, inv_std, channels_last)
     if aug is not None and cutout > 0:
-        in_r = (ar_h[None, :] >= cy[:, None]) & (ar_h[None, :] < cy[:, None] + cutout)
-        in_c = (ar_w[None, :] >= cx[:, None]) & (ar_w[None, :] < cx[:, None] + cutout)
-        xf = xf * (~(in_r[:, :, None] & in_c[:, None, :]))[:, None, :, :].to(xf.dtype)
+        xf = xf * cutout_keep(aug, h, w, cutout)[:, None, :, :].to(xf.dtype)
     if bf16:
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
             out = model(xf)
@@ -225,7 +288,7 @@ def _compiled_loss() -> Callable:
 
 
 # ----- models being trained ---------------------------------------------------------
-def _sgd_(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], lr: torch.Tensor,
+def sgd_step_(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], lr: torch.Tensor,
           momentum: float, weight_decay: float) -> None:
     """SGD in place, as torch.optim.SGD without dampening or Nesterov (zero-initialised
     momentum buffers make the first step's buffer the gradient). ``lr`` is a 0-d tensor, so
@@ -291,7 +354,7 @@ class _Slot:
                             data.inv_std, cfg.label_smoothing, self.bf16, cfg.channels_last)
         loss.backward()
         with torch.no_grad():
-            _sgd_(self.params, [p.grad for p in self.params], self.bufs, self.lr, cfg.momentum, cfg.weight_decay)
+            sgd_step_(self.params, [p.grad for p in self.params], self.bufs, self.lr, cfg.momentum, cfg.weight_decay)
 
     def _eager_step(self, idx: torch.Tensor, aug: torch.Tensor | None) -> None:
         for p in self.params:
@@ -323,18 +386,8 @@ class _Slot:
 
     def start_epoch(self, job: _Job) -> None:
         """Draw this epoch's order and augmentation from the model's own generator (on the CPU)."""
-        data, g = self.data, job.gen
-        n = len(job.subset)
-        order = job.subset[torch.randperm(n, generator=g)]
-        aug = None
-        if self.aug is not None:
-            aug = torch.zeros((5, n), dtype=torch.int64)
-            aug[0] = (torch.rand(n, generator=g) < 0.5).long()
-            if data.pad:
-                aug[1:3] = torch.randint(0, 2 * data.pad + 1, (2, n), generator=g)
-            if self.cutout:
-                aug[3] = torch.randint(0, data.h - self.cutout + 1, (n,), generator=g)
-                aug[4] = torch.randint(0, data.w - self.cutout + 1, (n,), generator=g)
+        order, aug = draw_epoch_plan(job.subset, job.gen, self.data.pad, self.data.h, self.data.w, self.cutout,
+                                     augment=self.aug is not None)
         with self.context():
             self.plan_idx = order.to(self.device)
             self.plan_aug = aug.to(self.device) if aug is not None else None
@@ -367,6 +420,16 @@ class _Slot:
 
 
 # ----- trained models ------------------------------------------------------------------
+def tta_logits(model: torch.nn.Module, xf: torch.Tensor, tta: bool = True) -> torch.Tensor:
+    """Float logits of normalised NCHW inputs; with ``tta`` the mean over each image and its
+    horizontal mirror (the width axis). The paper's code averages with ``torch.fliplr(ims)``,
+    which on NCHW batches reverses the channel axis (RGB -> BGR), not the image; we use the
+    mirror that flip TTA means."""
+    if not tta:
+        return model(xf).float()
+    return (model(xf).float() + model(xf.flip(3)).float()) * 0.5
+
+
 class TrainedResNets:
     """A block of trained networks on the device; ``logits`` use flip test-time augmentation."""
 
@@ -389,12 +452,7 @@ class TrainedResNets:
             xf = _normalise(xb, self.mean, self.inv_std, cfg.channels_last)
             for b, model in enumerate(self.models):
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-                    if features:
-                        res = model.features(xf).float()
-                    elif cfg.tta:
-                        res = (model(xf).float() + model(xf.flip(3)).float()) * 0.5
-                    else:
-                        res = model(xf).float()
+                    res = model.features(xf).float() if features else tta_logits(model, xf, cfg.tta)
                 if out is None:
                     out = torch.empty((self.n_models, len(x), res.shape[1]), dtype=torch.float32, device=self.device)
                 out[b, start:start + len(xb)] = res
@@ -416,24 +474,35 @@ class GPUTrainer:
     """Trains blocks of ResNets, ``concurrent`` at a time on separate CUDA streams."""
 
     default_block_size = 64
+    gpus_per_task = 1.0  # the Ray engine gives each block's task one GPU
 
-    def __init__(self, name: str, cfg: GPUConfig) -> None:
+    def __init__(self, name: str, cfg: GPUConfig, device: str | torch.device = "cuda") -> None:
+        """``device`` cpu runs the same logic eagerly in fp32 (tests); the public path is
+        ``make_gpu_trainer``, which insists on CUDA."""
+        if name not in RECIPES:
+            raise AuditError(f"unknown GPU trainer '{name}': use resnet9 or resnet18")
         _check(name, cfg)
         self.name, self.cfg = name, cfg
         self.default_block_size = DEFAULT_BLOCK_SIZE[name]
-        self.device = _require_device(name, cfg.device)
+        self.device = _require_device(name, device)
         self._resident: _Resident | None = None
         self._slots: tuple | None = None
 
     def config(self) -> dict:
+        """Every setting that determines the models (not the device), for run.json."""
         return {"name": self.name, **asdict(self.cfg)}
 
     def _data(self, dataset: Dataset) -> _Resident:
+        """The training images on the device, uploaded once and kept while the same images
+        come back (the same array, or equal contents: a Ray worker gets a new copy per task)."""
         pad = self.cfg.translate if self.cfg.augment in ("flip_translate_cutout", "flip_translate") else 0
         cached = self._resident
-        if cached is None or cached.source is not dataset.x_train or cached.pad != pad:
-            self._resident = self._slots = None  # free the old copy before uploading the new one
-            self._resident = _Resident(dataset.x_train, self.device, pad)
+        if cached is not None and cached.pad == pad and (
+                cached.source is dataset.x_train or cached.digest == _digest(dataset.x_train)):
+            cached.source = dataset.x_train
+            return cached
+        self._resident = self._slots = None  # free the old copy before uploading the new one
+        self._resident = _Resident(dataset.x_train, self.device, pad)
         return self._resident
 
     def _check_inputs(self, dataset: Dataset, masks: np.ndarray, seeds: Sequence[int],
@@ -514,7 +583,7 @@ class GPUTrainer:
                 for slot, job in zip(slots, jobs):
                     spe = job.steps_per_epoch
                     if step < spe:
-                        slot.step(step, cfg.lr * _schedule(epoch * spe + step, spe, cfg))
+                        slot.step(step, cfg.lr * lr_factor(epoch * spe + step, spe, cfg))
             bar.advance(len(jobs))
         out = []
         for slot in slots:
@@ -524,7 +593,7 @@ class GPUTrainer:
         return out
 
 
-def _schedule(t: int, steps_per_epoch: int, cfg: GPUConfig) -> float:
+def lr_factor(t: int, steps_per_epoch: int, cfg: GPUConfig) -> float:
     """Triangular lr factor: 0 at step 0, 1 at the peak epoch, 0 at the end (as in the paper's code)."""
     peak, end = cfg.peak_epoch * steps_per_epoch, cfg.epochs * steps_per_epoch
     if t <= peak:

@@ -6,6 +6,7 @@ from audit.errors import AuditError
 from audit.training.base import Trainer
 
 DEFAULT_TRAINER = {"digits": "mlp", "npz": "mlp", "cifar10": "resnet9", "fmow": "resnet18"}
+GPU_TRAINERS = ("resnet9", "resnet18")
 
 
 def make_trainer(name: str, **options) -> Trainer:
@@ -21,6 +22,27 @@ def make_trainer(name: str, **options) -> Trainer:
             raise AuditError(f"the {name} trainer is unavailable: {exc}") from None
         return make_gpu_trainer(name, **options)
     raise AuditError(f"unknown trainer '{name}': use mlp, resnet9 or resnet18")
+
+
+def trainer_config(name: str, **options) -> dict:
+    """The validated config (as saved in run.json) of trainer ``name``, without building it:
+    needs no GPU, so a CPU-only Ray driver can record a GPU trainer's run and send its config."""
+    if name in GPU_TRAINERS:
+        from dataclasses import asdict
+
+        from audit.training.gpu import gpu_config
+
+        return {"name": name, **asdict(gpu_config(name, **options))}
+    return make_trainer(name, **options).config()
+
+
+def default_block_size(name: str) -> int:
+    """Models per block for trainer ``name`` when the user gives none (needs no GPU)."""
+    if name in GPU_TRAINERS:
+        from audit.training.gpu import DEFAULT_BLOCK_SIZE
+
+        return DEFAULT_BLOCK_SIZE[name]
+    return 250
 
 
 def trainer_from_config(config: dict) -> Trainer:

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -64,3 +65,25 @@ def test_ray_engine_equals_local(tmp_path, digits):
     (ml, gl, dl), (mr, gr, dr) = _arrays(local), _arrays(remote)
     assert dl.all() and dr.all() and np.array_equal(ml, mr)
     np.testing.assert_allclose(gl, gr, rtol=1e-4, atol=1e-4)
+
+
+def test_ray_tasks_ask_for_a_gpu_only_for_gpu_trainers():
+    from audit.training.engines import default_gpus_per_task
+    from audit.training.registry import trainer_config
+
+    assert default_gpus_per_task(trainer_config("resnet9")) == 1.0
+    assert default_gpus_per_task(trainer_config("resnet18")) == 1.0
+    assert default_gpus_per_task(trainer_config("mlp", **FAST_MLP)) == 0.0
+
+
+def test_a_ray_worker_keeps_its_trainer_across_blocks(digits):
+    from audit.training import engines
+    from audit.training.registry import trainer_config
+
+    config = trainer_config("mlp", **FAST_MLP)
+    masks = np.ones((2, digits.n_train), dtype=bool)
+    first = engines._ray_block(digits, config, masks, [1, 2], None)
+    trainer = engines._WORKER_TRAINERS[json.dumps(config, sort_keys=True)]
+    again = engines._ray_block(digits, dict(config), masks, [1, 2], None)
+    assert engines._WORKER_TRAINERS[json.dumps(config, sort_keys=True)] is trainer
+    np.testing.assert_array_equal(first, again)
