@@ -10,7 +10,7 @@ import pytest
 from audit import pipeline
 from audit.errors import AuditError
 from audit.jsonio import read_json
-from conftest import FAST_MLP, assert_one_line_error, run_cli
+from tests.conftest import FAST_MLP, assert_one_line_error, run_cli
 
 
 @pytest.fixture
