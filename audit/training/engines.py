@@ -100,6 +100,11 @@ def train_ray(store: RunStore, dataset: Dataset, trainer: Trainer | dict, addres
         config = trainer if isinstance(trainer, dict) else trainer.config()
         if gpus_per_task is None:
             gpus_per_task = default_gpus_per_task(config)
+        n_gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        if gpus_per_task > n_gpus:  # the tasks could never be scheduled: Ray would wait forever
+            raise AuditError(f"the {config.get('name')} trainer's Ray tasks need {gpus_per_task:g} GPU each but the "
+                             f"Ray cluster at {address or 'a new local instance'} has {n_gpus:g}; join a cluster "
+                             f"with GPU nodes (--address), or use the CPU trainer")
         remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_calls=0)(_ray_block)
         data_ref = ray.put(dataset)
         pending = {}

@@ -50,21 +50,42 @@ def test_done_rows_have_finite_margins_and_true_masks(tmp_path, digits):
     assert done.all() and np.isfinite(margins).all() and (masks.sum(1) == digits.n_train // 2).all()
 
 
-def test_ray_engine_equals_local(tmp_path, digits):
-    pytest.importorskip("ray")
-    local, remote = tmp_path / "local", tmp_path / "ray"
-    kw = dict(n_models=30, block_size=15, trainer_options=FAST_MLP, dataset=digits)
-    pipeline.train("digits", local, **kw)
-    import ray
-
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for this module's Ray tests, started as CI can (offline, no dashboard)."""
+    ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        pipeline.train("digits", remote, engine="ray", **kw)
-    finally:
-        ray.shutdown()
+    yield ray
+    ray.shutdown()
+
+
+RAY_RUN = dict(n_models=30, block_size=15, trainer_options=FAST_MLP)
+
+
+def test_ray_engine_equals_local(tmp_path, digits, local_ray):
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    pipeline.train("digits", local, dataset=digits, **RAY_RUN)
+    summary = pipeline.train("digits", remote, engine="ray", dataset=digits, **RAY_RUN)
+    assert summary["trained_now"] == 30 and local_ray.is_initialized()  # the driver's instance is left running
     (ml, gl, dl), (mr, gr, dr) = _arrays(local), _arrays(remote)
     assert dl.all() and dr.all() and np.array_equal(ml, mr)
     np.testing.assert_allclose(gl, gr, rtol=1e-4, atol=1e-4)
+
+
+def test_ray_engine_resumes_a_run_the_local_engine_began(tmp_path, digits, local_ray):
+    from audit.training.engines import train_local, train_ray
+    from audit.training.registry import make_trainer
+
+    ref = tmp_path / "ref"
+    pipeline.train("digits", ref, dataset=digits, **RAY_RUN)
+    store = RunStore.open_or_create(tmp_path / "cut", RunStore.open(ref, writable=False).config)
+    trainer = make_trainer("mlp", **FAST_MLP)
+    assert train_local(store, digits, trainer, max_blocks=1) == 15  # stopped after the first block
+    assert train_ray(store, digits, trainer) == 15                   # Ray trains only the pending block
+    (mr, gr, dr), (mc, gc, dc) = _arrays(ref), _arrays(tmp_path / "cut")
+    assert dc.all() and np.array_equal(mr, mc)
+    np.testing.assert_allclose(gr, gc, rtol=1e-4, atol=1e-4)
+    assert train_ray(store, digits, trainer) == 0                    # nothing left: no task
 
 
 def test_ray_tasks_ask_for_a_gpu_only_for_gpu_trainers():
@@ -87,3 +108,21 @@ def test_a_ray_worker_keeps_its_trainer_across_blocks(digits):
     again = engines._ray_block(digits, dict(config), masks, [1, 2], None)
     assert engines._WORKER_TRAINERS[json.dumps(config, sort_keys=True)] is trainer
     np.testing.assert_array_equal(first, again)
+
+
+def test_ray_refuses_gpu_tasks_on_a_cluster_without_gpus(tmp_path, digits, local_ray):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a local Ray instance here would have GPUs")
+    from audit.errors import AuditError
+    from audit.store import RunConfig, RunStore
+    from audit.training.engines import train_ray
+    from audit.training.registry import trainer_config
+
+    store = RunStore.create(tmp_path / "r", RunConfig(dataset="digits", fingerprint=digits.fingerprint(),
+                                                      n_train=digits.n_train, n_test=digits.n_test, alpha=0.5,
+                                                      n_models=2, block_size=2))
+    with pytest.raises(AuditError, match="GPU"):
+        train_ray(store, digits, trainer_config("resnet9"))  # refused before any task
+    assert not np.asarray(store.done).any()
