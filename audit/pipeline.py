@@ -179,7 +179,8 @@ def evaluate(run_dir: Path, *, n_subsets: int = 200, repeats: int = 1, progress:
     baseline = difference_of_means(np.asarray(store.masks[rows]), np.asarray(store.margins[rows]), c.n_train)
     result, per_target = score(dm, masks_eval, margins[keep].mean(1), c.n_train, baseline_weights=baseline,
                                margins_replicates=margins[keep] if repeats > 1 else None)
-    result.update({"n_subsets": int(keep.sum()), "repeats": repeats, "n_fit_models": int(len(rows))})
+    result.update({"n_subsets": int(keep.sum()), "n_subsets_requested": n_subsets, "repeats": repeats,
+                   "n_fit_models": int(len(rows))})
     per_target.update(_scatter_sample(dm, masks_eval, margins[keep].mean(1), c.n_train, c.n_targets))
     write_json(store.path / "evaluation.json", result)
     np.savez(store.path / "evaluation_targets.npz", **per_target)

@@ -1,0 +1,69 @@
+"""`audit run`: every step in order, a second run skips what is current, bad options are one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from audit import pipeline
+from audit.errors import AuditError
+from audit.workflow import RunOptions, evaluation_is_current, fit_is_current, run_pipeline
+from tests.conftest import FAST_MLP, assert_one_line_error, run_cli
+
+
+def test_fit_is_current_follows_the_finished_models(small_digits_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(small_digits_run, run)
+    assert fit_is_current(run)
+    fit = json.loads((run / "fit.json").read_text())
+    fit["n_models"] -= 1  # fitted on fewer models than the run now has
+    (run / "fit.json").write_text(json.dumps(fit))
+    assert not fit_is_current(run)
+    (run / "datamodels.npz").unlink()
+    assert not fit_is_current(run)
+
+
+def test_evaluation_is_current_needs_the_same_datamodels_and_subsets(small_digits_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(small_digits_run, run)
+    assert not evaluation_is_current(run, 10)  # never evaluated
+    pipeline.evaluate(run, n_subsets=10)
+    assert evaluation_is_current(run, 10)
+    assert not evaluation_is_current(run, 20)
+    pipeline.fit(run, n_lambdas=8)  # newer datamodels: the evaluation is stale
+    assert not evaluation_is_current(run, 10)
+
+
+@pytest.mark.parametrize("bad, match", [({"alpha": 1.0}, "alpha"), ({"n_models": 5}, "n-models"),
+                                        ({"eval_subsets": 2}, "eval-subsets"), ({"audits": ("typo",)}, "typo")])
+def test_bad_options_stop_before_anything_runs(tmp_path, bad, match):
+    with pytest.raises(AuditError, match=match):
+        run_pipeline("digits", tmp_path / "run", RunOptions(**bad))
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_does_every_step_then_skips_what_is_current(tmp_path):
+    run = tmp_path / "run"
+    args = ("run", "digits", "--run", str(run), "-m", "60", "--eval-subsets", "6", "--audits", "leakage",
+            *[f"-o{k}={v}" for k, v in FAST_MLP.items()])
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads((run / "run_summary.json").read_text())
+    assert list(summary["steps"]) == ["train", "fit", "evaluate", "leakage", "report"]
+    assert summary["steps"]["train"]["trained"] == 60 and summary["steps"]["fit"]["n_models"] == 60
+    assert (run / "report.html").stat().st_size > 0 and "report.html" in first.stdout.replace("\n", "")
+    weights = np.load(run / "datamodels.npz")["weights"]
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    steps = json.loads((run / "run_summary.json").read_text())["steps"]
+    assert steps["train"]["trained_now"] == 0 and steps["fit"]["skipped"] and steps["evaluate"]["skipped"]
+    np.testing.assert_array_equal(np.load(run / "datamodels.npz")["weights"], weights)
+
+
+def test_run_rejects_bad_options_in_one_line(tmp_path):
+    assert_one_line_error(run_cli("run", "digits", "--run", str(tmp_path / "r"), "--alpha", "1.5"))
+    assert not (tmp_path / "r").exists()
