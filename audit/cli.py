@@ -9,6 +9,7 @@ import typer
 from audit.commands import data as data_cmd
 from audit.commands import evaluate as evaluate_cmd
 from audit.commands import fit as fit_cmd
+from audit.commands import report as report_cmd
 from audit.commands import run as run_cmd
 from audit.commands import train as train_cmd
 from audit.errors import AuditError
@@ -20,6 +21,7 @@ app.command("fit")(fit_cmd.fit)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("run")(run_cmd.run)
 app.add_typer(data_cmd.app, name="data")
+app.command("report")(report_cmd.report)
 
 
 def main() -> None:

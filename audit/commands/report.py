@@ -1,0 +1,25 @@
+"""`audit report`: render RUN/report.html, one self-contained page with every result the run has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from audit import pipeline
+from audit.commands.common import console, progress
+
+
+def report(
+    target: str = typer.Argument(..., help="run directory or dataset spec"),
+    run: Optional[Path] = typer.Option(None, "--run", help="run directory (default runs/<dataset>)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="where to write the page (default RUN/report.html)"),
+    examples: int = typer.Option(8, "--examples", min=1, max=100, help="test images in the nearest-examples section"),
+) -> None:
+    """Render the run's HTML report (opens offline; images and plots inlined)."""
+    from audit.reports.render import render_report
+
+    run_dir = pipeline.resolve_run(target, run)
+    path = render_report(run_dir, progress=progress(), n_examples=examples, out=out)
+    console.print(f"saved {path}")
