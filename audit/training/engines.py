@@ -6,7 +6,9 @@ the same whichever engine trained a block.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 
 import numpy as np
 
@@ -69,6 +71,20 @@ def default_gpus_per_task(trainer_config: dict) -> float:
     return 1.0 if trainer_config.get("name") in GPU_TRAINERS else 0.0
 
 
+@contextlib.contextmanager
+def _quiet_ray_logs():
+    """Library code prints nothing, but ``import ray`` gives the "ray" logger its own stderr
+    handler, and ``ray.init`` warns there (Ray 2.60: "Token authentication is enabled ..." for
+    every new local instance). Only errors get through while Ray starts; the level comes back after."""
+    logger = logging.getLogger("ray")
+    level = logger.level
+    logger.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def train_ray(store: RunStore, dataset: Dataset, trainer: Trainer | dict, address: str | None = None,
               progress: Progress = SILENT, num_cpus: int | None = None, gpus_per_task: float | None = None,
               cpus_per_task: int = 1) -> int:
@@ -92,7 +108,8 @@ def train_ray(store: RunStore, dataset: Dataset, trainer: Trainer | dict, addres
     started_here = not ray.is_initialized()
     if started_here:
         try:
-            ray.init(**init_kwargs)
+            with _quiet_ray_logs():
+                ray.init(**init_kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise AuditError(f"could not reach the Ray cluster at {address or 'a new local instance'}: "
                              f"{str(exc).splitlines()[0]}") from None

@@ -50,6 +50,17 @@ def test_done_rows_have_finite_margins_and_true_masks(tmp_path, digits):
     assert done.all() and np.isfinite(margins).all() and (masks.sum(1) == digits.n_train // 2).all()
 
 
+def test_cli_ray_engine_trains_and_prints_nothing_on_stderr(tmp_path):
+    pytest.importorskip("ray")
+    from tests.conftest import run_cli
+
+    run = tmp_path / "run"
+    opts = [a for k, v in FAST_MLP.items() for a in ("-o", f"{k}={v}")]
+    proc = run_cli("train", "digits", "--run", str(run), "-m", "4", "--block-size", "2", "--engine", "ray", *opts)
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr  # no Ray start-up warnings
+    assert np.load(run / "done.npy").all()
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray instance for this module's Ray tests, started as CI can (offline, no dashboard)."""
