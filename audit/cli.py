@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from audit.commands import check as check_cmd
 from audit.commands import data as data_cmd
 from audit.commands import evaluate as evaluate_cmd
 from audit.commands import fit as fit_cmd
@@ -21,6 +22,7 @@ app.command("fit")(fit_cmd.fit)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("run")(run_cmd.run)
 app.add_typer(data_cmd.app, name="data")
+app.command("check")(check_cmd.check)
 app.command("report")(report_cmd.report)
 
 
