@@ -7,6 +7,7 @@ results, and saves what it computes as JSON (and arrays) in the run directory.
 from __future__ import annotations
 
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from audit.jsonio import read_json, write_json
 from audit.progress import SILENT, Progress
 from audit.store import RUN_JSON, STREAM_EVAL, RunConfig, RunStore
 from audit.training.engines import train_local, train_ray
-from audit.training.registry import DEFAULT_TRAINER, make_trainer, trainer_from_config
+from audit.training.registry import (DEFAULT_TRAINER, default_block_size, make_trainer, trainer_config,
+                                     trainer_from_config)
 
 DATAMODELS_FILE = "datamodels.npz"
 
@@ -57,10 +59,13 @@ def train(spec: str, run_dir: Path, *, n_models: int = 5000, alpha: float = 0.5,
           dataset: Dataset | None = None, progress: Progress = SILENT) -> dict:
     """Create or resume a run and train its pending models. Returns the run summary."""
     ds = dataset or load_dataset(spec, **(dataset_options or {}))
-    model = make_trainer(trainer or DEFAULT_TRAINER[dataset_kind(spec)], **(trainer_options or {}))
+    name = trainer or DEFAULT_TRAINER[dataset_kind(spec)]
+    if engine == "local":  # fail fast (resnet9/18 without CUDA) before the run directory exists
+        make_trainer(name, **(trainer_options or {}))
+    tconfig = trainer_config(name, **(trainer_options or {}))  # builds nothing: a CPU-only Ray driver can send it
     config = RunConfig(dataset=spec, fingerprint=ds.fingerprint(), n_train=ds.n_train, n_test=ds.n_test,
-                       alpha=alpha, n_models=n_models, seed=seed, trainer=model.config(),
-                       block_size=block_size or getattr(model, "default_block_size", 250),
+                       alpha=alpha, n_models=n_models, seed=seed, trainer=tconfig,
+                       block_size=block_size or default_block_size(name),
                        dataset_options=dataset_options or {})
     store = RunStore.open_or_create(run_dir, config)
     return _train_store(store, ds, engine=engine, address=address, progress=progress)
@@ -68,12 +73,11 @@ def train(spec: str, run_dir: Path, *, n_models: int = 5000, alpha: float = 0.5,
 
 def _train_store(store: RunStore, ds: Dataset, *, engine: str = "local", address: str | None = None,
                  progress: Progress = SILENT) -> dict:
-    model = trainer_from_config(store.config.trainer)
     start = time.perf_counter()
     if engine == "local":
-        trained = train_local(store, ds, model, progress=progress)
+        trained = train_local(store, ds, trainer_from_config(store.config.trainer), progress=progress)
     elif engine == "ray":
-        trained = train_ray(store, ds, model, address=address, progress=progress)
+        trained = train_ray(store, ds, store.config.trainer, address=address, progress=progress)
     else:
         raise AuditError(f"unknown engine '{engine}': use local or ray")
     seconds = time.perf_counter() - start
@@ -135,8 +139,8 @@ def load_datamodels(run_dir: Path):
         raise AuditError(f"{run_dir} has no {DATAMODELS_FILE}; run `audit fit {run_dir}` first")
     try:
         return Datamodels.load(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise AuditError(f"{path} is unreadable ({exc}); run `audit fit {run_dir}` again") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise AuditError(f"{path} is unreadable ({type(exc).__name__}: {exc}); run `audit fit {run_dir}` again") from None
 
 
 # ----- evaluate --------------------------------------------------------------------

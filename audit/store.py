@@ -27,6 +27,12 @@ from audit.jsonio import read_json, write_json
 from audit.seeding import model_seed, subset_mask
 
 RUN_JSON = "run.json"
+
+
+class RunExistsError(AuditError):
+    """``RunStore.create`` found a run in the folder (possibly made meanwhile by another process)."""
+
+
 STREAM_MAIN, STREAM_EVAL = 0, 1
 
 
@@ -91,6 +97,7 @@ class RunStore:
         except (OSError, ValueError) as exc:
             raise AuditError(f"{self.path}: the run's arrays are missing or corrupted ({exc}); "
                              f"delete the folder and train again") from None
+        self._inode = os.stat(self.path / "done.npy").st_ino  # os.replace by grow() changes it
         expect = {"masks": (config.n_models, config.n_train), "margins": (config.n_models, config.n_targets),
                   "done": (config.n_models,)}
         for name, shape in expect.items():
@@ -105,7 +112,7 @@ class RunStore:
         config.check()
         path = Path(path)
         if (path / RUN_JSON).exists():
-            raise AuditError(f"{path} already holds a run; open it instead of creating it")
+            raise RunExistsError(f"{path} already holds a run; open it instead of creating it")
         need = config.n_models * (config.n_train + 4 * config.n_targets + 1)
         path.mkdir(parents=True, exist_ok=True)
         free = shutil.disk_usage(path).free
@@ -115,6 +122,8 @@ class RunStore:
         config.created = config.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
         config.versions = config.versions or _versions()
         with FileLock(str(path / "run.lock")):
+            if (path / RUN_JSON).exists():  # another process created it while we waited for the lock
+                raise RunExistsError(f"{path} already holds a run; open it instead of creating it")
             np.lib.format.open_memmap(path / "masks.npy", mode="w+", dtype=bool,
                                       shape=(config.n_models, config.n_train)).flush()
             margins = np.lib.format.open_memmap(path / "margins.npy", mode="w+", dtype=np.float32,
@@ -144,7 +153,10 @@ class RunStore:
         path = Path(path)
         config.check()
         if not (path / RUN_JSON).exists():
-            return cls.create(path, config)
+            try:
+                return cls.create(path, config)
+            except RunExistsError:
+                pass  # another process created it meanwhile: open it and compare the settings
         store = cls.open(path)
         old = store.config
         if old.fingerprint != config.fingerprint:
@@ -160,12 +172,14 @@ class RunStore:
 
     def grow(self, n_models: int) -> "RunStore":
         """Extend the run to ``n_models`` models, keeping every row already trained."""
-        config = self.config
         with FileLock(str(self.path / "run.lock")):
-            new = RunConfig(**{**asdict(config), "n_models": n_models})
+            current = RunStore.open(self.path)  # the files as they are now, not this process's older view
+            if current.config.n_models >= n_models:  # another process grew it meanwhile
+                return current
+            new = RunConfig(**{**asdict(current.config), "n_models": n_models})
             new.check()
             for name, dtype, fill in (("masks", bool, False), ("margins", np.float32, np.nan), ("done", bool, False)):
-                old = getattr(self, name)
+                old = getattr(current, name)
                 tmp = self.path / f".{name}.grow.npy"
                 arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_models,) + old.shape[1:])
                 arr[: len(old)] = old
@@ -215,6 +229,10 @@ class RunStore:
     def write_rows(self, rows: np.ndarray, masks: np.ndarray, margins: np.ndarray) -> None:
         """Write and flush a block's rows, then mark them done (never the other way round)."""
         with FileLock(str(self.path / "run.lock")):
+            if os.stat(self.path / "done.npy").st_ino != self._inode:  # another process grew the run
+                fresh = RunStore.open(self.path)
+                self.config, self.masks, self.margins, self.done, self._inode = (
+                    fresh.config, fresh.masks, fresh.margins, fresh.done, fresh._inode)
             self.masks[rows] = masks
             self.margins[rows] = margins
             self.masks.flush()

@@ -200,8 +200,6 @@ def test_two_train_processes_on_one_run_neither_corrupt_it_nor_train_a_model_twi
         assert np.array_equal(a, b)
 
 
-@pytest.mark.xfail(strict=True, reason="audit/store.py: RunStore.create checks run.json outside the lock; "
-                   "the lead's diff (RunExistsError, re-check under the lock) fixes it: then drop this mark")
 def test_a_run_created_by_another_process_meanwhile_is_opened_not_wiped(tmp_path, monkeypatch):
     """Two processes start on a new folder: B checks 'no run.json', A creates the run and finishes a
     block, then B gets the lock. B must open A's run, not recreate the arrays over A's rows."""
@@ -242,8 +240,6 @@ def test_a_run_created_by_another_process_meanwhile_is_opened_not_wiped(tmp_path
     assert done[:2].all() and (margins[:2] == 7.0).all(), "a second creator wiped rows another process had finished"
 
 
-@pytest.mark.xfail(strict=True, reason="audit/store.py: grow() copies this process's stale view and write_rows() "
-                   "writes into arrays another process replaced; the lead's diff fixes both: then drop this mark")
 def test_growing_a_run_that_another_process_grew_keeps_every_finished_row(tmp_path):
     path = tmp_path / "r"
     RunStore.create(path, _config(n_models=4))
