@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from audit.commands import brittleness as brittleness_cmd
 from audit.commands import check as check_cmd
 from audit.commands import data as data_cmd
 from audit.commands import evaluate as evaluate_cmd
@@ -21,6 +22,8 @@ app.command("train")(train_cmd.train)
 app.command("fit")(fit_cmd.fit)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("run")(run_cmd.run)
+app.command("brittleness")(brittleness_cmd.brittleness)
+app.command("mislabel")(brittleness_cmd.mislabel)
 app.add_typer(data_cmd.app, name="data")
 app.command("check")(check_cmd.check)
 app.command("report")(report_cmd.report)

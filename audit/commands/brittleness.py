@@ -46,12 +46,14 @@ def print_summary(s: dict) -> None:
     what = "removal support (brittleness)" if s["mode"] == "remove" else "label-flip support (mislabel)"
     table = Table(title=f"{what}: {s['n_targets']} test targets, T={s['T']} models per point, "
                         f"k grid {s['k_grid']}")
-    for col in ("ranking", "median certified support", "fraction certified", "median k*", "no crossing ≤ max k"):
-        table.add_column(col)
+    for col in ("ranking", "median support", "certified", "median k*", "no crossing"):
+        table.add_column(col, no_wrap=True)
     for method, r in s["per_method"].items():
         table.add_row(method, r["median_certified_support_label"], f"{r['fraction_certified']:.2f}",
                       r["median_k_star_label"], f"{r['fraction_no_crossing']:.2f}")
     console.print(table)
+    console.print(f"median support: median over the targets of the certified support ⌈1.2·k*⌉ (not certified = "
+                  f"beyond the grid); certified: fraction certified; no crossing: fraction with k* > {s['max_k']}")
     h = s["heuristic"]
     med = "none" if h["median"] == float("inf") else f"{h['median']:g}"
     console.print(f"heuristic support (no retraining): median {med} over the targets, "

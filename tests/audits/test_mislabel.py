@@ -17,7 +17,7 @@ def test_wrong_class_is_the_likeliest_other_class():
 def test_mislabel_relabels_instead_of_removing(audit_run, digits):
     from audit.reference import load_reference
 
-    s = run_mislabel(audit_run, n=3, T=2, k_grid=[2, 8], block_size=8, dataset=digits)
+    s = run_mislabel(audit_run, n=3, T=2, k_grid=[2, 8], block_size=32, dataset=digits)
     assert s["mode"] == "relabel" and s["json"].endswith("mislabel.json")
     out = json.loads((audit_run / "audits" / "mislabel.json").read_text())
     ref = load_reference(audit_run)

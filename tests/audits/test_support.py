@@ -1,5 +1,8 @@
 import json
 import math
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,8 +17,8 @@ from audit.errors import AuditError
 def test_default_grid_scales_the_papers():
     assert default_k_grid(50_000) == [10, 20, 40, 80, 160, 320, 640, 1280]
     assert default_k_grid(20_000) == [4, 8, 16, 32, 64, 128, 256, 512]
-    assert default_k_grid(1297) == [1, 2, 4, 8, 16, 32, 64]
-    assert default_k_grid(40) == [1, 2] and default_k_grid(3) == [1, 2]
+    assert default_k_grid(1297) == [2, 4, 8, 16, 32, 64, 128]  # up to ~10% of a small training set
+    assert default_k_grid(40) == [2, 4] and default_k_grid(3) == [2]
 
 
 def test_heuristic_support():
@@ -90,7 +93,7 @@ def test_summary_counts_uncertified_as_infinite():
 
 
 # ----- the search on a small digits run ------------------------------------------------
-SMALL = dict(n=4, T=2, k_grid=[2, 8], block_size=8)
+SMALL = dict(n=4, T=2, k_grid=[2, 8], block_size=16)
 
 
 def _check_records(out: dict, grid: list[int]) -> None:
@@ -109,8 +112,29 @@ def _check_records(out: dict, grid: list[int]) -> None:
                 assert res["certified_support"] == (res["verify_k"] if res["certified"] else None)
 
 
-def test_brittleness_end_to_end(audit_run, digits):
+def test_brittleness_resumes_after_a_kill(audit_run, digits, monkeypatch):
+    """Killed after its first retraining block, the audit restarts without retraining any model it has."""
+    from audit.training.mlp import MLPTrainer
+
+    real = MLPTrainer.train_block
+    calls = {"blocks": 0, "models": 0, "fail_after": 2}  # block 1: the reference models; block 2: the grid's first
+
+    def counting(self, dataset, masks, seeds, labels=None, progress=None):
+        if calls["fail_after"] is not None and calls["blocks"] >= calls["fail_after"]:
+            raise KeyboardInterrupt("killed")
+        calls["blocks"] += 1
+        calls["models"] += len(seeds)
+        return real(self, dataset, masks, seeds, labels)
+
+    monkeypatch.setattr(MLPTrainer, "train_block", counting)
+    with pytest.raises(KeyboardInterrupt):
+        support.run_brittleness(audit_run, all_heuristic=True, dataset=digits, **SMALL)
+    assert (audit_run / "reference.npz").exists() and not (audit_run / "audits").exists()
+    assert calls["models"] == 3 + SMALL["block_size"]  # three reference models, one grid block
+    calls.update(blocks=0, models=0, fail_after=None)
     s = support.run_brittleness(audit_run, all_heuristic=True, dataset=digits, **SMALL)
+    assert calls["models"] == s["models_trained_now"] == s["models_in_plan"] - SMALL["block_size"]
+
     out = json.loads((audit_run / "audits" / "brittleness.json").read_text())
     assert out["summary"]["per_method"].keys() == {"datamodels", "representation", "random"}
     assert s["n_targets"] == 4 and s["k_grid"] == [2, 8] and s["T"] == 2
@@ -120,71 +144,51 @@ def test_brittleness_end_to_end(audit_run, digits):
     _check_records(out, [2, 8])
     csv = (audit_run / "audits" / "brittleness.csv").read_text().splitlines()
     assert len(csv) == 5 and "datamodels_k_star" in csv[0] and "random_certified" in csv[0]
-    # the job plans are saved with the options that made them
     plans = sorted((audit_run / "retrain").glob("brittleness-grid-*/plan.json"))
     assert len(plans) == 1 and json.loads(plans[0].read_text())["options"]["T"] == 2
-    # same options: nothing is retrained; other options: another job dir
-    assert support.run_brittleness(audit_run, all_heuristic=True, dataset=digits, **SMALL)["models_trained_now"] == 0
-    s2 = support.run_brittleness(audit_run, dataset=digits, targets=[targets[0]], T=1, k_grid=[2],
-                                 methods=["datamodels"], block_size=8)
-    assert s2["models_trained_now"] > 0 and len(list((audit_run / "retrain").glob("brittleness-grid-*"))) == 2
+    # run again: nothing retrained, the same results
+    calls["models"] = 0
+    again = support.run_brittleness(audit_run, all_heuristic=True, dataset=digits, **SMALL)
+    assert again["models_trained_now"] == calls["models"] == 0
+    assert json.loads((audit_run / "audits" / "brittleness.json").read_text())["targets"] == out["targets"]
 
 
-def test_resume_after_an_interruption(audit_run, digits, tmp_path, monkeypatch):
-    import shutil
+def _audit_in_process(monkeypatch, capsys, *args: str):
+    """``audit ARGS`` through the CLI entry point in this process; returns (exit code, stdout, stderr)."""
+    from audit.cli import main
 
-    from audit.training.mlp import MLPTrainer
-
-    clean = tmp_path / "clean"
-    shutil.copytree(audit_run, clean)
-    expected = support.run_brittleness(clean, dataset=digits, **SMALL)
-    real = MLPTrainer.train_block
-    calls = {"n": 0, "models": 0, "fail_after": None}
-
-    def counting(self, dataset, masks, seeds, labels=None, progress=None):
-        if calls["fail_after"] is not None and calls["n"] >= calls["fail_after"]:
-            raise KeyboardInterrupt("killed")
-        calls["n"] += 1
-        calls["models"] += len(seeds)
-        return real(self, dataset, masks, seeds, labels)
-
-    monkeypatch.setattr(MLPTrainer, "train_block", counting)
-    support.run_brittleness(audit_run, dataset=digits, n=1, T=1, k_grid=[2], methods=["representation"])  # reference
-    calls.update(n=0, models=0, fail_after=1)
-    with pytest.raises(KeyboardInterrupt):
-        support.run_brittleness(audit_run, dataset=digits, **SMALL)
-    first = calls["models"]
-    assert first == SMALL["block_size"]
-    calls.update(models=0, fail_after=None)
-    s = support.run_brittleness(audit_run, dataset=digits, **SMALL)
-    assert calls["models"] == s["models_trained_now"] == expected["models_in_plan"] - first  # no row retrained
-    got = json.loads((audit_run / "audits" / "brittleness.json").read_text())
-    want = json.loads((clean / "audits" / "brittleness.json").read_text())
-    assert got["targets"] == want["targets"]
-    assert got["summary"]["per_method"] == want["summary"]["per_method"]
+    monkeypatch.setattr(sys, "argv", ["audit", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
 
 
-def test_bad_inputs_are_one_line_errors(audit_run, small_digits_run):
-    from tests.audits.conftest import audit_cli
+def test_bad_inputs_are_one_line_errors(audit_run, monkeypatch, capsys):
     from tests.conftest import assert_one_line_error
 
     for args in (["--targets", "3,99999"], ["--targets", "a,b"], ["--k-grid", "8,2"], ["--methods", "nearest"],
-                 ["--T", "0"]):
-        proc = audit_cli("brittleness", str(audit_run), *args)
-        assert_one_line_error(proc)
+                 ["--T", "0"], ["--k-grid", "2,5000"]):
+        assert_one_line_error(_audit_in_process(monkeypatch, capsys, "brittleness", str(audit_run), *args))
+    assert not (audit_run / "audits").exists() and not (audit_run / "retrain").exists()
     unfitted = audit_run.parent / "unfitted"
-    import shutil
-
     shutil.copytree(audit_run, unfitted, ignore=shutil.ignore_patterns("datamodels.npz"))
-    proc = audit_cli("mislabel", str(unfitted), "--n", "2")
+    proc = _audit_in_process(monkeypatch, capsys, "mislabel", str(unfitted), "--n", "2")
     assert_one_line_error(proc)
     assert "audit fit" in proc.stderr
 
 
 def test_cli_prints_the_table(audit_run):
-    from tests.audits.conftest import audit_cli
+    from tests.conftest import run_cli
 
-    proc = audit_cli("brittleness", str(audit_run), "--targets", "0,5", "--T", "1", "--k-grid", "4")
+    proc = run_cli("brittleness", str(audit_run), "--targets", "0,5", "--T", "1", "--k-grid", "4")
     assert proc.returncode == 0, proc.stderr
-    assert "median certified support" in proc.stdout and "datamodels" in proc.stdout
+    assert "median support" in proc.stdout and "certified" in proc.stdout
+    for method in ("datamodels", "representation", "random"):
+        assert method in proc.stdout
     assert "brittleness.json" in proc.stdout.replace("\n", "")
+    out = json.loads((audit_run / "audits" / "brittleness.json").read_text())
+    assert [r["target"] for r in out["targets"]] == [0, 5] and out["summary"]["k_grid"] == [4]
