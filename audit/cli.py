@@ -11,6 +11,7 @@ from audit.commands import check as check_cmd
 from audit.commands import data as data_cmd
 from audit.commands import evaluate as evaluate_cmd
 from audit.commands import fit as fit_cmd
+from audit.commands import leakage as leakage_cmd
 from audit.commands import report as report_cmd
 from audit.commands import run as run_cmd
 from audit.commands import train as train_cmd
@@ -26,6 +27,7 @@ app.command("brittleness")(brittleness_cmd.brittleness)
 app.command("mislabel")(brittleness_cmd.mislabel)
 app.add_typer(data_cmd.app, name="data")
 app.command("check")(check_cmd.check)
+app.command("leakage")(leakage_cmd.leakage)
 app.command("report")(report_cmd.report)
 
 

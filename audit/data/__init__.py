@@ -19,7 +19,14 @@ def dataset_kind(spec: str) -> str:
 
 
 def load_dataset(spec: str, **options) -> Dataset:
-    """Load and validate the dataset a spec names. Options go to the loader (e.g. fmow year)."""
+    """Load and validate the dataset a spec names. Options go to the loader (e.g. fmow year).
+
+    ``plant=N`` (with ``plant_seed``, ``plant_noise``, ``plant_shift``) appends perturbed
+    copies of N test images to the training set (audit.data.planting), for any kind.
+    """
+    from audit.data.planting import apply_planting, split_plant_options
+
+    options, plant = split_plant_options(options)
     kind = dataset_kind(spec)
     arg = spec.partition(":")[2] or None
     if kind == "digits":
@@ -40,4 +47,7 @@ def load_dataset(spec: str, **options) -> Dataset:
         from audit.data.npz import load_npz
 
         ds = load_npz(arg, spec=spec)
-    return validate(ds)
+    ds = validate(ds)
+    if plant.get("plant"):
+        ds = validate(apply_planting(ds, **plant))
+    return ds

@@ -81,7 +81,7 @@ def test_plant_duplicates_and_recall_known_answer():
     y_train = rng.integers(0, 10, 200)
     x_test = rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
     y_test = rng.integers(0, 10, 50)
-    x_new, y_new, pairs = leakage.plant_duplicates(x_train, y_train, x_test, y_test, n=10, seed=3, noise=3.0)
+    x_new, y_new, pairs = leakage.plant_duplicates(x_train, y_train, x_test, y_test, n=10, seed=3, noise=0.1)
     assert x_new.shape == (210, 8, 8, 3) and x_new.dtype == np.uint8 and len(y_new) == 210
     assert np.array_equal(x_new[:200], x_train)
     assert pairs.shape == (10, 2) and pairs[:, 1].tolist() == list(range(200, 210))
@@ -89,7 +89,7 @@ def test_plant_duplicates_and_recall_known_answer():
     for t, j in pairs:
         assert y_new[j] == y_test[t]
         assert not np.array_equal(x_new[j], x_test[t])
-    again = leakage.plant_duplicates(x_train, y_train, x_test, y_test, n=10, seed=3, noise=3.0)
+    again = leakage.plant_duplicates(x_train, y_train, x_test, y_test, n=10, seed=3, noise=0.1)
     assert np.array_equal(again[0], x_new) and np.array_equal(again[2], pairs)
 
     # a pixel-space nearest-neighbour ranking finds every planted copy (noise-only copies)
@@ -98,6 +98,28 @@ def test_plant_duplicates_and_recall_known_answer():
                                  use_gpu=False)
     rec = leakage.planted_recall(cand, pairs)
     assert rec["recall_at_k"] == {"1": 1.0, "5": 1.0, "10": 1.0} and rec["rank"] == [1] * 10
+
+
+def test_plant_noise_follows_each_pixels_spread_and_shift_only_large_images():
+    rng = np.random.default_rng(1)
+    x_train = rng.integers(0, 256, (100, 8, 8, 1), dtype=np.uint8)
+    x_train[:, 0, :] = 0                                    # a border that never varies
+    x_test = x_train[:20].copy()
+    y = np.zeros(100, np.int64)
+    x_new, _, pairs = leakage.plant_duplicates(x_train, y, x_test, y[:20], n=20, seed=0, noise=0.2)
+    copies, originals = x_new[pairs[:, 1]].astype(float), x_test[pairs[:, 0]].astype(float)
+    assert (copies[:, 0, :] == 0).all()                     # untouched: no noise where the data has no spread
+    diff = (copies - originals)[:, 1:].ravel()              # 8x8: no shift by default, so a pure noise difference
+    sigma = 0.2 * x_train[:, 1:].astype(float).std(axis=0).mean()
+    assert 0.8 * sigma < diff[np.abs(originals[:, 1:].ravel() - 127) < 90].std() < 1.2 * sigma
+    big = rng.integers(0, 256, (30, 16, 16, 3), dtype=np.uint8)
+    no_noise = {"noise": 0.0, "seed": 0, "n": 10}
+    shifted, _, p = leakage.plant_duplicates(big, np.zeros(30), big, np.zeros(30), **no_noise)
+    assert sum(not np.array_equal(shifted[j], big[t]) for t, j in p) >= 5   # most of 9 moves are not (0, 0)
+    exact, _, p = leakage.plant_duplicates(big, np.zeros(30), big, np.zeros(30), shift=False, **no_noise)
+    assert all(np.array_equal(exact[j], big[t]) for t, j in p)
+    with pytest.raises(AuditError, match="noise = -1"):
+        leakage.plant_duplicates(big, np.zeros(30), big, np.zeros(30), n=1, seed=0, noise=-1)
 
 
 def test_planted_recall_by_hand():
