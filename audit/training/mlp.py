@@ -98,7 +98,9 @@ class MLPTrainer:
         steps_per_epoch = max(1, math.ceil(int(sizes.max()) / cfg.batch_size))
         total = steps_per_epoch * cfg.epochs
         opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25,
+        # OneCycleLR divides by pct_start*total_steps - 1: with ≤ 4 steps (tiny datasets) that is 0;
+        # stepping fewer times than total_steps is allowed, and schedules of 5+ steps are unchanged
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 5), pct_start=0.25,
                                                     anneal_strategy="linear", cycle_momentum=False)
         in_subset = torch.from_numpy(masks)
         rows = torch.arange(n_models)[:, None]

@@ -59,3 +59,11 @@ def test_variable_subset_sizes(digits):
     masks[1, :300] = False
     out = MLPTrainer(**FAST_MLP).train_block(digits, masks, [1, 2]).logits(digits.x_test[:5])
     assert out.shape == (2, 5, 10) and np.isfinite(out).all()
+
+
+def test_a_handful_of_steps_trains(digits):
+    """Tiny datasets (e.g. the FMoW fixture) give ≤ 4 optimiser steps in all; the schedule must cope."""
+    masks = _masks(digits, [0, 1])
+    for epochs in (1, 2, 4):
+        out = MLPTrainer(hidden=16, epochs=epochs, batch_size=4096).train_block(digits, masks, [1, 2])
+        assert np.isfinite(out.logits(digits.x_test[:5])).all()
