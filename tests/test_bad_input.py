@@ -377,11 +377,7 @@ def run_case(world: Path, name: str, runner) -> None:
 
 # Known failures, each with the fix proposed to the owner of the module (strict: a fix makes them pass,
 # and then this table must lose the entry).
-KNOWN = {
-    **{name: "audit/audits/leakage_audit.py run_leakage rewrites leakage.json, leakage_candidates.csv before "
-             "reading the MTurk CSV; validate it first" for name in
-       ("mturk missing column", "mturk unknown test id", "mturk duplicated worker")},
-}
+KNOWN: dict[str, str] = {}
 
 
 def _params(names):

@@ -224,6 +224,10 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
         if mturk_export is None and not (run_dir / "audits" / MTURK_MANIFEST).exists():
             raise AuditError(f"{run_dir} has no MTurk export to match the results against; run with "
                              "--mturk-export DIR first (or pass the export folder with --mturk-export)")
+        if mturk_export is None:  # the export exists already: read the results now, before writing anything
+            from audit.audits.mturk import import_results
+
+            import_results(mturk_results, *_saved_manifest(run_dir))
 
     ref = reference_models(store, ds, n_models=n_reference, progress=progress)
     test_ids = np.arange(n_test, dtype=np.int64)
@@ -344,6 +348,17 @@ def export_mturk(run_dir: Path, ds, cand: dict, out_dir: Path, image_base_url: s
             "template": str(exp.template), "readme": str(exp.readme), "image_base_url": image_base_url}
 
 
+def _saved_manifest(run_dir: Path) -> tuple[list[int], dict[int, list[int]]]:
+    """Test ids and candidate lists of the run's last MTurk export (RUN/audits/leakage_mturk_manifest.json)."""
+    path = Path(run_dir) / "audits" / MTURK_MANIFEST
+    try:
+        data = read_json(path)
+        ids = [int(t) for t in data["test_ids"]]
+        return ids, {t: [int(j) for j in row] for t, row in zip(ids, data["candidates"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AuditError(f"{path} is unreadable ({exc}); export the batch again with --mturk-export") from None
+
+
 def import_mturk(run_dir: Path, results_csv: Path, export_dir: Path | None, *, weights=None, n_train: int = 0,
                  rep_idx: np.ndarray | None = None) -> dict:
     """Import an MTurk results CSV against the run's export; writes leakage_mturk.json and two CSVs."""
@@ -351,16 +366,7 @@ def import_mturk(run_dir: Path, results_csv: Path, export_dir: Path | None, *, w
 
     audits = Path(run_dir) / "audits"
     run_manifest = audits / MTURK_MANIFEST
-    if export_dir is not None:
-        ids, cands = read_manifest(export_dir)
-    else:
-        try:
-            data = read_json(run_manifest)
-            ids = [int(t) for t in data["test_ids"]]
-            cands = {t: [int(j) for j in row] for t, row in zip(ids, data["candidates"])}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise AuditError(f"{run_manifest} is unreadable ({exc}); export the batch again with --mturk-export") \
-                from None
+    ids, cands = read_manifest(export_dir) if export_dir is not None else _saved_manifest(run_dir)
     positions = None
     if run_manifest.exists():
         saved = read_json(run_manifest)
