@@ -17,8 +17,8 @@ from audit.errors import AuditError
 def test_default_grid_scales_the_papers():
     assert default_k_grid(50_000) == [10, 20, 40, 80, 160, 320, 640, 1280]
     assert default_k_grid(20_000) == [4, 8, 16, 32, 64, 128, 256, 512]
-    assert default_k_grid(1297) == [2, 4, 8, 16, 32, 64, 128]  # up to ~10% of a small training set
-    assert default_k_grid(40) == [2, 4] and default_k_grid(3) == [2]
+    assert default_k_grid(1297) == [2, 4, 8, 16, 32, 64]  # up to ~5% of a small training set
+    assert default_k_grid(40) == [2] and default_k_grid(3) == [2]
 
 
 def test_heuristic_support():
