@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from audit.store import RUN_JSON, STREAM_EVAL, RunConfig, RunStore
 from audit.training.engines import train_local, train_ray
 from audit.training.registry import (DEFAULT_TRAINER, default_block_size, make_trainer, trainer_config,
                                      trainer_from_config)
+
+if TYPE_CHECKING:
+    from audit.datamodels import Datamodels
 
 DATAMODELS_FILE = "datamodels.npz"
 
@@ -141,6 +145,24 @@ def load_datamodels(run_dir: Path):
         return Datamodels.load(path)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise AuditError(f"{path} is unreadable ({type(exc).__name__}: {exc}); run `audit fit {run_dir}` again") from None
+
+
+def open_fitted(run_dir: Path, dataset: Dataset | None = None) -> tuple[RunStore, Datamodels, Dataset]:
+    """A fitted run for an audit: its store (read-only), datamodels (shape checked) and dataset.
+
+    ``dataset`` (already loaded by the caller) must be the one the run was trained on.
+    """
+    store = RunStore.open(run_dir, writable=False)
+    c = store.config
+    dm = load_datamodels(run_dir)
+    if dm.weights.shape != (c.n_targets, c.n_train):
+        raise AuditError(f"{run_dir}/{DATAMODELS_FILE} has weights {dm.weights.shape}, expected "
+                         f"{(c.n_targets, c.n_train)}; run `audit fit {run_dir}` again")
+    if dataset is None:
+        return store, dm, dataset_of(store)
+    if dataset.fingerprint() != c.fingerprint:
+        raise AuditError(f"the dataset passed does not match the one {run_dir} was trained on")
+    return store, dm, dataset
 
 
 # ----- evaluate --------------------------------------------------------------------

@@ -214,17 +214,8 @@ class RunStore:
     @contextlib.contextmanager
     def claim(self, block: int) -> Iterator[bool]:
         """Yield True while this process holds the block; False if another process does."""
-        (self.path / "claims").mkdir(exist_ok=True)
-        lock = FileLock(str(self.path / "claims" / f"block_{block}.lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            lock.release()
+        with claim_block(self.path, block) as mine:
+            yield mine
 
     def write_rows(self, rows: np.ndarray, masks: np.ndarray, margins: np.ndarray) -> None:
         """Write and flush a block's rows, then mark them done (never the other way round)."""

@@ -180,22 +180,11 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     from audit.audits.leakage import candidate_overlap, datamodel_candidates
     from audit.data.planting import planted_pairs
     from audit.reference import reference_models
-    from audit.store import RunStore
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    store = RunStore.open(run_dir, writable=False)
+    store, dm, ds = pipeline.open_fitted(run_dir, dataset)
     c = store.config
-    dm = pipeline.load_datamodels(run_dir)
-    if dm.weights.shape != (c.n_targets, c.n_train):
-        raise AuditError(f"{run_dir}/datamodels.npz has weights {dm.weights.shape}, expected "
-                         f"{(c.n_targets, c.n_train)}; run `audit fit {run_dir}` again")
-    if dataset is None:
-        ds = pipeline.dataset_of(store)
-    else:
-        ds = dataset
-        if ds.fingerprint() != c.fingerprint:
-            raise AuditError(f"the dataset passed does not match the one {run_dir} was trained on")
     n_train, n_test = c.n_train, c.n_test
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= n_train:
         raise AuditError(f"k = {k} candidates; use 1 <= k <= {n_train} (the training set size)")

@@ -237,7 +237,6 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = 100, 
     from audit.jsonio import write_csv, write_json
     from audit.reference import reference_models
     from audit.retrain import REMOVE, RetrainPlan, run_plan
-    from audit.store import RunStore
     from audit.training.registry import trainer_from_config
 
     start = time.perf_counter()
@@ -246,18 +245,8 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = 100, 
     methods = list(dict.fromkeys(methods))
     if not methods or any(m not in METHODS for m in methods):
         raise AuditError(f"methods must be among {', '.join(METHODS)} (got {', '.join(methods) or 'none'})")
-    store = RunStore.open(run_dir, writable=False)
+    store, dm, ds = pipeline.open_fitted(run_dir, dataset)
     c = store.config
-    dm = pipeline.load_datamodels(run_dir)
-    if dm.weights.shape != (c.n_targets, c.n_train):
-        raise AuditError(f"{run_dir}/datamodels.npz has weights {dm.weights.shape}, expected "
-                         f"{(c.n_targets, c.n_train)}; run `audit fit {run_dir}` again")
-    if dataset is None:
-        ds = pipeline.dataset_of(store)
-    else:
-        ds = dataset
-        if ds.fingerprint() != c.fingerprint:
-            raise AuditError(f"the dataset passed does not match the one {run_dir} was trained on")
     T = default_replicates(c.n_train) if T is None else int(T)
     if T < 1:
         raise AuditError(f"T (models per grid point) must be at least 1 (got {T})")
