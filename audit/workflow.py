@@ -33,7 +33,7 @@ class RunOptions:
     seed: int = 0
     eval_subsets: int = 200
     device: str = "auto"
-    audit_targets: int = 20  # test targets for the brittleness and mislabel audits
+    audit_targets: int = 100  # test targets for the brittleness and mislabel audits
     audit_T: int | None = None  # models per retraining point (None: the audit's default for the dataset)
     audits: tuple[str, ...] = ("brittleness", "mislabel", "leakage")
     trainer_options: dict = field(default_factory=dict)

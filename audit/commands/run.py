@@ -50,7 +50,7 @@ def run(
     seed: int = typer.Option(0, "--seed"),
     n_subsets: int = typer.Option(200, "--eval-subsets", help="held-out subsets for evaluation"),
     device: str = typer.Option("auto", "--device", help="fitting device: cpu, cuda or auto"),
-    audit_targets: int = typer.Option(20, "--audit-targets", help="test targets in the brittleness/mislabel audits"),
+    audit_targets: int = typer.Option(100, "--audit-targets", help="test targets in the brittleness/mislabel audits"),
     audit_T: Optional[int] = typer.Option(None, "--audit-T", help="models per retraining point (default: sized for the dataset)"),
     audits: str = typer.Option("brittleness,mislabel,leakage", "--audits",
                                help="comma-separated audits to run ('' for none)"),
