@@ -9,25 +9,7 @@ import typer
 from rich.table import Table
 
 from audit import pipeline
-from audit.commands.common import console, progress
-from audit.errors import AuditError
-
-
-def parse_int_list(text: Optional[str], what: str) -> Optional[list[int]]:
-    """``"3,17,42"`` -> ``[3, 17, 42]``; None stays None."""
-    if text is None:
-        return None
-    try:
-        values = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise AuditError(f"{what} must be a comma-separated list of integers (got '{text}')") from None
-    if not values:
-        raise AuditError(f"{what} is empty; give a comma-separated list of integers")
-    return values
-
-
-def parse_methods(text: str) -> list[str]:
-    return [m for m in text.replace(" ", "").split(",") if m]
+from audit.commands.common import console, parse_names, parse_number_list, progress
 
 
 def _search(mode: str, target: str, run: Optional[Path], n: int, targets: Optional[str], T: Optional[int],
@@ -35,8 +17,8 @@ def _search(mode: str, target: str, run: Optional[Path], n: int, targets: Option
     from audit.audits.support import run_brittleness
 
     run_dir = pipeline.resolve_run(target, run)
-    summary = run_brittleness(run_dir, mode=mode, n=n, targets=parse_int_list(targets, "--targets"), T=T,
-                              k_grid=parse_int_list(k_grid, "--k-grid"), methods=parse_methods(methods),
+    summary = run_brittleness(run_dir, mode=mode, n=n, targets=parse_number_list(targets, "--targets", int), T=T,
+                              k_grid=parse_number_list(k_grid, "--k-grid", int), methods=parse_names(methods),
                               seed=seed, all_heuristic=all_heuristic, progress=progress())
     print_summary(summary)
     console.print(f"saved {summary['json']} and {summary['csv']}")

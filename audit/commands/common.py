@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Callable, Optional
 
 from rich.console import Console
 
@@ -36,3 +37,22 @@ def parse_options(pairs: list[str] | None) -> dict:
             value = raw.lower() == "true"
         out[key.strip().replace("-", "_")] = value
     return out
+
+
+def parse_names(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (a comma-separated option; empty parts dropped)."""
+    return [part for part in text.replace(" ", "").split(",") if part]
+
+
+def parse_number_list(text: Optional[str], what: str, cast: Callable[[str], float] = float) -> Optional[list]:
+    """``"3,17,42"`` -> ``[3, 17, 42]`` with ``cast=int`` (``float``: numbers); None stays None."""
+    if text is None:
+        return None
+    kind = "integers" if cast is int else "numbers"
+    try:
+        values = [cast(part) for part in parse_names(text)]
+    except ValueError:
+        raise AuditError(f"{what} must be a comma-separated list of {kind} (got '{text}')") from None
+    if not values:
+        raise AuditError(f"{what} is empty; give a comma-separated list of {kind}")
+    return values

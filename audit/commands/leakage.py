@@ -9,21 +9,8 @@ import typer
 from rich.table import Table
 
 from audit import pipeline
-from audit.commands.common import console, progress
+from audit.commands.common import console, parse_number_list, progress
 from audit.errors import AuditError
-
-
-def parse_float_list(text: Optional[str], what: str) -> Optional[list[float]]:
-    """``"0.25,0.5,1"`` -> ``[0.25, 0.5, 1.0]``; None stays None."""
-    if text is None:
-        return None
-    try:
-        values = [float(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise AuditError(f"{what} must be a comma-separated list of numbers (got '{text}')") from None
-    if not values:
-        raise AuditError(f"{what} is empty; give a comma-separated list of numbers")
-    return values
 
 
 def _f(x) -> str:
@@ -121,7 +108,7 @@ def leakage(
     if plant is not None and plant < 1:
         raise AuditError(f"--plant {plant}: plant at least one test image")
     bars = progress()
-    s = run_leakage(run_dir, k=k, d_grid=parse_float_list(d_grid, "--d-grid"), mturk_export=mturk_export,
+    s = run_leakage(run_dir, k=k, d_grid=parse_number_list(d_grid, "--d-grid"), mturk_export=mturk_export,
                     image_base_url=image_base_url, mturk_results=mturk_results, mturk_sample=mturk_sample,
                     progress=bars)
     if plant is not None:

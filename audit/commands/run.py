@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from audit import pipeline
-from audit.commands.common import console, parse_options, progress
+from audit.commands.common import console, parse_names, parse_options, progress
 from audit.workflow import RunOptions, run_pipeline
 
 
@@ -61,7 +61,7 @@ def run(
     run_dir = run or pipeline.default_run_dir(dataset)
     options = RunOptions(n_models=n_models, alpha=alpha, seed=seed, eval_subsets=n_subsets, device=device,
                          audit_targets=audit_targets, audit_T=audit_T,
-                         audits=tuple(a.strip() for a in audits.split(",") if a.strip()),
+                         audits=tuple(parse_names(audits)),
                          trainer_options=parse_options(option))
     options.check()
     console.rule(f"[bold]audit run {dataset}[/] -> {run_dir}")
