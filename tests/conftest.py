@@ -52,6 +52,17 @@ def assert_one_line_error(proc) -> None:
     assert "Traceback" not in proc.stderr
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny networks: one torch thread is faster, and much faster on a shared, busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -14,13 +14,7 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CU
 TINY = dict(width=4, epochs=3, batch_size=8, lr=0.2, concurrent=2, channels_last=False, eval_batch=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: one thread is faster, and much faster on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

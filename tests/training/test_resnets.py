@@ -4,12 +4,7 @@ import torch
 from audit.training.resnets import ResNet9, ResNet18, build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _n_params(model: torch.nn.Module) -> int:
