@@ -18,7 +18,7 @@ from audit.errors import AuditError
 from audit.jsonio import read_json, write_json
 from audit.progress import SILENT, Progress
 from audit.store import RUN_JSON, STREAM_EVAL, RunConfig, RunStore
-from audit.training.engines import train_local, train_ray
+from audit.execution import train_local, train_ray
 from audit.training.registry import (DEFAULT_TRAINER, default_block_size, make_trainer, trainer_config,
                                      trainer_from_config)
 

@@ -20,11 +20,12 @@ with the store's flush-then-done discipline (see ``audit.store``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import ContextManager, Sequence
 
 import numpy as np
 
@@ -33,8 +34,9 @@ from audit.errors import AuditError
 from audit.jsonio import read_json, save_npz, write_json
 from audit.progress import SILENT, Progress
 from audit.seeding import model_seed
+from audit.execution import BlockTask, run_blocks
 from audit.store import claim_block, flush_then_done
-from audit.training.base import Trainer, correct_class_margins
+from audit.training.base import Trainer
 
 STREAM_RETRAIN = 3
 PLAN_JSON = "plan.json"
@@ -179,6 +181,42 @@ class RetrainStore:
         done = np.asarray(self.done)
         return [b for b in range(self.n_blocks) if not done[self.block_jobs(b)].all()]
 
+    def block_models(self, block: int) -> int:
+        return len(self.block_jobs(block))
+
+    def block_done(self, block: int) -> bool:
+        return bool(np.asarray(self.done)[self.block_jobs(block)].all())
+
+    def claim(self, block: int) -> ContextManager[bool]:
+        return claim_block(self.path, block)
+
+    @functools.cached_property
+    def _rows_by_job(self) -> tuple[np.ndarray, np.ndarray]:
+        order = np.argsort(self.plan.row_job, kind="stable")
+        return order, np.searchsorted(self.plan.row_job[order], np.arange(self.plan.n_jobs + 1))
+
+    def _block_rows(self, jobs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows served by ``jobs`` and, per row, its job's position in ``jobs``."""
+        order, bounds = self._rows_by_job
+        rows = np.concatenate([order[bounds[j]:bounds[j + 1]] for j in jobs])
+        owner = np.concatenate([np.full(bounds[j + 1] - bounds[j], b) for b, j in enumerate(jobs)])
+        return rows, owner.astype(np.int64)
+
+    def block_task(self, block: int, dataset: Dataset) -> BlockTask:
+        """The block's edited masks/labels, seeds, and the targets its rows ask about."""
+        jobs = self.block_jobs(block)
+        rows, _ = self._block_rows(jobs)
+        masks, labels = self.plan.edits(jobs, dataset.y_train)
+        return BlockTask(masks=masks, seeds=self.seeds(jobs), labels=labels,
+                         targets=np.unique(self.plan.row_target[rows]).astype(np.int64))
+
+    def write_block(self, block: int, task: BlockTask, margins: np.ndarray) -> None:
+        """``margins`` [B, len(task.targets)] -> the block's rows, flushed, then its jobs marked done."""
+        jobs = self.block_jobs(block)
+        rows, owner = self._block_rows(jobs)
+        inverse = np.searchsorted(task.targets, self.plan.row_target[rows])
+        self.write_jobs(jobs, rows, np.asarray(margins)[owner, inverse])
+
     def seeds(self, jobs: np.ndarray) -> list[int]:
         return [model_seed(int(self.meta["seed"]), STREAM_RETRAIN, int(self.plan.job_rep[j])) for j in jobs]
 
@@ -198,34 +236,12 @@ class RetrainStore:
         return out
 
 
-def train_pending(store: RetrainStore, dataset: Dataset, trainer: Trainer, progress: Progress = SILENT,
-                  description: str = "retraining", max_blocks: int | None = None) -> int:
-    """Train every pending block this process can claim; returns the number of models trained."""
-    plan = store.plan
-    order = np.argsort(plan.row_job, kind="stable")
-    bounds = np.searchsorted(plan.row_job[order], np.arange(plan.n_jobs + 1))
-    pending = store.pending_blocks()
-    if max_blocks is not None:
-        pending = pending[:max_blocks]
-    trained = 0
-    with progress.task(description, total=sum(len(store.block_jobs(b)) for b in pending), unit="models") as bar:
-        for block in pending:
-            jobs = store.block_jobs(block)
-            with claim_block(store.path, block) as mine:
-                if not mine or np.asarray(store.done)[jobs].all():
-                    bar.advance(len(jobs))
-                    continue
-                rows = np.concatenate([order[bounds[j]:bounds[j + 1]] for j in jobs])
-                owner = np.concatenate([np.full(bounds[j + 1] - bounds[j], b) for b, j in enumerate(jobs)])
-                masks, labels = plan.edits(jobs, dataset.y_train)
-                models = trainer.train_block(dataset, masks, store.seeds(jobs), labels)
-                targets, inverse = np.unique(plan.row_target[rows], return_inverse=True)
-                x, y = dataset.targets_x(), dataset.targets_y()
-                margins = correct_class_margins(models.logits(x[targets]), y[targets])  # [B, U]
-                store.write_jobs(jobs, rows, margins[owner.astype(np.int64), inverse])
-                trained += len(jobs)
-            bar.advance(len(jobs))
-    return trained
+def train_pending(store: RetrainStore, dataset: Dataset, trainer: Trainer | dict, progress: Progress = SILENT,
+                  description: str = "retraining", max_blocks: int | None = None, engine: str = "local",
+                  address: str | None = None) -> int:
+    """Train every pending block (this process's claims, or Ray tasks); returns the models trained."""
+    return run_blocks(store, dataset, trainer, engine=engine, address=address, progress=progress,
+                      description=description, max_blocks=max_blocks)
 
 
 def job_dir(root: Path | str, name: str, plan: RetrainPlan, *, seed: int, trainer: dict, fingerprint: str,
@@ -235,10 +251,11 @@ def job_dir(root: Path | str, name: str, plan: RetrainPlan, *, seed: int, traine
     return Path(root) / f"{name}-{digest}"
 
 
-def run_plan(root: Path | str, name: str, plan: RetrainPlan, dataset: Dataset, trainer: Trainer, *, seed: int,
-             trainer_config: dict, fingerprint: str, block_size: int, options: dict | None = None,
-             progress: Progress = SILENT, description: str = "retraining") -> tuple[np.ndarray, int]:
-    """Open or create the plan's job dir under ``root``, train what is pending.
+def run_plan(root: Path | str, name: str, plan: RetrainPlan, dataset: Dataset, trainer: Trainer | dict, *,
+             seed: int, trainer_config: dict, fingerprint: str, block_size: int, options: dict | None = None,
+             progress: Progress = SILENT, description: str = "retraining", engine: str = "local",
+             address: str | None = None) -> tuple[np.ndarray, int]:
+    """Open or create the plan's job dir under ``root``, train what is pending (``engine`` local or ray).
 
     Returns (row margins, models trained by this call).
     """
@@ -246,7 +263,8 @@ def run_plan(root: Path | str, name: str, plan: RetrainPlan, dataset: Dataset, t
                    block_size=block_size)
     store = RetrainStore.open_or_create(path, plan, seed=seed, trainer=trainer_config, fingerprint=fingerprint,
                                         block_size=block_size, options=options)
-    trained = train_pending(store, dataset, trainer, progress=progress, description=description)
+    trained = train_pending(store, dataset, trainer, progress=progress, description=description, engine=engine,
+                            address=address)
     if not store.complete:
         raise AuditError(f"{path}: another process holds some retraining blocks; wait for it and run again")
     return store.row_margins(), trained

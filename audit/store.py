@@ -22,7 +22,9 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from audit import __version__
+from audit.data.dataset import Dataset
 from audit.errors import AuditError
+from audit.execution import BlockTask
 from audit.jsonio import read_json, write_json
 from audit.seeding import model_seed, subset_mask
 
@@ -216,6 +218,21 @@ class RunStore:
         """Yield True while this process holds the block; False if another process does."""
         with claim_block(self.path, block) as mine:
             yield mine
+
+    # ----- the block-store interface of audit.execution ------------------------------------
+    def block_models(self, block: int) -> int:
+        return len(self.block_rows(block))
+
+    def block_done(self, block: int) -> bool:
+        return bool(np.asarray(self.done)[self.block_rows(block)].all())
+
+    def block_task(self, block: int, dataset: Dataset | None = None) -> BlockTask:
+        """The block's subset masks and seeds."""
+        rows = self.block_rows(block)
+        return BlockTask(masks=self.subset_masks(rows), seeds=self.model_seeds(rows))
+
+    def write_block(self, block: int, task: BlockTask, margins: np.ndarray) -> None:
+        self.write_rows(self.block_rows(block), task.masks, margins)
 
     def write_rows(self, rows: np.ndarray, masks: np.ndarray, margins: np.ndarray) -> None:
         """Write and flush a block's rows, then mark them done (never the other way round)."""

@@ -53,6 +53,15 @@ def assert_one_line_error(proc) -> None:
 
 
 @pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for a module's Ray tests, started as CI can (offline, no dashboard)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def torch_one_thread():
     """Tiny networks: one torch thread is faster, and much faster on a shared, busy machine."""
     import torch

@@ -130,3 +130,16 @@ def test_a_claimed_block_is_left_to_its_owner(tmp_path, digits):
     with claim_block(held, 0), pytest.raises(AuditError, match="another process"):
         _run(tmp_path / "k", plan, digits, trainer)
     assert trainer.trained == plan.n_jobs - 4
+
+
+def test_ray_retraining_equals_local(tmp_path, digits, local_ray):
+    """The retraining blocks sent as Ray tasks (the driver writes the rows) give the local engine's rows."""
+    plan = make_plan()
+    trainer = MLPTrainer(**TINY_MLP)
+    local, n_local = _run(tmp_path / "local", plan, digits, trainer)
+    kw = dict(seed=0, trainer_config=trainer.config(), fingerprint=digits.fingerprint(), block_size=4)
+    remote, n_remote = run_plan(tmp_path / "ray", "t", plan, digits, trainer.config(), engine="ray", **kw)
+    assert n_local == n_remote == plan.n_jobs and local_ray.is_initialized()
+    np.testing.assert_allclose(remote, local, rtol=1e-4, atol=1e-4)
+    again, n_again = run_plan(tmp_path / "ray", "t", plan, digits, trainer.config(), engine="ray", **kw)
+    assert n_again == 0 and np.array_equal(again, remote)  # resumed: nothing retrained

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from audit.errors import AuditError
+from audit.execution import ENGINES
 from audit.progress import SILENT, Progress
 
 MODES = ("remove", "relabel")
@@ -225,12 +226,14 @@ def summarize_method(records: list[dict], method: str, max_k: int, cdf_ks: Seque
 def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = 100, targets: Sequence[int] | None = None,
                     T: int | None = None, k_grid: Sequence[int] | None = None,
                     methods: Sequence[str] = METHODS, seed: int = 0, all_heuristic: bool = False,
-                    block_size: int | None = None, dataset=None, progress: Progress = SILENT) -> dict:
+                    block_size: int | None = None, dataset=None, engine: str = "local", address: str | None = None,
+                    progress: Progress = SILENT) -> dict:
     """Run the support search for ``n`` class-balanced test targets (or ``targets``) and save it.
 
     ``mode='remove'`` writes RUN/audits/brittleness.{json,csv}; ``mode='relabel'`` writes
     RUN/audits/mislabel.{json,csv}. Retraining is resumable (RUN/retrain/...). Returns the
-    summary dict (also the JSON's "summary").
+    summary dict (also the JSON's "summary"). ``engine='ray'`` trains the retraining blocks as Ray
+    tasks (``address``: an existing cluster, None: a local instance); the results are the same.
     """
     from audit import pipeline
     from audit.audits.mislabel import wrong_classes
@@ -245,6 +248,8 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = 100, 
     methods = list(dict.fromkeys(methods))
     if not methods or any(m not in METHODS for m in methods):
         raise AuditError(f"methods must be among {', '.join(METHODS)} (got {', '.join(methods) or 'none'})")
+    if engine not in ENGINES:
+        raise AuditError(f"unknown engine '{engine}': use local or ray")
     store, dm, ds = pipeline.open_fitted(run_dir, dataset)
     c = store.config
     T = default_replicates(c.n_train) if T is None else int(T)
@@ -267,9 +272,10 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = 100, 
     wrong = wrong_classes(ref.mean_logits[c.n_train + tgt], y_t) if mode == "relabel" else None
     label = np.full((n_t, n_m), REMOVE, dtype=np.int64) if wrong is None else np.repeat(wrong[:, None], n_m, 1)
 
-    trainer = trainer_from_config(c.trainer)
+    trainer = c.trainer if engine == "ray" else trainer_from_config(c.trainer)  # Ray: workers build it
     bs = int(block_size or min(c.block_size, 64))
-    common = dict(seed=seed, trainer_config=c.trainer, fingerprint=c.fingerprint, block_size=bs)
+    common = dict(seed=seed, trainer_config=c.trainer, fingerprint=c.fingerprint, block_size=bs, engine=engine,
+                  address=address)
     root = store.path / "retrain"
     name = "brittleness" if mode == "remove" else "mislabel"
     opts = {"mode": mode, "targets": tgt, "T": T, "k_grid": grid, "methods": methods, "seed": seed}

@@ -13,13 +13,15 @@ from audit.commands.common import console, parse_names, parse_number_list, progr
 
 
 def _search(mode: str, target: str, run: Optional[Path], n: int, targets: Optional[str], T: Optional[int],
-            k_grid: Optional[str], methods: str, all_heuristic: bool, seed: int) -> None:
+            k_grid: Optional[str], methods: str, all_heuristic: bool, seed: int, engine: str,
+            address: Optional[str]) -> None:
     from audit.audits.support import run_brittleness
 
     run_dir = pipeline.resolve_run(target, run)
     summary = run_brittleness(run_dir, mode=mode, n=n, targets=parse_number_list(targets, "--targets", int), T=T,
                               k_grid=parse_number_list(k_grid, "--k-grid", int), methods=parse_names(methods),
-                              seed=seed, all_heuristic=all_heuristic, progress=progress())
+                              seed=seed, all_heuristic=all_heuristic, engine=engine, address=address,
+                              progress=progress())
     print_summary(summary)
     console.print(f"saved {summary['json']} and {summary['csv']}")
 
@@ -58,17 +60,21 @@ _GRID = typer.Option(None, "--k-grid", help="comma-separated k values (default: 
 _METHODS = typer.Option("datamodels,representation,random", "--methods", help="rankings to search")
 _ALL = typer.Option(False, "--all-heuristic", help="also the heuristic support of every test example")
 _SEED = typer.Option(0, "--seed")
+_ENGINE = typer.Option("local", "--engine", help="retrain locally or as Ray tasks (ray)")
+_ADDRESS = typer.Option(None, "--address", help="Ray cluster address (default: a local Ray instance)")
 
 
 def brittleness(target: str = _TARGET, run: Optional[Path] = _RUN, n: int = _N, targets: Optional[str] = _TARGETS,
                 T: Optional[int] = _T, k_grid: Optional[str] = _GRID, methods: str = _METHODS,
-                all_heuristic: bool = _ALL, seed: int = _SEED) -> None:
+                all_heuristic: bool = _ALL, seed: int = _SEED, engine: str = _ENGINE,
+                address: Optional[str] = _ADDRESS) -> None:
     """Smallest training sets whose removal flips test predictions (certified by retraining; resumable)."""
-    _search("remove", target, run, n, targets, T, k_grid, methods, all_heuristic, seed)
+    _search("remove", target, run, n, targets, T, k_grid, methods, all_heuristic, seed, engine, address)
 
 
 def mislabel(target: str = _TARGET, run: Optional[Path] = _RUN, n: int = _N, targets: Optional[str] = _TARGETS,
              T: Optional[int] = _T, k_grid: Optional[str] = _GRID, methods: str = _METHODS,
-             all_heuristic: bool = _ALL, seed: int = _SEED) -> None:
+             all_heuristic: bool = _ALL, seed: int = _SEED, engine: str = _ENGINE,
+             address: Optional[str] = _ADDRESS) -> None:
     """Smallest training sets whose relabelling to the likeliest wrong class flips test predictions."""
-    _search("relabel", target, run, n, targets, T, k_grid, methods, all_heuristic, seed)
+    _search("relabel", target, run, n, targets, T, k_grid, methods, all_heuristic, seed, engine, address)

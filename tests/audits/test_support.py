@@ -192,3 +192,21 @@ def test_cli_prints_the_table(audit_run):
     assert "brittleness.json" in proc.stdout.replace("\n", "")
     out = json.loads((audit_run / "audits" / "brittleness.json").read_text())
     assert [r["target"] for r in out["targets"]] == [0, 5] and out["summary"]["k_grid"] == [4]
+
+
+def test_brittleness_on_ray_equals_local(audit_run, digits, tmp_path, local_ray):
+    """The label-flip audit retrained as Ray tasks (local instance, CPU trainer) gives the local results."""
+    ray_run = tmp_path / "ray_run"
+    shutil.copytree(audit_run, ray_run)
+    opts = dict(targets=[0, 5], T=1, k_grid=[4], seed=0, dataset=digits)
+    local = support.run_brittleness(audit_run, mode="relabel", **opts)
+    remote = support.run_brittleness(ray_run, mode="relabel", engine="ray", **opts)
+    assert remote["models_trained_now"] == local["models_trained_now"] > 0
+    a = json.loads((audit_run / "audits" / "mislabel.json").read_text())["targets"]
+    b = json.loads((ray_run / "audits" / "mislabel.json").read_text())["targets"]
+    assert [r["target"] for r in a] == [r["target"] for r in b] == [0, 5]
+    for ra, rb in zip(a, b):
+        for method in ra["methods"]:
+            assert ra["methods"][method]["certified"] == rb["methods"][method]["certified"]
+            for k, v in ra["methods"][method]["curve"].items():
+                assert rb["methods"][method]["curve"][k] == pytest.approx(v, abs=1e-3)

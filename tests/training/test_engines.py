@@ -61,15 +61,6 @@ def test_cli_ray_engine_trains_and_prints_nothing_on_stderr(tmp_path):
     assert np.load(run / "done.npy").all()
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray instance for this module's Ray tests, started as CI can (offline, no dashboard)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
 RAY_RUN = dict(n_models=30, block_size=15, trainer_options=FAST_MLP)
 
 
@@ -84,7 +75,7 @@ def test_ray_engine_equals_local(tmp_path, digits, local_ray):
 
 
 def test_ray_engine_resumes_a_run_the_local_engine_began(tmp_path, digits, local_ray):
-    from audit.training.engines import train_local, train_ray
+    from audit.execution import train_local, train_ray
     from audit.training.registry import make_trainer
 
     ref = tmp_path / "ref"
@@ -100,7 +91,7 @@ def test_ray_engine_resumes_a_run_the_local_engine_began(tmp_path, digits, local
 
 
 def test_ray_tasks_ask_for_a_gpu_only_for_gpu_trainers():
-    from audit.training.engines import default_gpus_per_task
+    from audit.execution import default_gpus_per_task
     from audit.training.registry import trainer_config
 
     assert default_gpus_per_task(trainer_config("resnet9")) == 1.0
@@ -109,7 +100,7 @@ def test_ray_tasks_ask_for_a_gpu_only_for_gpu_trainers():
 
 
 def test_a_ray_worker_keeps_its_trainer_across_blocks(digits):
-    from audit.training import engines
+    from audit import execution as engines
     from audit.training.registry import trainer_config
 
     config = trainer_config("mlp", **FAST_MLP)
@@ -128,7 +119,7 @@ def test_ray_refuses_gpu_tasks_on_a_cluster_without_gpus(tmp_path, digits, local
         pytest.skip("a local Ray instance here would have GPUs")
     from audit.errors import AuditError
     from audit.store import RunConfig, RunStore
-    from audit.training.engines import train_ray
+    from audit.execution import train_ray
     from audit.training.registry import trainer_config
 
     store = RunStore.create(tmp_path / "r", RunConfig(dataset="digits", fingerprint=digits.fingerprint(),

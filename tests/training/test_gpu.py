@@ -270,7 +270,7 @@ def test_bad_inputs_are_audit_errors(cifar, digits):
 
 def test_resumed_store_equals_uninterrupted(tmp_path, cifar):
     from audit.store import RunConfig, RunStore
-    from audit.training.engines import train_local
+    from audit.execution import train_local
 
     trainer = cpu_trainer(epochs=1, concurrent=2)
 
