@@ -2,20 +2,10 @@
 
 Thresholds come from ``audit.toml`` (its ``[check]`` table, or top-level keys), from
 ``[tool.audit.check]`` / ``[tool.audit]`` in ``pyproject.toml``, or from options (options
-win). Each check reads one saved result of the run:
-
-=====================  =========================================  ======================================
-threshold key          value                                       read from
-=====================  =========================================  ======================================
-min_lds                mean datamodel LDS of ``lds_group``          evaluation.json
-max_brittle_fraction   test targets with certified support ≤ k      audits/brittleness.json
-max_mislabel_fraction  test targets with label-flip support ≤ k     audits/mislabel.json
-max_geo_leak_fraction  test images with a candidate ≤ d miles       audits/leakage_geo.csv (leakage.json)
-max_mturk_leak_fraction  annotated test images with score ≥ s       audits/leakage_mturk.json
-min_planted_recall     planted duplicates found in the top k        audits/leakage.json
-=====================  =========================================  ======================================
-
-The table ``METRICS`` is the one place that maps a threshold to its file and extractor.
+win). The checks are the ``metrics`` of the registered steps (audit.steps.REGISTRY):
+each names its threshold key (``min_lds``, ``max_brittle_fraction``, ``max_mislabel_fraction``,
+``max_geo_leak_fraction``, ``max_mturk_leak_fraction``, ``min_planted_recall``, and whatever a
+new audit declares), its direction, the step file it reads and the settings it takes.
 A configured check whose file is missing is bad input (AuditError); a file that exists
 without a configured threshold is reported as information. ``run_checks`` returns the
 result and writes RUN/audits/check.json; ``junit_xml`` renders it for CI systems.
@@ -23,17 +13,19 @@ result and writes RUN/audits/check.json; ``junit_xml`` renders it for CI systems
 
 from __future__ import annotations
 
-import csv
 import difflib
 import math
 import os
-import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
+import tomllib
+
+from audit.contract import Metric, Param, Step
 from audit.errors import AuditError
-from audit.jsonio import atomic_write_text, read_json, write_json
+from audit.jsonio import atomic_write_text, write_json
+from audit.steps import REGISTRY
+from audit.store import RUN_JSON
 
 CONFIG_FILE = "audit.toml"
 PYPROJECT = "pyproject.toml"
@@ -43,17 +35,7 @@ METHODS_LEAK = ("datamodels", "representation")
 GROUPS = ("all", "train", "test")
 
 
-# ----- the parameters a check may take ---------------------------------------------------
-@dataclass(frozen=True)
-class Param:
-    """A setting of a check (e.g. k for the support check): its default and how to validate it."""
-
-    kind: str  # "fraction" | "lds" | "count" | "miles" | "choice"
-    default: Any
-    help: str
-    choices: tuple[str, ...] = ()
-
-
+# ----- validating thresholds and settings ------------------------------------------------
 def _number(key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
         raise AuditError(f"threshold {key} = {value!r} is not a finite number; write e.g. {key} = 0.1")
@@ -80,181 +62,20 @@ def _validate(key: str, kind: str, value: Any, choices: tuple[str, ...] = ()) ->
     return v
 
 
-# ----- extractors: (run_dir, path, params) -> (value, details) -----------------------------
-def _read(path: Path, what: str) -> Any:
-    try:
-        return read_json(path)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise AuditError(f"{path} is unreadable ({type(exc).__name__}); run `{what}` again") from None
+# ----- the checks: every registered step's metrics ----------------------------------------
+def _collect_params() -> dict[str, Param]:
+    out: dict[str, Param] = {}
+    for step, metric in REGISTRY.metrics():
+        for name, param in metric.params.items():
+            if name in out and out[name] != param:
+                raise TypeError(f"check setting {name} is declared twice with different meanings")
+            out[name] = param
+    return out
 
 
-def _require(data: Any, keys: tuple, path: Path, what: str) -> Any:
-    node = data
-    for key in keys:
-        if isinstance(node, dict) and key in node:
-            node = node[key]
-        elif isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
-            node = node[key]
-        else:
-            where = ".".join(str(k) for k in keys)
-            raise AuditError(f"{path} has no '{where}'; it was written by another version: run `{what}` again")
-    return node
-
-
-def lds_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | None, dict]:
-    """Mean LDS (Spearman, held-out models) of a target group from evaluation.json."""
-    what = f"audit evaluate {run_dir}"
-    data = _read(path, what)
-    group = _require(data, (p["lds_group"],), path, what)
-    value = _require(group, ("lds_mean",), path, what)
-    return _finite(value), {"group": p["lds_group"], "n_targets": group.get("n_targets") if isinstance(group, dict) else None,
-                            "baseline_lds_mean": group.get("baseline_lds_mean") if isinstance(group, dict) else None}
-
-
-def _support_fraction(run_dir: Path, path: Path, k: int, method: str, command: str) -> tuple[float | None, dict]:
-    """Fraction of audited test targets whose certified support (method's ranking) is ≤ k."""
-    what = f"audit {command} {run_dir}"
-    data = _read(path, what)
-    records = _require(data, ("targets",), path, what)
-    if not isinstance(records, list) or not records:
-        raise AuditError(f"{path} lists no targets; run `{what}` again")
-    small = 0
-    for i, rec in enumerate(records):
-        res = _require(rec, ("methods", method), path, f"{what} --methods {method}")
-        certified = _require(res, ("certified",), path, what)
-        size = _finite(res.get("certified_support") if isinstance(res, dict) else None)
-        if certified and size is not None and size <= k:
-            small += 1
-    return small / len(records), {"k": k, "method": method, "n_targets": len(records), "n_at_most_k": small}
-
-
-def brittle_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | None, dict]:
-    return _support_fraction(run_dir, path, p["support_k"], p["support_method"], "brittleness")
-
-
-def mislabel_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | None, dict]:
-    return _support_fraction(run_dir, path, p["mislabel_k"], p["support_method"], "mislabel")
-
-
-def geo_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | None, dict]:
-    """Fraction of test images with a leakage candidate within ``leak_miles`` (FMoW geodesic check).
-
-    Read from leakage_geo.csv (nearest candidate distance per test image: any d works); when
-    only leakage.json exists, d must be on its distance grid.
-    """
-    what = f"audit leakage {run_dir}"
-    d, method = float(p["leak_miles"]), p["leak_method"]
-    column = f"{method}_nearest_candidate_miles"
-    if path.name.endswith(".csv"):
-        try:
-            with open(path, newline="", encoding="utf-8") as fh:
-                reader = csv.DictReader(fh)
-                if column not in (reader.fieldnames or []):
-                    raise AuditError(f"{path} has no column {column}; run `{what}` again")
-                dist = []
-                for row in reader:
-                    raw = (row.get(column) or "").strip()
-                    dist.append(float(raw) if raw else math.inf)
-        except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
-            raise AuditError(f"{path} is unreadable ({type(exc).__name__}); run `{what}` again") from None
-        if not dist:
-            raise AuditError(f"{path} lists no test images; run `{what}` again")
-        n = sum(x <= d for x in dist)
-        return n / len(dist), {"d_miles": d, "method": method, "n_test": len(dist), "n_within": n}
-    data = _read(path, what)
-    if not isinstance(data, dict) or "geo" not in data:
-        raise AuditError(f"{path} has no geodesic check (the dataset has no lat/lon); "
-                         "max_geo_leak_fraction applies to FMoW-like data only")
-    grid = [float(x) for x in _require(data, ("geo", "d_miles"), path, what)]
-    fracs = _require(data, ("geo", "frac_with_candidate", method), path, what)
-    for x, f in zip(grid, fracs):
-        if math.isclose(x, d):
-            return _finite(f), {"d_miles": d, "method": method}
-    raise AuditError(f"leak_miles = {d:g} is not on the distance grid of {path} ({', '.join(f'{x:g}' for x in grid)}) "
-                     f"and leakage_geo.csv is missing; use a grid value or run `{what} --d-grid ...` again")
-
-
-def mturk_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | None, dict]:
-    """Fraction of the annotated test images whose MTurk leakage score is ≥ ``mturk_score``."""
-    what = f"audit leakage {run_dir} --mturk-results FILE"
-    tests = _require(_read(path, what), ("tests",), path, what)
-    if not isinstance(tests, list) or not tests:
-        raise AuditError(f"{path} has no annotated test images; run `{what}` again")
-    s = float(p["mturk_score"])
-    scores = [_finite(_require(t, ("leakage_score",), path, what)) for t in tests]
-    n = sum(v is not None and v >= s for v in scores)
-    return n / len(scores), {"min_score": s, "n_annotated": len(scores), "n_at_least": n}
-
-
-def planted_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | None, dict]:
-    """Recall@k of planted duplicates (the run's planted check, or the run's own planted copies)."""
-    what = f"audit leakage {run_dir} --plant N"
-    data = _read(path, what)
-    section = data.get("planted_check") or data.get("planted") if isinstance(data, dict) else None
-    if not isinstance(section, dict):
-        raise AuditError(f"{path} has no planted-duplicate results; run `{what}` first")
-    recall = _require(section, ("methods", p["planted_method"], "recall_at_k"), path, what)
-    k = p["planted_k"]
-    key = str(k) if k else max(recall, key=int)
-    if key not in recall:
-        raise AuditError(f"planted_k = {k}: {path} has recall at k = {', '.join(recall)} only; "
-                         "use one of those")
-    return _finite(recall[key]), {"k": int(key), "method": p["planted_method"],
-                                  "n_planted": section.get("n_planted")}
-
-
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-# ----- the table of checks ---------------------------------------------------------------
-@dataclass(frozen=True)
-class Metric:
-    """One check: its threshold key, direction, where its value lives and how to read it."""
-
-    key: str  # threshold key in audit.toml, e.g. "min_lds"
-    name: str  # shown in the table and in JUnit
-    direction: str  # "min": value must be >= threshold; "max": value must be <= threshold
-    kind: str  # threshold kind for validation ("fraction" | "lds")
-    files: tuple[str, ...]  # candidates relative to RUN, the first that exists is read
-    extract: Callable[[Path, Path, Mapping[str, Any]], tuple[float | None, dict]]
-    params: tuple[str, ...]  # the PARAMS this check uses
-    label: Callable[[Mapping[str, Any]], str]  # what the value measures, for people
-
-
-PARAMS: dict[str, Param] = {
-    "lds_group": Param("choice", "test", "target group for min_lds", GROUPS),
-    "support_k": Param("count", 20, "k for max_brittle_fraction: support of at most k examples counts as brittle"),
-    "mislabel_k": Param("count", 20, "k for max_mislabel_fraction"),
-    "support_method": Param("choice", "datamodels", "ranking whose certified support is checked", METHODS_SUPPORT),
-    "leak_miles": Param("miles", 0.25, "d for max_geo_leak_fraction (miles)"),
-    "leak_method": Param("choice", "datamodels", "candidate ranking for max_geo_leak_fraction", METHODS_LEAK),
-    "mturk_score": Param("fraction", 0.5, "s for max_mturk_leak_fraction: leakage score at least s counts"),
-    "planted_k": Param("count", 0, "k for min_planted_recall (0: the largest k saved)"),
-    "planted_method": Param("choice", "datamodels", "candidate ranking for min_planted_recall", METHODS_LEAK),
-}
-
-METRICS: tuple[Metric, ...] = (
-    Metric("min_lds", "datamodel LDS", "min", "lds", ("evaluation.json",), lds_value, ("lds_group",),
-           lambda p: f"mean LDS ({p['lds_group']} targets)"),
-    Metric("max_brittle_fraction", "brittle predictions", "max", "fraction", ("audits/brittleness.json",),
-           brittle_value, ("support_k", "support_method"),
-           lambda p: f"test targets with certified support <= {p['support_k']} ({p['support_method']})"),
-    Metric("max_mislabel_fraction", "label-flip sensitivity", "max", "fraction", ("audits/mislabel.json",),
-           mislabel_value, ("mislabel_k", "support_method"),
-           lambda p: f"test targets flipped by relabelling <= {p['mislabel_k']} ({p['support_method']})"),
-    Metric("max_geo_leak_fraction", "geographic leakage", "max", "fraction",
-           ("audits/leakage_geo.csv", "audits/leakage.json"), geo_value, ("leak_miles", "leak_method"),
-           lambda p: f"test images with a candidate within {p['leak_miles']:g} miles ({p['leak_method']})"),
-    Metric("max_mturk_leak_fraction", "annotated leakage", "max", "fraction", ("audits/leakage_mturk.json",),
-           mturk_value, ("mturk_score",),
-           lambda p: f"annotated test images with MTurk leakage score >= {p['mturk_score']:g}"),
-    Metric("min_planted_recall", "planted duplicates found", "min", "fraction", ("audits/leakage.json",),
-           planted_value, ("planted_k", "planted_method"),
-           lambda p: f"planted copies in the top {p['planted_k'] or 'k'} candidates ({p['planted_method']})"),
-)
+METRICS: tuple[Metric, ...] = tuple(m for _, m in REGISTRY.metrics())
+OWNER: dict[str, Step] = {m.key: s for s, m in REGISTRY.metrics()}
+PARAMS: dict[str, Param] = _collect_params()
 THRESHOLD_KEYS = tuple(m.key for m in METRICS)
 KNOWN_KEYS = THRESHOLD_KEYS + tuple(PARAMS)
 
@@ -349,9 +170,11 @@ def resolve_thresholds(config: Path | str | None = None, options: Mapping[str, A
 
 # ----- running the checks ----------------------------------------------------------------
 def _source(run_dir: Path, metric: Metric) -> Path | None:
-    for rel in metric.files:
-        if (run_dir / rel).is_file():
-            return run_dir / rel
+    """The first of the metric's files (roles of its step) that exists."""
+    for role in metric.file_roles:
+        path = OWNER[metric.key].path(run_dir, role)
+        if path.is_file():
+            return path
     return None
 
 
@@ -367,8 +190,8 @@ def run_checks(run_dir: Path | str, thresholds: Mapping[str, Any], *, source: st
     file, details) and, with ``save``, writes it to RUN/audits/check.json.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "run.json").is_file():
-        raise AuditError(f"{run_dir} is not a run directory (no run.json); pass the folder `audit train` made")
+    if not (run_dir / RUN_JSON).is_file():
+        raise AuditError(f"{run_dir} is not a run directory (no {RUN_JSON}); pass the folder `audit train` made")
     t = validate_thresholds(thresholds, source)
     configured = [m for m in METRICS if m.key in t]
     if not configured:
@@ -377,8 +200,8 @@ def run_checks(run_dir: Path | str, thresholds: Mapping[str, Any], *, source: st
     missing = [m for m in configured if _source(run_dir, m) is None]
     if missing:
         m = missing[0]
-        raise AuditError(f"{m.key} is configured but {run_dir}/{m.files[0]} does not exist; run "
-                         f"{_producer(m, run_dir)} first or drop the threshold")
+        raise AuditError(f"{m.key} is configured but {OWNER[m.key].path(run_dir, m.file_roles[0])} does not exist; "
+                         f"run {_producer(m, run_dir)} first or drop the threshold")
     params = {name: t.get(name, spec.default) for name, spec in PARAMS.items()}
     checks = []
     for metric in METRICS:
@@ -410,16 +233,18 @@ def run_checks(run_dir: Path | str, thresholds: Mapping[str, Any], *, source: st
               "n_checks": sum(c["status"] != "info" for c in checks), "n_failed": len(failed),
               "thresholds": dict(t), "checks": checks}
     if save:
-        write_json(run_dir / "audits" / CHECK_JSON, result)
+        write_json(check_path(run_dir), result)
     return result
 
 
 def _producer(metric: Metric, run_dir: Path) -> str:
-    return {"min_lds": f"`audit evaluate {run_dir}`", "max_brittle_fraction": f"`audit brittleness {run_dir}`",
-            "max_mislabel_fraction": f"`audit mislabel {run_dir}`",
-            "max_geo_leak_fraction": f"`audit leakage {run_dir}` (FMoW or data with lat/lon)",
-            "max_mturk_leak_fraction": f"`audit leakage {run_dir} --mturk-results FILE`",
-            "min_planted_recall": f"`audit leakage {run_dir} --plant N`"}[metric.key]
+    command, _, note = metric.producer.replace("RUN", str(run_dir)).partition(" (")
+    return f"`{command}`" + (f" ({note}" if note else "")
+
+
+def check_path(run_dir: Path | str) -> Path:
+    """RUN/audits/check.json: the gate's last result (the report shows it)."""
+    return Path(run_dir) / "audits" / CHECK_JSON
 
 
 def exit_code(result: Mapping[str, Any]) -> int:

@@ -14,8 +14,10 @@ from audit.commands import fit as fit_cmd
 from audit.commands import leakage as leakage_cmd
 from audit.commands import report as report_cmd
 from audit.commands import run as run_cmd
+from audit.commands import step as step_cmd
 from audit.commands import train as train_cmd
 from audit.errors import AuditError
+from audit.steps import REGISTRY
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit image datasets through datamodels.")
@@ -29,6 +31,9 @@ app.add_typer(data_cmd.app, name="data")
 app.command("check")(check_cmd.check)
 app.command("leakage")(leakage_cmd.leakage)
 app.command("report")(report_cmd.report)
+for _step in REGISTRY:  # a registered step without a hand-written command gets the generic one
+    if _step.name not in {c.name for c in app.registered_commands}:
+        app.command(_step.name)(step_cmd.command_for(_step))
 
 
 def main() -> None:

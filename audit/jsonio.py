@@ -12,19 +12,23 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}  # and NaN -> "NaN"
 
-def _clean(value: Any) -> Any:
-    """numpy scalars/arrays -> Python; NaN/inf -> None so the JSON is standard."""
+
+def _clean(value: Any, non_finite: str = "string") -> Any:
+    """numpy scalars/arrays -> Python. Non-finite floats become the strings "Infinity",
+    "-Infinity", "NaN" (``non_finite="string"``: the JSON policy of every file the tool writes,
+    which typed results read back as floats) or None (``"none"``: empty CSV cells)."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): _clean(v, non_finite) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [_clean(v, non_finite) for v in value]
     if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
+        return _clean(value.tolist(), non_finite)
     if isinstance(value, np.generic):
-        return _clean(value.item())
+        return _clean(value.item(), non_finite)
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return None if non_finite == "none" else NON_FINITE.get(value, "NaN")
     if isinstance(value, Path):
         return str(value)
     return value
@@ -44,7 +48,7 @@ def atomic_write_text(path: Path | str, text: str) -> None:
 
 
 def write_json(path: Path | str, data: Any) -> None:
-    """Write ``data`` as indented standard JSON (NaN -> null), atomically."""
+    """Write ``data`` as indented standard JSON (non-finite floats as strings), atomically."""
     atomic_write_text(path, json.dumps(_clean(data), indent=2, allow_nan=False) + "\n")
 
 
@@ -60,7 +64,7 @@ def write_csv(path: Path | str, rows: Iterable[dict], columns: Sequence[str]) ->
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _clean(v) for k, v in row.items()})
+        writer.writerow({k: _clean(v, "none") for k, v in row.items()})
     atomic_write_text(path, buf.getvalue())
 
 

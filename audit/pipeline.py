@@ -6,26 +6,87 @@ results, and saves what it computes as JSON (and arrays) in the run directory.
 
 from __future__ import annotations
 
+import hashlib
+import math
 import time
 import zipfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from audit.contract import (
+    Block,
+    Line,
+    Metric,
+    Param,
+    Result,
+    Step,
+    Table,
+    digest_of,
+    finite,
+    read_result,
+    require,
+    setting,
+)
 from audit.data import Dataset, dataset_kind, load_dataset
+from audit.datamodels import Datamodels, difference_of_means, fit_datamodels
+from audit.datamodels import evaluate as score
 from audit.errors import AuditError
+from audit.execution import train_local, train_ray
 from audit.jsonio import read_json, write_json
 from audit.progress import SILENT, Progress
 from audit.store import RUN_JSON, STREAM_EVAL, RunConfig, RunStore
-from audit.execution import train_local, train_ray
-from audit.training.registry import (DEFAULT_TRAINER, default_block_size, make_trainer, trainer_config,
-                                     trainer_from_config)
-
-if TYPE_CHECKING:
-    from audit.datamodels import Datamodels
+from audit.training.registry import (
+    DEFAULT_TRAINER,
+    default_block_size,
+    make_trainer,
+    trainer_config,
+    trainer_from_config,
+)
 
 DATAMODELS_FILE = "datamodels.npz"
+TRAIN_JSON, FIT_JSON = "train.json", "fit.json"
+EVALUATION_JSON, EVALUATION_TARGETS = "evaluation.json", "evaluation_targets.npz"
+
+
+# ----- settings of the steps (the single home of their defaults) -------------------------------
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of the train step (the subset models of the run)."""
+
+    n_models: int = setting(5000, "--n-models", "subset models in the run", aliases=("-m",))
+    alpha: float = setting(0.5, "--alpha", "fraction of the training set each model sees")
+    seed: int = setting(0, "--seed", "seed of the subsets, initialisations and data orders (and of the audits' "
+                                     "target samples)")
+    trainer: str | None = setting(None, "--trainer", "mlp, resnet9 or resnet18 (default per dataset)")
+    options: tuple[str, ...] = setting((), "--option", "trainer setting NAME=VALUE (repeatable)", aliases=("-o",),
+                                       parse="options")
+    block_size: int | None = setting(None, "--block-size", "models trained together")
+    engine: str = setting("local", "--engine", "local or ray (a Ray cluster trains the blocks)", volatile=True)
+    address: str | None = setting(None, "--address", "Ray cluster address (auto, ray://HOST:PORT; default: a "
+                                                     "local Ray instance)", volatile=True)
+    year: int | None = setting(None, "--year", "FMoW: keep images from this year (default 2012)")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Settings of the fit step (LASSO datamodels)."""
+
+    device: str = setting("auto", "--device", "fitting device: cpu, cuda or auto")
+    n_lambdas: int = setting(24, "--n-lambdas", "points on the lambda path")
+    val_fraction: float = setting(0.1, "--val-fraction", "models held out to choose lambda")
+    selection: str = setting("min", "--selection", "lambda rule: min (lowest validation MSE) or 1se (largest "
+                                                   "lambda within one standard error of it)")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Settings of the evaluate step (held-out models)."""
+
+    n_subsets: int = setting(200, "--n-subsets", "held-out subsets to train", aliases=("--eval-subsets",))
+    repeats: int = setting(1, "--repeats", "models per held-out subset, margins averaged", aliases=("-r",))
 
 
 def default_run_dir(spec: str, runs_root: Path | str = "runs") -> Path:
@@ -57,7 +118,8 @@ def dataset_of(store: RunStore) -> Dataset:
 
 
 # ----- train -----------------------------------------------------------------------
-def train(spec: str, run_dir: Path, *, n_models: int = 5000, alpha: float = 0.5, seed: int = 0,
+def train(spec: str, run_dir: Path, *, n_models: int = TrainConfig.n_models, alpha: float = TrainConfig.alpha,
+          seed: int = TrainConfig.seed,
           trainer: str | None = None, trainer_options: dict | None = None, block_size: int | None = None,
           engine: str = "local", address: str | None = None, dataset_options: dict | None = None,
           dataset: Dataset | None = None, progress: Progress = SILENT) -> dict:
@@ -88,7 +150,7 @@ def _train_store(store: RunStore, ds: Dataset, *, engine: str = "local", address
     summary = {**store.summary(), "trained_now": trained, "seconds": round(seconds, 2),
                "models_per_second": round(trained / seconds, 2) if trained and seconds > 0 else None,
                "alpha": store.config.alpha, "dataset": store.config.dataset, "trainer": store.config.trainer}
-    _merge_json(store.path / "train.json", summary, key=f"{store.path.name}")
+    _merge_json(store.path / TRAIN_JSON, summary, key=f"{store.path.name}")
     return summary
 
 
@@ -102,8 +164,6 @@ def _merge_json(path: Path, summary: dict, key: str) -> None:
 # ----- fit -------------------------------------------------------------------------
 def fit(run_dir: Path, *, device: str = "cpu", progress: Progress = SILENT, **options) -> dict:
     """Fit LASSO datamodels for every target on the run's finished models."""
-    from audit.datamodels import fit_datamodels
-
     store = RunStore.open(run_dir, writable=False)
     rows = store.finished_rows()
     if len(rows) < 20:
@@ -118,7 +178,7 @@ def fit(run_dir: Path, *, device: str = "cpu", progress: Progress = SILENT, **op
                "device": _device(device), "mean_nonzero_weights": float((dm.weights != 0).sum(1).mean()),
                "median_lambda_ratio": float(np.median(dm.lam_ratio)), "mean_val_mse": float(np.mean(dm.val_mse)),
                "options": options}
-    write_json(store.path / "fit.json", summary)
+    write_json(store.path / FIT_JSON, summary)
     return summary
 
 
@@ -136,8 +196,6 @@ def _device(device: str) -> str:
 
 
 def load_datamodels(run_dir: Path):
-    from audit.datamodels import Datamodels
-
     path = Path(run_dir) / DATAMODELS_FILE
     if not path.exists():
         raise AuditError(f"{run_dir} has no {DATAMODELS_FILE}; run `audit fit {run_dir}` first")
@@ -166,6 +224,11 @@ def open_fitted(run_dir: Path, dataset: Dataset | None = None) -> tuple[RunStore
 
 
 # ----- evaluate --------------------------------------------------------------------
+def eval_run_dir(run_dir: Path | str, repeats: int) -> Path:
+    """``RUN/eval_r<repeats>``: the held-out models of `audit evaluate` (a run directory of their own)."""
+    return Path(run_dir) / f"eval_r{int(repeats)}"
+
+
 def _scatter_sample(dm, masks_eval: np.ndarray, measured: np.ndarray, n_train: int, n_targets: int,
                     per_group: int = 4) -> dict[str, np.ndarray]:
     """Predicted vs measured margins on the held-out models for a few train and test targets
@@ -181,10 +244,9 @@ def _scatter_sample(dm, masks_eval: np.ndarray, measured: np.ndarray, n_train: i
             "scatter_measured": measured[:, targets].astype(np.float32), "scatter_valid": valid}
 
 
-def evaluate(run_dir: Path, *, n_subsets: int = 200, repeats: int = 1, progress: Progress = SILENT) -> dict:
+def evaluate(run_dir: Path, *, n_subsets: int = EvaluateConfig.n_subsets, repeats: int = EvaluateConfig.repeats,
+             progress: Progress = SILENT) -> dict:
     """Train held-out models (``repeats`` per subset), then score datamodels and the baseline on them."""
-    from audit.datamodels import difference_of_means, evaluate as score
-
     store = RunStore.open(run_dir, writable=False)
     dm = load_datamodels(run_dir)
     ds = dataset_of(store)
@@ -193,7 +255,7 @@ def evaluate(run_dir: Path, *, n_subsets: int = 200, repeats: int = 1, progress:
                             alpha=c.alpha, n_models=n_subsets * repeats, seed=c.seed, stream=STREAM_EVAL,
                             repeats=repeats, block_size=c.block_size, trainer=c.trainer,
                             dataset_options=c.dataset_options)
-    eval_store = RunStore.open_or_create(store.path / f"eval_r{repeats}", eval_config)
+    eval_store = RunStore.open_or_create(eval_run_dir(store.path, repeats), eval_config)
     _train_store(eval_store, ds, progress=progress)
     done = np.asarray(eval_store.done).reshape(n_subsets, repeats)
     margins = np.asarray(eval_store.margins).reshape(n_subsets, repeats, c.n_targets)
@@ -208,6 +270,235 @@ def evaluate(run_dir: Path, *, n_subsets: int = 200, repeats: int = 1, progress:
     result.update({"n_subsets": int(keep.sum()), "n_subsets_requested": n_subsets, "repeats": repeats,
                    "n_fit_models": int(len(rows))})
     per_target.update(_scatter_sample(dm, masks_eval, margins[keep].mean(1), c.n_train, c.n_targets))
-    write_json(store.path / "evaluation.json", result)
-    np.savez(store.path / "evaluation_targets.npz", **per_target)
+    write_json(store.path / EVALUATION_JSON, result)
+    np.savez(store.path / EVALUATION_TARGETS, **per_target)
     return result
+
+
+# ----- the steps (audit.contract) --------------------------------------------------------------
+class TrainResult(Result):
+    """train.json: the run's models."""
+
+    n_models: int
+    trained: int
+    diverged: int
+    pending: int
+    test_accuracy: float | None = None
+    trained_now: int = 0
+    seconds: float = 0.0
+    models_per_second: float | None = None
+    total_seconds: float = 0.0
+    alpha: float
+    dataset: str
+
+
+class TrainStep(Step[TrainConfig, TrainResult]):
+    """Create or resume the run and train its pending subset models."""
+
+    name, title = "train", "Subset models"
+    config_type, result_type = TrainConfig, TrainResult
+    files = {"result": TRAIN_JSON}
+
+    def __init__(self, spec: str | None = None) -> None:
+        self.spec = spec  # the dataset spec of a new run (None: the run's own)
+
+    def for_dataset(self, spec: str) -> "TrainStep":
+        return TrainStep(spec)
+
+    def compute(self, run_dir: Path, config: TrainConfig, *, dataset: Dataset | None = None,
+                progress: Progress = SILENT) -> TrainResult:
+        spec = self.spec or RunStore.open(run_dir, writable=False).config.dataset
+        s = train(spec, run_dir, n_models=config.n_models, alpha=config.alpha, seed=config.seed,
+                  trainer=config.trainer, trainer_options=parse_trainer_options(config.options),
+                  block_size=config.block_size, engine=config.engine, address=config.address,
+                  dataset_options={"year": config.year} if config.year else None, dataset=dataset, progress=progress)
+        return TrainResult.from_json(s)
+
+    def state(self, run_dir: Path) -> str | None:
+        """The run's settings and which models are finished: retraining or growing makes a new state."""
+        if not (run_dir / RUN_JSON).exists():
+            return None
+        store = RunStore.open(run_dir, writable=False)
+        c = store.config
+        determined = {k: v for k, v in asdict(c).items() if k not in ("created", "versions")}
+        return digest_of(determined, _rows_digest(store))
+
+    def is_current(self, run_dir: Path | str, config: TrainConfig | None = None) -> bool:
+        """Every model the run asks for (at least ``config.n_models``) is trained, as recorded."""
+        run_dir = Path(run_dir)
+        config = config or TrainConfig()
+        if not (run_dir / RUN_JSON).exists():
+            return False
+        store = RunStore.open(run_dir, writable=False)
+        if store.config.n_models < config.n_models or not np.asarray(store.done).all():
+            return False
+        rec = self.record(run_dir)
+        return rec is not None and rec.inputs.get(self.name) == self.state(run_dir)
+
+    def digest(self, config: TrainConfig, inputs) -> str:
+        return digest_of(self.name, dict(inputs))  # the run's own settings (in its state) decide, not the options
+
+    def current_digest(self, run_dir: Path) -> str | None:
+        """The models as they are now (the root of every other step's digest; no record needed)."""
+        state = self.state(Path(run_dir))
+        return None if state is None else self.digest(TrainConfig(), {self.name: state})
+
+    def summary(self, result: TrainResult) -> list[Block]:
+        acc = result.test_accuracy
+        return [Line(f"trained {result.trained} models ({result.diverged} diverged)"
+                     + (f", test accuracy at α={result.alpha} {acc:.3f}" if acc is not None else ""))]
+
+
+TRAIN = TrainStep()
+
+
+def _rows_digest(store: RunStore) -> str:
+    rows = store.finished_rows()
+    return hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest()[:16]
+
+
+def parse_trainer_options(pairs: Sequence[str] | None) -> dict:
+    """``["epochs=10", "lr=0.1"]`` -> ``{"epochs": 10, "lr": 0.1}`` (ints, floats, bools, strings)."""
+    out: dict = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise AuditError(f"option '{pair}' must look like NAME=VALUE")
+        value: object = raw
+        for cast in (int, float):
+            try:
+                value = cast(raw)
+                break
+            except ValueError:
+                pass
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+class FitResult(Result):
+    """fit.json: what the datamodels were fitted on."""
+
+    n_models: int
+    n_targets: int
+    seconds: float
+    device: str
+    mean_nonzero_weights: float
+    median_lambda_ratio: float
+    mean_val_mse: float
+
+
+class FitStep(Step[FitConfig, FitResult]):
+    """One LASSO datamodel per target on the run's finished models."""
+
+    name, title = "fit", "Datamodels"
+    config_type, result_type = FitConfig, FitResult
+    files = {"result": FIT_JSON, "datamodels": DATAMODELS_FILE}
+    needs = (TRAIN,)
+
+    def compute(self, run_dir: Path, config: FitConfig, *, dataset: Dataset | None = None,
+                progress: Progress = SILENT) -> FitResult:
+        s = fit(run_dir, device=config.device, n_lambdas=config.n_lambdas, val_fraction=config.val_fraction,
+                selection=config.selection, progress=progress)
+        return FitResult.from_json(s)
+
+    def summary(self, result: FitResult) -> list[Block]:
+        return [Line(f"fitted datamodels for {result.n_targets} targets on {result.n_models} models "
+                     f"({result.seconds:.1f}s on {result.device}; mean non-zero weights "
+                     f"{result.mean_nonzero_weights:.1f})")]
+
+    def legacy_current(self, run_dir: Path, config: FitConfig) -> bool:
+        """An older run's datamodels count when fit.json says they were fitted on the run's finished models."""
+        if not self.path(run_dir, "datamodels").exists():
+            return False
+        try:
+            n = read_json(self.path(run_dir)).get("n_models")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return n == len(RunStore.open(run_dir, writable=False).finished_rows())
+
+
+FIT = FitStep()
+
+
+class GroupQuality(Result):
+    n_targets: int
+    lds_mean: float | None = None
+    lds_median: float | None = None
+    mse_mean: float | None = None
+    baseline_lds_mean: float | None = None
+
+
+class EvaluateResult(Result):
+    """evaluation.json: LDS and MSE on held-out models, against difference of means."""
+
+    all: GroupQuality
+    train: GroupQuality
+    test: GroupQuality
+    n_subsets: int
+    n_subsets_requested: int
+    repeats: int
+    n_fit_models: int
+    noise_floor_mse: float | None = None
+
+
+class EvaluateStep(Step[EvaluateConfig, EvaluateResult]):
+    """Datamodel quality on held-out models (LDS, MSE) against difference of means."""
+
+    name, title = "evaluate", "Datamodel quality"
+    config_type, result_type = EvaluateConfig, EvaluateResult
+    files = {"result": EVALUATION_JSON, "targets": EVALUATION_TARGETS}
+    needs = (FIT,)
+    retrains = True
+    metrics = (Metric("min_lds", "datamodel LDS", "min", "lds", lambda run_dir, path, p: lds_value(run_dir, path, p),
+                      {"lds_group": Param("choice", "test", "target group for min_lds", ("all", "train", "test"))},
+                      lambda p: f"mean LDS ({p['lds_group']} targets)", "audit evaluate RUN"),)
+
+    def compute(self, run_dir: Path, config: EvaluateConfig, *, dataset: Dataset | None = None,
+                progress: Progress = SILENT) -> EvaluateResult:
+        return EvaluateResult.from_json(evaluate(run_dir, n_subsets=config.n_subsets, repeats=config.repeats,
+                                                 progress=progress))
+
+    def summary(self, r: EvaluateResult) -> list[Block]:
+        rows = []
+        for group in ("all", "train", "test"):
+            g: GroupQuality = getattr(r, group)
+            rows.append((f"datamodels ({group})", str(g.n_targets), _f3(g.lds_mean), _f3(g.mse_mean)))
+            rows.append((f"difference of means ({group})", str(g.n_targets), _f3(g.baseline_lds_mean), ""))
+        out: list[Block] = [Table(f"datamodel quality on {r.n_subsets} held-out subsets x {r.repeats} repeats",
+                                  ("estimator", "targets", "mean LDS (Spearman)", "mean MSE"), tuple(rows))]
+        if r.noise_floor_mse is not None:
+            out.append(Line(f"noise floor (OPT) MSE with {r.repeats} repeats: {r.noise_floor_mse:.3f}"))
+        return out
+
+    def legacy_current(self, run_dir: Path, config: EvaluateConfig) -> bool:
+        """An older run's evaluation counts when it scores the current datamodels on as many subsets."""
+        path, dm = self.path(run_dir), FIT.path(run_dir, "datamodels")
+        if not dm.exists() or path.stat().st_mtime < dm.stat().st_mtime:
+            return False
+        try:
+            ev = read_json(path)
+            fit_models = read_json(FIT.path(run_dir)).get("n_models") if FIT.path(run_dir).exists() else None
+        except (OSError, ValueError):
+            return False
+        return (ev.get("n_fit_models") == fit_models
+                and ev.get("n_subsets_requested", config.n_subsets) == config.n_subsets)
+
+
+EVALUATE = EvaluateStep()
+
+
+def _f3(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.3f}"
+
+
+def lds_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | None, dict]:
+    """Mean LDS (Spearman, held-out models) of a target group from evaluation.json."""
+    what = f"audit evaluate {run_dir}"
+    data = read_result(path, what)
+    group = require(data, (p["lds_group"],), path, what)
+    value = require(group, ("lds_mean",), path, what)
+    return finite(value), {"group": p["lds_group"], "n_targets": group.get("n_targets") if isinstance(group, dict) else None,
+                           "baseline_lds_mean": group.get("baseline_lds_mean") if isinstance(group, dict) else None}
+

@@ -31,10 +31,10 @@ import numpy as np
 
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
+from audit.execution import BlockTask, run_blocks
 from audit.jsonio import read_json, save_npz, write_json
 from audit.progress import SILENT, Progress
 from audit.seeding import model_seed
-from audit.execution import BlockTask, run_blocks
 from audit.store import claim_block, flush_then_done
 from audit.training.base import Trainer
 

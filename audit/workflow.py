@@ -1,87 +1,90 @@
-"""`audit run`: every step on one dataset, in order, each skipped when its result is current.
+"""`audit run`: every registered step on one dataset, in order, each skipped when its result is current.
 
-train -> fit -> evaluate -> brittleness -> mislabel -> leakage -> report. Training and the
-retraining audits resume by themselves (their stores mark finished rows); fit and evaluate
-are skipped when their saved results already cover the run's finished models, so running
-`audit run` again after an interruption redoes nothing finished. The summary of every step
-goes to RUN/run_summary.json.
+The steps come from ``audit.steps.REGISTRY`` (train, fit, evaluate, then the audits), then the
+report. A step is skipped when ``step.is_current`` says its saved result was computed with
+these settings from the inputs as they are now (one rule for every step, audit.contract);
+training and the retraining audits also resume by themselves, so running `audit run` again
+after an interruption redoes nothing finished. Every step's summary goes to RUN/run_summary.json.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from audit import pipeline
+from audit.contract import Result, Step, config_json, settings_of
 from audit.errors import AuditError
-from audit.jsonio import read_json, write_json
+from audit.jsonio import write_json
 from audit.progress import SILENT, Progress
-from audit.store import RunStore
+from audit.reports.render import render_report
+from audit.steps import REGISTRY
 
 SUMMARY_FILE = "run_summary.json"
-STEPS = ("train", "fit", "evaluate", "brittleness", "mislabel", "leakage", "report")
+MIN_MODELS_TO_FIT = 20
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
-    """What `audit run` does; the defaults are the digits first look (≤ 10 min on 2 CPU cores)."""
+    """What `audit run` does: the settings of each step (defaults: the steps' own) and which audits."""
 
-    n_models: int = 5000
-    alpha: float = 0.5
-    seed: int = 0
-    eval_subsets: int = 200
-    device: str = "auto"
-    audit_targets: int = 100  # test targets for the brittleness and mislabel audits
-    audit_T: int | None = None  # models per retraining point (None: the audit's default for the dataset)
-    audits: tuple[str, ...] = ("brittleness", "mislabel", "leakage")
-    trainer_options: dict = field(default_factory=dict)
+    configs: Mapping[str, Any] = field(default_factory=dict)  # step name -> its settings dataclass
+    audits: tuple[str, ...] = REGISTRY.audits()
+
+    @classmethod
+    def from_values(cls, audits: tuple[str, ...] | None = None, **values: Any) -> "RunOptions":
+        """Settings by field name (``n_models=60, alpha=0.5, n_subsets=6, ...``), shared by every step
+        that has a setting of that name (``seed``, ``engine``); unknown names are an error."""
+        known = {f.name for s in REGISTRY for f in settings_of(s.config_type)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise AuditError(f"unknown setting(s) {', '.join(unknown)} for `audit run`")
+        configs = {}
+        for s in REGISTRY:
+            names = {f.name for f in settings_of(s.config_type)}
+            configs[s.name] = s.config_type(**{k: v for k, v in values.items() if k in names})
+        return cls(configs=configs, audits=REGISTRY.audits() if audits is None else tuple(audits))
+
+    def config(self, step: Step) -> Any:
+        return self.configs.get(step.name) or step.config_type()
 
     def check(self) -> None:
         """One clear error for options that cannot work, before anything runs."""
-        if not 0 < self.alpha < 1:
-            raise AuditError(f"--alpha must be in (0, 1), got {self.alpha}")
-        if self.n_models < 20:
-            raise AuditError(f"--n-models must be at least 20 to fit datamodels, got {self.n_models}")
-        if self.eval_subsets < 5:
-            raise AuditError(f"--eval-subsets must be at least 5, got {self.eval_subsets}")
-        if self.audit_targets < 1:
-            raise AuditError(f"--audit-targets must be at least 1, got {self.audit_targets}")
-        unknown = [a for a in self.audits if a not in STEPS[3:6]]
+        train = self.config(pipeline.TRAIN)
+        if not 0 < train.alpha < 1:
+            raise AuditError(f"--alpha must be in (0, 1), got {train.alpha}")
+        if train.n_models < MIN_MODELS_TO_FIT:
+            raise AuditError(f"--n-models must be at least {MIN_MODELS_TO_FIT} to fit datamodels, got "
+                             f"{train.n_models}")
+        evaluate = self.config(pipeline.EVALUATE)
+        if evaluate.n_subsets < 5:
+            raise AuditError(f"--n-subsets (--eval-subsets) must be at least 5, got {evaluate.n_subsets}")
+        for s in REGISTRY:
+            n = getattr(self.config(s), "n", None)
+            if n is not None and n < 1:
+                raise AuditError(f"--n (--audit-targets) must be at least 1, got {n}")
+        unknown = [a for a in self.audits if a not in REGISTRY.audits()]
         if unknown:
-            raise AuditError(f"unknown audit(s) {', '.join(unknown)}: choose among brittleness, mislabel, leakage")
+            raise AuditError(f"unknown audit(s) {', '.join(unknown)}: choose among {', '.join(REGISTRY.audits())}")
+
+    def to_json(self) -> dict:
+        return {"audits": list(self.audits),
+                "settings": {name: config_json(c) for name, c in self.configs.items()}}
 
 
-def fit_is_current(run_dir: Path) -> bool:
-    """The saved datamodels were fitted on exactly the run's finished models."""
-    run_dir = Path(run_dir)
-    if not (run_dir / pipeline.DATAMODELS_FILE).exists() or not (run_dir / "fit.json").exists():
-        return False
-    store = RunStore.open(run_dir, writable=False)
-    return read_json(run_dir / "fit.json").get("n_models") == len(store.finished_rows())
-
-
-def evaluation_is_current(run_dir: Path, n_subsets: int) -> bool:
-    """evaluation.json scores the current datamodels on ``n_subsets`` held-out subsets."""
-    run_dir = Path(run_dir)
-    path, dm = run_dir / "evaluation.json", run_dir / pipeline.DATAMODELS_FILE
-    if not path.exists() or not dm.exists() or path.stat().st_mtime < dm.stat().st_mtime:
-        return False
-    ev = read_json(path)
-    fit = read_json(run_dir / "fit.json") if (run_dir / "fit.json").exists() else {}
-    return ev.get("n_fit_models") == fit.get("n_models") and ev.get("n_subsets_requested", n_subsets) == n_subsets
-
-
-StepCallback = Callable[[str, dict], None]
+StepCallback = Callable[[Step, Result, dict], None]
 
 
 def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = None, *,
                  progress: Progress = SILENT, on_step: StepCallback | None = None) -> dict:
-    """Run every step for ``spec`` into ``run_dir``; returns (and saves) the per-step summaries.
+    """Run every registered step for ``spec`` into ``run_dir``, then the report; returns (and saves) the
+    per-step summaries.
 
-    ``on_step(name, summary)`` is called after each step (the command prints it). A step
-    whose result is already current reports ``{"skipped": True, ...}``.
+    ``on_step(step, result, entry)`` is called after each step (the command prints it); ``entry``
+    is the step's line of run_summary.json (``skipped`` when its result was already current,
+    ``step_seconds`` its cost: when skipped, the cost recorded when it last ran).
     """
     options = options or RunOptions()
     options.check()
@@ -90,43 +93,51 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
     steps: dict[str, dict] = {}
     start = time.perf_counter()
 
-    def done(name: str, summary: dict, t0: float) -> None:
-        summary = {**summary, "step_seconds": round(time.perf_counter() - t0, 2)}
-        steps[name] = summary
-        write_json(path, {"dataset": spec, "options": asdict(options), "steps": steps,
+    def save() -> None:
+        write_json(path, {"dataset": spec, "options": options.to_json(), "steps": steps,
                           "seconds": round(time.perf_counter() - start, 2)})
-        if on_step:
-            on_step(name, summary)
 
-    t0 = time.perf_counter()
-    done("train", pipeline.train(spec, run_dir, n_models=options.n_models, alpha=options.alpha, seed=options.seed,
-                                 trainer_options=options.trainer_options or None, progress=progress), t0)
-    t0 = time.perf_counter()
-    if fit_is_current(run_dir):
-        done("fit", {**read_json(run_dir / "fit.json"), "skipped": True}, t0)
-    else:
-        done("fit", pipeline.fit(run_dir, device=options.device, progress=progress), t0)
-    t0 = time.perf_counter()
-    if evaluation_is_current(run_dir, options.eval_subsets):
-        done("evaluate", {**read_json(run_dir / "evaluation.json"), "skipped": True}, t0)
-    else:
-        done("evaluate", pipeline.evaluate(run_dir, n_subsets=options.eval_subsets, progress=progress), t0)
-    ds = pipeline.dataset_of(RunStore.open(run_dir, writable=False))
-    for name in ("brittleness", "mislabel"):
-        if name in options.audits:
-            from audit.audits.support import run_brittleness
-
-            t0 = time.perf_counter()
-            done(name, run_brittleness(run_dir, mode="remove" if name == "brittleness" else "relabel",
-                                       n=options.audit_targets, T=options.audit_T, seed=options.seed, dataset=ds,
-                                       progress=progress), t0)
-    if "leakage" in options.audits:
-        from audit.audits.leakage_audit import run_leakage
-
+    dataset = None
+    for step in REGISTRY:
+        if step.name in REGISTRY.audits() and step.name not in options.audits:
+            continue
+        runner = pipeline.TRAIN.for_dataset(spec) if step is pipeline.TRAIN else step
+        config = options.config(step)
         t0 = time.perf_counter()
-        done("leakage", run_leakage(run_dir, dataset=ds, progress=progress), t0)
-    from audit.reports.render import render_report
-
+        if runner.is_current(run_dir, config):
+            result = runner.load(run_dir)
+            rec = runner.record(run_dir)
+            entry = {**skipped_summary(runner, result), "skipped": True,
+                     "step_seconds": rec.seconds if rec else None, "seconds_now": round(time.perf_counter() - t0, 2)}
+        else:
+            result = runner.run(run_dir, config, dataset=dataset, progress=progress)
+            entry = {**result.to_json(), "step_seconds": round(time.perf_counter() - t0, 2)}
+        if step is pipeline.TRAIN:
+            dataset = pipeline.dataset_of(pipeline.RunStore.open(run_dir, writable=False))
+        steps[step.name] = entry
+        save()
+        if on_step:
+            on_step(step, result, entry)
     t0 = time.perf_counter()
-    done("report", {"path": str(render_report(run_dir, progress=progress))}, t0)
-    return read_json(path)
+    report = render_report(run_dir, progress=progress)
+    steps["report"] = {"path": str(report), "step_seconds": round(time.perf_counter() - t0, 2)}
+    save()
+    return {"dataset": spec, "steps": steps, "report": str(report)}
+
+
+def skipped_summary(step: Step, result: Result) -> dict:
+    """A skipped step's summary: its saved result, with nothing done now."""
+    data = result.to_json()
+    if step is pipeline.TRAIN or step.name == pipeline.TRAIN.name:
+        data["trained_now"] = 0
+    return data
+
+
+def fit_is_current(run_dir: Path | str) -> bool:
+    """The saved datamodels are current with the default fit settings (see FitStep)."""
+    return pipeline.FIT.is_current(run_dir)
+
+
+def evaluation_is_current(run_dir: Path | str, n_subsets: int) -> bool:
+    """evaluation.json scores the current datamodels on ``n_subsets`` held-out subsets."""
+    return pipeline.EVALUATE.is_current(run_dir, pipeline.EvaluateConfig(n_subsets=n_subsets))

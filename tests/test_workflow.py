@@ -38,10 +38,10 @@ def test_evaluation_is_current_needs_the_same_datamodels_and_subsets(small_digit
 
 
 @pytest.mark.parametrize("bad, match", [({"alpha": 1.0}, "alpha"), ({"n_models": 5}, "n-models"),
-                                        ({"eval_subsets": 2}, "eval-subsets"), ({"audits": ("typo",)}, "typo")])
+                                        ({"n_subsets": 2}, "eval-subsets"), ({"audits": ("typo",)}, "typo")])
 def test_bad_options_stop_before_anything_runs(tmp_path, bad, match):
     with pytest.raises(AuditError, match=match):
-        run_pipeline("digits", tmp_path / "run", RunOptions(**bad))
+        run_pipeline("digits", tmp_path / "run", RunOptions.from_values(**bad))
     assert not (tmp_path / "run").exists()
 
 

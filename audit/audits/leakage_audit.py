@@ -19,16 +19,30 @@ recall in the main run's leakage.json. Everything is saved under RUN/audits/.
 
 from __future__ import annotations
 
+import csv
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from audit import pipeline
+from audit.audits.baselines import nearest_neighbours
+from audit.audits.geo import leakage_efficacy, nearest_train_distance_miles
+from audit.audits.leakage import candidate_overlap, candidates_table, datamodel_candidates, planted_recall
+from audit.audits.mturk import export_batch, import_results, read_manifest
+from audit.audits.support import sample_targets
+from audit.contract import Block, Line, Metric, Param, Result, Step, Table, finite, read_result, require, setting
+from audit.data import load_dataset
+from audit.data.dataset import Dataset
+from audit.data.planting import DEFAULT_PLANT_NOISE, plant_options, planted_pairs
 from audit.errors import AuditError
 from audit.jsonio import read_json, write_csv, write_json
 from audit.progress import SILENT, Progress
+from audit.reference import reference_models
+from audit.store import RunStore
 
 DEFAULT_K = 10
 N_ANNOT = 5
@@ -79,8 +93,6 @@ def auto_upscale(shape: tuple[int, ...]) -> int:
 
 def representation_candidates(ref, n_train: int, k: int, progress: Progress = SILENT) -> tuple[np.ndarray, np.ndarray]:
     """FAISS top-``k`` training neighbours of each test example in reference feature space: ``(scores, idx)``."""
-    from audit.audits.baselines import nearest_neighbours
-
     return nearest_neighbours(ref.train_features(n_train), ref.test_features(n_train), k, progress=progress)
 
 
@@ -102,8 +114,6 @@ def planted_report(pairs: np.ndarray, cands: dict[str, np.ndarray], full_scores:
     ``full_scores[method]`` ``[n_planted, n_train]``: each planted test image's score of every
     training example (datamodel weight, cosine similarity).
     """
-    from audit.audits.leakage import planted_recall
-
     out: dict = {"n_planted": int(len(pairs)), "pairs": pairs.tolist(), "methods": {}}
     for method, cand in cands.items():
         rec = planted_recall(cand, pairs, recall_ks(k))
@@ -126,8 +136,6 @@ def distance_cdf(nearest_miles: np.ndarray, grid: Sequence[float]) -> dict:
 
 
 def _candidate_rows(ids: np.ndarray, idx: np.ndarray, w: np.ndarray, method: str) -> list[dict]:
-    from audit.audits.leakage import candidates_table
-
     return [{**row, "method": method} for row in candidates_table(ids, idx, w)]
 
 
@@ -176,11 +184,6 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     (``mturk_results`` CSV; the manifest comes from ``mturk_export`` if given, else from
     the run's last export).
     """
-    from audit import pipeline
-    from audit.audits.leakage import candidate_overlap, datamodel_candidates
-    from audit.data.planting import planted_pairs
-    from audit.reference import reference_models
-
     start = time.perf_counter()
     run_dir = Path(run_dir)
     store, dm, ds = pipeline.open_fitted(run_dir, dataset)
@@ -214,8 +217,6 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
             raise AuditError(f"{run_dir} has no MTurk export to match the results against; run with "
                              "--mturk-export DIR first (or pass the export folder with --mturk-export)")
         if mturk_export is None:  # the export exists already: read the results now, before writing anything
-            from audit.audits.mturk import import_results
-
             import_results(mturk_results, *_saved_manifest(run_dir))
 
     ref = reference_models(store, ds, n_models=n_reference, progress=progress)
@@ -249,8 +250,6 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     # geodesic check (FMoW and any dataset with coordinates)
     geo_rows: list[dict] | None = None
     if all(f"{a}_{p}" in ds.meta for a in ("lat", "lon") for p in ("train", "test")):
-        from audit.audits.geo import leakage_efficacy, nearest_train_distance_miles
-
         lat_te, lon_te = ds.meta["lat_test"], ds.meta["lon_test"]
         lat_tr, lon_tr = ds.meta["lat_train"], ds.meta["lon_train"]
         t0 = time.perf_counter()
@@ -320,9 +319,6 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
 def export_mturk(run_dir: Path, ds, cand: dict, out_dir: Path, image_base_url: str, *, sample: int | None = None,
                  upscale: int | None = None) -> dict:
     """MTurk batch of the annotation candidates (top + bottom weights); keeps a manifest copy in RUN/audits/."""
-    from audit.audits.mturk import export_batch
-    from audit.audits.support import sample_targets
-
     ids = np.arange(ds.n_test, dtype=np.int64) if sample is None else sample_targets(ds.y_test, int(sample), seed=0)
     up = auto_upscale(ds.x_test.shape[1:3]) if upscale is None else int(upscale)
     exp = export_batch(out_dir, ids, cand["annot_idx"][ids], ds.x_test, ds.x_train, image_base_url, upscale=up,
@@ -351,8 +347,6 @@ def _saved_manifest(run_dir: Path) -> tuple[list[int], dict[int, list[int]]]:
 def import_mturk(run_dir: Path, results_csv: Path, export_dir: Path | None, *, weights=None, n_train: int = 0,
                  rep_idx: np.ndarray | None = None) -> dict:
     """Import an MTurk results CSV against the run's export; writes leakage_mturk.json and two CSVs."""
-    from audit.audits.mturk import import_results, read_manifest
-
     audits = Path(run_dir) / "audits"
     run_manifest = audits / MTURK_MANIFEST
     ids, cands = read_manifest(export_dir) if export_dir is not None else _saved_manifest(run_dir)
@@ -409,11 +403,6 @@ def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_mode
     trains only what is missing and refits only when models were added. The result (also in
     the twin's own leakage.json) is saved as "planted_check" in the run's leakage.json.
     """
-    from audit import pipeline
-    from audit.data import load_dataset
-    from audit.data.planting import DEFAULT_PLANT_NOISE, plant_options
-    from audit.store import RunStore
-
     start = time.perf_counter()
     run_dir = Path(run_dir)
     store = RunStore.open(run_dir, writable=False)
@@ -435,14 +424,12 @@ def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_mode
     t = pipeline.train(c.dataset, twin, n_models=n_models, alpha=c.alpha, seed=c.seed, trainer=name,
                        trainer_options=trainer, block_size=c.block_size, dataset_options=options, dataset=ds,
                        progress=progress)
-    fit_json = twin / "fit.json"
-    fitted = fit_json.exists() and (twin / pipeline.DATAMODELS_FILE).exists() \
-        and read_json(fit_json).get("n_models") == t["trained"]
+    pipeline.TRAIN.note(twin)  # the twin's models as they are now
+    main_fit = pipeline.FIT.record(run_dir)  # fit the twin as the run was fitted
+    fit_config = pipeline.FitConfig(**main_fit.config) if main_fit else pipeline.FitConfig()
+    fitted = pipeline.FIT.is_current(twin, fit_config)
     if not fitted:
-        fit_options = {}
-        if (run_dir / "fit.json").exists():
-            fit_options = dict(read_json(run_dir / "fit.json").get("options") or {})
-        pipeline.fit(twin, progress=progress, **fit_options)
+        pipeline.FIT.run(twin, fit_config, progress=progress)
     s = run_leakage(twin, k=k, dataset=ds, progress=progress)
     planted = read_json(twin / "audits" / LEAKAGE_JSON)["planted"]
     result = {"run": str(twin), "n_planted": int(n), "n_models": n_models, "k": int(k),
@@ -454,3 +441,244 @@ def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_mode
               "pairs": planted["pairs"], "seconds": round(time.perf_counter() - start, 2)}
     _merge_section(run_dir, "planted_check", result)
     return result
+
+
+# ----- the step (audit.contract) ---------------------------------------------------------------
+@dataclass(frozen=True)
+class LeakageConfig:
+    """Settings of the leakage audit."""
+
+    k: int = setting(DEFAULT_K, "--k", "candidates per test image (datamodels and FAISS)")
+    d_grid: tuple[float, ...] | None = setting(None, "--d-grid", "FMoW: comma-separated miles (default 0.25..3)",
+                                               parse="floats")
+    n_reference: int = setting(N_REFERENCE, "--n-reference", "full-data reference models for the FAISS baseline",
+                               command_only=True)
+    mturk_export: str | None = setting(None, "--mturk-export", "write the MTurk batch into DIR (with "
+                                       "--mturk-results and no --image-base-url: read the export in DIR)",
+                                       command_only=True, volatile=True)
+    image_base_url: str | None = setting(None, "--image-base-url", "public URL where DIR/images/ will be served",
+                                         command_only=True, volatile=True)
+    mturk_sample: int | None = setting(None, "--mturk-sample", "export N class-balanced test images instead of all",
+                                       command_only=True, volatile=True)
+    mturk_results: str | None = setting(None, "--mturk-results", "MTurk batch results CSV to import",
+                                        command_only=True, volatile=True)
+    plant: int | None = setting(None, "--plant", "also plant copies of N test images in a twin run <run>-plantN, "
+                                "train + fit it, and report recall@k (CPU-sized data)", command_only=True,
+                                volatile=True)
+    plant_models: int | None = setting(None, "--plant-models", "models in the planted run (default 1000, at most "
+                                       "the run's)", command_only=True, volatile=True)
+
+
+class CandidateStats(Result):
+    mean_positive: float
+    n_tests_fewer_than_k: int
+    n_tests_none: int
+    same_class_fraction: float | None = None
+
+
+class Overlap(Result):
+    k: int
+    mean_overlap_at_k: float | None = None
+    chance_overlap_at_k: float
+    mean_jaccard: float | None = None
+    frac_any_overlap: float | None = None
+
+
+class LeakageResult(Result):
+    """The "summary" of audits/leakage.json."""
+
+    run: str
+    dataset: str
+    n_train: int
+    n_test: int
+    k: int
+    n_annot: int
+    n_reference_models: int
+    reference_test_accuracy: float | None = None
+    datamodel_candidates: CandidateStats
+    overlap: Overlap
+    geo: dict | None = None
+    planted: dict | None = None
+    planted_check: dict | None = None
+    mturk_export: dict | None = None
+    mturk: dict | None = None
+    files: dict[str, str] = {}
+    seconds: float = 0.0
+
+
+def geo_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | None, dict]:
+    """Fraction of test images with a leakage candidate within ``leak_miles`` (FMoW geodesic check).
+
+    Read from leakage_geo.csv (nearest candidate distance per test image: any d works); when
+    only leakage.json exists, d must be on its distance grid.
+    """
+    what = f"audit leakage {run_dir}"
+    d, method = float(p["leak_miles"]), p["leak_method"]
+    column = f"{method}_nearest_candidate_miles"
+    if path.name.endswith(".csv"):
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                if column not in (reader.fieldnames or []):
+                    raise AuditError(f"{path} has no column {column}; run `{what}` again")
+                dist = []
+                for row in reader:
+                    raw = (row.get(column) or "").strip()
+                    dist.append(float(raw) if raw else math.inf)
+        except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+            raise AuditError(f"{path} is unreadable ({type(exc).__name__}); run `{what}` again") from None
+        if not dist:
+            raise AuditError(f"{path} lists no test images; run `{what}` again")
+        n = sum(x <= d for x in dist)
+        return n / len(dist), {"d_miles": d, "method": method, "n_test": len(dist), "n_within": n}
+    data = read_result(path, what)
+    if not isinstance(data, dict) or "geo" not in data:
+        raise AuditError(f"{path} has no geodesic check (the dataset has no lat/lon); "
+                         "max_geo_leak_fraction applies to FMoW-like data only")
+    grid = [float(x) for x in require(data, ("geo", "d_miles"), path, what)]
+    fracs = require(data, ("geo", "frac_with_candidate", method), path, what)
+    for x, f in zip(grid, fracs):
+        if math.isclose(x, d):
+            return finite(f), {"d_miles": d, "method": method}
+    raise AuditError(f"leak_miles = {d:g} is not on the distance grid of {path} ({', '.join(f'{x:g}' for x in grid)}) "
+                     f"and leakage_geo.csv is missing; use a grid value or run `{what} --d-grid ...` again")
+
+
+def mturk_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | None, dict]:
+    """Fraction of the annotated test images whose MTurk leakage score is ≥ ``mturk_score``."""
+    what = f"audit leakage {run_dir} --mturk-results FILE"
+    tests = require(read_result(path, what), ("tests",), path, what)
+    if not isinstance(tests, list) or not tests:
+        raise AuditError(f"{path} has no annotated test images; run `{what}` again")
+    s = float(p["mturk_score"])
+    scores = [finite(require(t, ("leakage_score",), path, what)) for t in tests]
+    n = sum(v is not None and v >= s for v in scores)
+    return n / len(scores), {"min_score": s, "n_annotated": len(scores), "n_at_least": n}
+
+
+def planted_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | None, dict]:
+    """Recall@k of planted duplicates (the run's planted check, or the run's own planted copies)."""
+    what = f"audit leakage {run_dir} --plant N"
+    data = read_result(path, what)
+    section = data.get("planted_check") or data.get("planted") if isinstance(data, dict) else None
+    if not isinstance(section, dict):
+        raise AuditError(f"{path} has no planted-duplicate results; run `{what}` first")
+    recall = require(section, ("methods", p["planted_method"], "recall_at_k"), path, what)
+    k = p["planted_k"]
+    key = str(k) if k else max(recall, key=int)
+    if key not in recall:
+        raise AuditError(f"planted_k = {k}: {path} has recall at k = {', '.join(recall)} only; "
+                         "use one of those")
+    return finite(recall[key]), {"k": int(key), "method": p["planted_method"], "n_planted": section.get("n_planted")}
+
+
+_LEAK_METHOD = ("datamodels", "representation")
+
+
+class LeakageStep(Step[LeakageConfig, LeakageResult]):
+    """Train-test leakage candidates from datamodels vs the FAISS baseline; geodesic and planted checks; MTurk."""
+
+    name, title = "leakage", "Train-test leakage"
+    config_type, result_type = LeakageConfig, LeakageResult
+    files = {"result": f"audits/{LEAKAGE_JSON}", "candidates": f"audits/{CANDIDATES_CSV}", "geo": f"audits/{GEO_CSV}",
+             "mturk": f"audits/{MTURK_JSON}", "mturk_manifest": f"audits/{MTURK_MANIFEST}",
+             "mturk_pairs": f"audits/{MTURK_PAIRS_CSV}", "mturk_tests": f"audits/{MTURK_TESTS_CSV}"}
+    result_key = "summary"
+    needs = (pipeline.FIT,)
+    metrics = (
+        Metric("max_geo_leak_fraction", "geographic leakage", "max", "fraction", geo_value,
+               {"leak_miles": Param("miles", 0.25, "d for max_geo_leak_fraction (miles)"),
+                "leak_method": Param("choice", "datamodels", "candidate ranking for max_geo_leak_fraction",
+                                     _LEAK_METHOD)},
+               lambda p: f"test images with a candidate within {p['leak_miles']:g} miles ({p['leak_method']})",
+               "audit leakage RUN (FMoW or data with lat/lon)", ("geo", "result")),
+        Metric("max_mturk_leak_fraction", "annotated leakage", "max", "fraction", mturk_value,
+               {"mturk_score": Param("fraction", 0.5, "s for max_mturk_leak_fraction: leakage score at least s "
+                                                      "counts")},
+               lambda p: f"annotated test images with MTurk leakage score >= {p['mturk_score']:g}",
+               "audit leakage RUN --mturk-results FILE", ("mturk",)),
+        Metric("min_planted_recall", "planted duplicates found", "min", "fraction", planted_value,
+               {"planted_k": Param("count", 0, "k for min_planted_recall (0: the largest k saved)"),
+                "planted_method": Param("choice", "datamodels", "candidate ranking for min_planted_recall",
+                                        _LEAK_METHOD)},
+               lambda p: f"planted copies in the top {p['planted_k'] or 'k'} candidates ({p['planted_method']})",
+               "audit leakage RUN --plant N"),
+    )
+
+    def compute(self, run_dir: Path, config: LeakageConfig, *, dataset: Dataset | None = None,
+                progress: Progress = SILENT) -> LeakageResult:
+        if config.plant is not None and config.plant < 1:
+            raise AuditError(f"--plant {config.plant}: plant at least one test image")
+        s = run_leakage(run_dir, k=config.k, d_grid=config.d_grid, mturk_export=config.mturk_export,
+                        image_base_url=config.image_base_url, mturk_results=config.mturk_results,
+                        mturk_sample=config.mturk_sample, n_reference=config.n_reference, dataset=dataset,
+                        progress=progress)
+        if config.plant is not None:
+            p = run_planted_check(run_dir, config.plant, k=config.k, n_models=config.plant_models, progress=progress)
+            s["planted_check"] = _brief("planted_check", p)
+        return LeakageResult.from_json(s)
+
+    def summary(self, s: LeakageResult) -> list[Block]:
+        o, dc = s.overlap, s.datamodel_candidates
+        out: list[Block] = [
+            Line(f"[bold]leakage[/] {s.dataset}: {s.n_test} test x {s.n_train} train, top {s.k} candidates; FAISS on "
+                 f"{s.n_reference_models} full-data models (test acc {_f(s.reference_test_accuracy)})"),
+            Line(f"datamodel candidates with positive weight: {dc.mean_positive:.1f} of {s.k} on average "
+                 f"({dc.n_tests_fewer_than_k} test images have fewer, {dc.n_tests_none} none); "
+                 f"same class as the test image: {_f(dc.same_class_fraction)}"),
+            Line(f"overlap datamodels vs FAISS: {_f(o.mean_overlap_at_k)} of the top {o.k} shared "
+                 f"(chance {o.chance_overlap_at_k:.4f}), Jaccard {_f(o.mean_jaccard)}, "
+                 f"{_f(o.frac_any_overlap)} of test images share at least one")]
+        if s.geo is not None:
+            g = s.geo
+            rows = tuple((f"{d:g}", str(g["n_ground_truth"][i]), _f(g["efficacy"]["datamodels"][i]),
+                          _f(g["efficacy"]["representation"][i])) for i, d in enumerate(g["d_miles"]))
+            out.append(Table("FMoW geodesic check: efficacy = found / ground truth",
+                             ("d (miles)", "ground truth", "datamodels", "FAISS"), rows, right_aligned=True))
+            fw = g["fraction_within"]
+            out.append(Line(f"test images within 0.25 / 2.6 miles of a training image: {_f(fw.get('0.25'))} / "
+                            f"{_f(fw.get('2.6'))} (paper, full FMoW 2012: ~0.20 / ~0.80)"))
+        if s.planted is not None:
+            out += _recall_table(s.planted, f"planted duplicates in this run ({s.planted['n_planted']})")
+        if s.planted_check is not None:
+            pc = s.planted_check
+            out += _recall_table(pc, f"planted check: {pc.get('n_planted')} copies in {pc.get('run')}")
+        if s.mturk_export is not None:
+            e = s.mturk_export
+            out.append(Line(f"MTurk batch: {e['n_hits']} HITs in {e['dir']} (batch_input.csv, hit_template.html, "
+                            "images/)"))
+        if s.mturk is not None:
+            m = s.mturk
+            ls = m["leakage_score"]
+            out.append(Line(f"MTurk results: {m['n_assignments_used']} assignments by {m['n_workers']} workers "
+                            f"({m['n_rejected']} rejected) on {m['n_tests_answered']} test images; leakage score mean "
+                            f"{_f(ls['mean'])}, >= 0.5 for {ls['n_at_least_0.5']}, = 1 for {ls['n_equal_1']}"))
+            if m.get("mean_score_top") is not None:
+                out.append(Line(f"mean annotation score: top candidates {_f(m['mean_score_top'])}, "
+                                f"bottom candidates {_f(m.get('mean_score_bottom'))}"))
+        return out
+
+
+def _f(x: Any) -> str:
+    v = finite(x)
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _recall_table(p: dict, title: str) -> list[Block]:
+    methods = [m for m in _LEAK_METHOD if m in p]
+    if not methods:
+        return []
+    ks = list(p[methods[0]]["recall_at_k"])
+    with_rank = any("median_full_rank" in p[m] for m in methods)
+    columns = ("method", *[f"@{k}" for k in ks]) + (("median rank",) if with_rank else ())
+    rows = []
+    for m in methods:
+        row = [m if m == "datamodels" else "FAISS"] + [_f(p[m]["recall_at_k"][k]) for k in ks]
+        if with_rank:
+            rank = finite(p[m].get("median_full_rank"))
+            row.append(f"{rank:g}" if rank is not None else "-")
+        rows.append(tuple(row))
+    return [Table(f"{title}: recall@k", columns, tuple(rows), right_aligned=True)]
+
+
+LEAKAGE = LeakageStep()

@@ -15,14 +15,24 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from pydantic import Field
 
+from audit import pipeline
+from audit.audits import baselines
+from audit.contract import Block, Line, Metric, Param, Result, Step, Table, finite, read_result, require, setting
+from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.execution import ENGINES
+from audit.jsonio import write_csv, write_json
 from audit.progress import SILENT, Progress
+from audit.reference import reference_models
+from audit.retrain import REMOVE, RetrainPlan, run_plan
+from audit.training.registry import trainer_from_config
 
 MODES = ("remove", "relabel")
 METHODS = ("datamodels", "representation", "random")
@@ -222,8 +232,43 @@ def summarize_method(records: list[dict], method: str, max_k: int, cdf_ks: Seque
     }
 
 
+def wrong_classes(mean_logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per target, the class other than ``y`` with the largest mean logit: ``[n, C], [n] -> [n]``."""
+    logits = np.array(mean_logits, dtype=np.float64, copy=True)
+    y = np.asarray(y, dtype=np.int64)
+    if logits.ndim != 2 or len(logits) != len(y):
+        raise AuditError(f"mean logits {logits.shape} do not match {len(y)} targets")
+    if logits.shape[1] < 2:
+        raise AuditError("relabelling needs at least two classes")
+    logits[np.arange(len(y)), y] = -np.inf
+    return logits.argmax(axis=1).astype(np.int64)
+
+
+
+@dataclass(frozen=True)
+class SupportConfig:
+    """Settings of the brittleness and mislabel audits (the support search)."""
+
+    n: int = setting(100, "--n", "test targets, class-balanced sample (fixed seed)", aliases=("--audit-targets",))
+    targets: tuple[int, ...] | None = setting(None, "--targets", "comma-separated test indices (instead of --n)",
+                                              command_only=True, parse="ints")
+    T: int | None = setting(None, "--T", "models retrained per grid point (default sized for the dataset)",
+                            aliases=("--audit-T",))
+    k_grid: tuple[int, ...] | None = setting(None, "--k-grid", "comma-separated k values (default: the paper's "
+                                                               "grid, scaled)", command_only=True, parse="ints")
+    methods: tuple[str, ...] = setting(METHODS, "--methods", "rankings to search", parse="names")
+    all_heuristic: bool = setting(False, "--all-heuristic", "also the heuristic support of every test example",
+                                  command_only=True)
+    seed: int = setting(0, "--seed", "seed of the subsets, initialisations and data orders (and of the audits' "
+                                     "target samples)")
+    engine: str = setting("local", "--engine", "local or ray (a Ray cluster trains the blocks)", volatile=True)
+    address: str | None = setting(None, "--address", "Ray cluster address (auto, ray://HOST:PORT; default: a "
+                                                     "local Ray instance)", volatile=True)
+
+
 # ----- the search ------------------------------------------------------------------------
-def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = 100, targets: Sequence[int] | None = None,
+def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = SupportConfig.n,
+                    targets: Sequence[int] | None = None,
                     T: int | None = None, k_grid: Sequence[int] | None = None,
                     methods: Sequence[str] = METHODS, seed: int = 0, all_heuristic: bool = False,
                     block_size: int | None = None, dataset=None, engine: str = "local", address: str | None = None,
@@ -235,13 +280,6 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = 100, 
     summary dict (also the JSON's "summary"). ``engine='ray'`` trains the retraining blocks as Ray
     tasks (``address``: an existing cluster, None: a local instance); the results are the same.
     """
-    from audit import pipeline
-    from audit.audits.mislabel import wrong_classes
-    from audit.jsonio import write_csv, write_json
-    from audit.reference import reference_models
-    from audit.retrain import REMOVE, RetrainPlan, run_plan
-    from audit.training.registry import trainer_from_config
-
     start = time.perf_counter()
     if mode not in MODES:
         raise AuditError(f"unknown mode '{mode}': use remove or relabel")
@@ -387,8 +425,6 @@ def _heuristic_summary(h: np.ndarray, cdf_ks: Sequence[int]) -> dict:
 
 def _ranking(method: str, weights: np.ndarray, ref, ds, tgt: np.ndarray, K: int, seed: int) -> np.ndarray:
     """Candidate lists ``[n_targets, K]`` (-1 padded) for one method."""
-    from audit.audits import baselines
-
     if method == "datamodels":
         return datamodel_ranking(weights, K)
     if method == "representation":
@@ -413,3 +449,143 @@ def _csv_rows(records: list[dict], methods: Sequence[str], relabel: bool) -> tup
                         f"{m}_certified_support": res["certified_support"]})
         rows.append(row)
     return columns, rows
+
+
+# ----- the steps (audit.contract) --------------------------------------------------------------
+class MethodSupport(Result):
+    n_targets: int
+    fraction_certified: float | None = None
+    median_certified_support: float
+    median_certified_support_label: str
+    median_k_star: float
+    median_k_star_label: str
+    fraction_no_crossing: float | None = None
+    cdf: list[dict]
+
+
+class HeuristicSupport(Result):
+    n: int
+    median: float
+    fraction_not_found: float | None = None
+    cdf: list[dict]
+
+
+class SupportResult(Result):
+    """The "summary" of audits/brittleness.json (or mislabel.json)."""
+
+    mode: str
+    n_targets: int
+    T: int
+    k_grid: list[int]
+    max_k: int
+    methods: list[str]
+    seed: int
+    full_data_accuracy: float | None = None
+    per_method: dict[str, MethodSupport]
+    heuristic: HeuristicSupport
+    heuristic_all: HeuristicSupport | None = None
+    models_trained_now: int
+    models_in_plan: int
+    seconds: float
+    json_path: str = Field(alias="json")
+    csv_path: str = Field(alias="csv")
+
+
+def _support_fraction(run_dir: Path, path: Path, k: int, method: str, command: str) -> tuple[float | None, dict]:
+    """Fraction of audited test targets whose certified support (method's ranking) is ≤ k."""
+    what = f"audit {command} {run_dir}"
+    data = read_result(path, what)
+    records = require(data, ("targets",), path, what)
+    if not isinstance(records, list) or not records:
+        raise AuditError(f"{path} lists no targets; run `{what}` again")
+    small = 0
+    for rec in records:
+        res = require(rec, ("methods", method), path, f"{what} --methods {method}")
+        certified = require(res, ("certified",), path, what)
+        size = finite(res.get("certified_support") if isinstance(res, dict) else None)
+        if certified and size is not None and size <= k:
+            small += 1
+    return small / len(records), {"k": k, "method": method, "n_targets": len(records), "n_at_most_k": small}
+
+
+_SUPPORT_METHOD = Param("choice", "datamodels", "ranking whose certified support is checked", METHODS)
+
+
+class SupportStep(Step[SupportConfig, SupportResult]):
+    """The support search of test predictions: removal (brittleness) or relabelling (mislabel)."""
+
+    config_type, result_type = SupportConfig, SupportResult
+    result_key = "summary"
+    needs = (pipeline.FIT,)
+    retrains = True
+    mode: str
+
+    def compute(self, run_dir: Path, config: SupportConfig, *, dataset: Dataset | None = None,
+                progress: Progress = SILENT) -> SupportResult:
+        s = run_brittleness(run_dir, mode=self.mode, n=config.n, targets=config.targets, T=config.T,
+                            k_grid=config.k_grid, methods=config.methods, seed=config.seed,
+                            all_heuristic=config.all_heuristic, engine=config.engine, address=config.address,
+                            dataset=dataset, progress=progress)
+        return SupportResult.from_json(s)
+
+    def summary(self, s: SupportResult) -> list[Block]:
+        what = "removal support (brittleness)" if s.mode == "remove" else "label-flip support (mislabel)"
+        rows = tuple((method, r.median_certified_support_label, _f2(r.fraction_certified), r.median_k_star_label,
+                      _f2(r.fraction_no_crossing)) for method, r in s.per_method.items())
+        out: list[Block] = [
+            Table(f"{what}: {s.n_targets} test targets, T={s.T} models per point, k grid {s.k_grid}",
+                  ("ranking", "median support", "certified", "median k*", "no crossing"), rows),
+            Line(f"median support: median over the targets of the certified support ⌈1.2·k*⌉ (not certified = "
+                 f"beyond the grid); certified: fraction certified; no crossing: fraction with k* > {s.max_k}"),
+            Line(f"heuristic support (no retraining): median {_median(s.heuristic.median)} over the targets, "
+                 f"{_f2(s.heuristic.fraction_not_found)} never reached")]
+        if s.heuristic_all is not None:
+            out.append(Line(f"heuristic support over all {s.heuristic_all.n} test examples: median "
+                            f"{_median(s.heuristic_all.median)}"))
+        out.append(Line(f"full-data accuracy on the targets {_f3(s.full_data_accuracy)}; {s.models_trained_now} "
+                        f"models trained now ({s.models_in_plan} in the plan), {s.seconds:.0f}s"))
+        return out
+
+
+def _f2(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _f3(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def _median(x: float) -> str:
+    return "none" if not np.isfinite(x) else f"{x:g}"
+
+
+class BrittlenessStep(SupportStep):
+    """Smallest training sets whose removal flips test predictions (certified by retraining)."""
+
+    name, title, mode = "brittleness", "Brittleness: data support", "remove"
+    files = {"result": "audits/brittleness.json", "table": "audits/brittleness.csv", "retrain": "retrain"}
+    metrics = (Metric("max_brittle_fraction", "brittle predictions", "max", "fraction",
+                      lambda run_dir, path, p: _support_fraction(run_dir, path, p["support_k"], p["support_method"],
+                                                                 "brittleness"),
+                      {"support_k": Param("count", 20, "k for max_brittle_fraction: support of at most k examples "
+                                                       "counts as brittle"),
+                       "support_method": _SUPPORT_METHOD},
+                      lambda p: f"test targets with certified support <= {p['support_k']} ({p['support_method']})",
+                      "audit brittleness RUN"),)
+
+
+class MislabelStep(SupportStep):
+    """Smallest training sets whose relabelling to the likeliest wrong class flips test predictions."""
+
+    name, title, mode = "mislabel", "Mislabel sensitivity: label-flip support", "relabel"
+    files = {"result": "audits/mislabel.json", "table": "audits/mislabel.csv", "retrain": "retrain"}
+    metrics = (Metric("max_mislabel_fraction", "label-flip sensitivity", "max", "fraction",
+                      lambda run_dir, path, p: _support_fraction(run_dir, path, p["mislabel_k"], p["support_method"],
+                                                                 "mislabel"),
+                      {"mislabel_k": Param("count", 20, "k for max_mislabel_fraction"),
+                       "support_method": _SUPPORT_METHOD},
+                      lambda p: f"test targets flipped by relabelling <= {p['mislabel_k']} ({p['support_method']})",
+                      "audit mislabel RUN"),)
+
+
+BRITTLENESS, MISLABEL = BrittlenessStep(), MislabelStep()

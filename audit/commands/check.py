@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.table import Table
@@ -12,7 +13,23 @@ from rich.table import Table
 from audit import checks
 from audit.commands.common import console
 
-_P = checks.PARAMS
+_KIND_TYPE = {"count": Optional[int], "fraction": Optional[float], "miles": Optional[float], "lds": Optional[float],
+              "choice": Optional[str]}
+
+
+def _check_parameters() -> list[inspect.Parameter]:
+    """One option per threshold and per check setting of the registered steps' metrics."""
+    params = []
+    for m in checks.METRICS:
+        defaults = {name: p.default for name, p in m.params.items()}
+        what = "minimum" if m.direction == "min" else "maximum"
+        params.append(inspect.Parameter(m.key, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[float],
+                                        default=typer.Option(None, "--" + m.key.replace("_", "-"),
+                                                             help=f"{what} {m.label(defaults)}")))
+    for name, p in checks.PARAMS.items():
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=_KIND_TYPE[p.kind],
+                                        default=typer.Option(None, "--" + name.replace("_", "-"), help=p.help)))
+    return params
 
 
 def check(
@@ -20,38 +37,23 @@ def check(
     config: Optional[Path] = typer.Option(None, "--config", help=f"thresholds file (default: {checks.CONFIG_FILE} or "
                                                                  "the tool.audit table of pyproject.toml, here or above)"),
     junit: Optional[Path] = typer.Option(None, "--junit", help="also write JUnit XML for CI here"),
-    min_lds: Optional[float] = typer.Option(None, "--min-lds", help="minimum mean datamodel LDS"),
-    lds_group: Optional[str] = typer.Option(None, "--lds-group", help=_P["lds_group"].help),
-    max_brittle_fraction: Optional[float] = typer.Option(
-        None, "--max-brittle-fraction", help="maximum fraction of test targets with certified support <= k"),
-    support_k: Optional[int] = typer.Option(None, "--support-k", help=_P["support_k"].help),
-    max_mislabel_fraction: Optional[float] = typer.Option(
-        None, "--max-mislabel-fraction", help="maximum fraction of test targets flipped by relabelling <= k"),
-    mislabel_k: Optional[int] = typer.Option(None, "--mislabel-k", help=_P["mislabel_k"].help),
-    support_method: Optional[str] = typer.Option(None, "--support-method", help=_P["support_method"].help),
-    max_geo_leak_fraction: Optional[float] = typer.Option(
-        None, "--max-geo-leak-fraction", help="FMoW: maximum fraction of test images with a candidate within d miles"),
-    leak_miles: Optional[float] = typer.Option(None, "--leak-miles", help=_P["leak_miles"].help),
-    leak_method: Optional[str] = typer.Option(None, "--leak-method", help=_P["leak_method"].help),
-    max_mturk_leak_fraction: Optional[float] = typer.Option(
-        None, "--max-mturk-leak-fraction", help="CIFAR: maximum fraction of annotated test images with score >= s"),
-    mturk_score: Optional[float] = typer.Option(None, "--mturk-score", help=_P["mturk_score"].help),
-    min_planted_recall: Optional[float] = typer.Option(
-        None, "--min-planted-recall", help="minimum share of planted duplicates found among the candidates"),
-    planted_k: Optional[int] = typer.Option(None, "--planted-k", help=_P["planted_k"].help),
-    planted_method: Optional[str] = typer.Option(None, "--planted-method", help=_P["planted_method"].help),
+    **options: Any,
 ) -> None:
     """Check a run against thresholds (audit.toml, pyproject.toml tool.audit, or options); for CI."""
-    options = {k: v for k, v in locals().items() if k in checks.KNOWN_KEYS}
-    thresholds, source = checks.resolve_thresholds(config, options)
+    thresholds, source = checks.resolve_thresholds(config, {k: v for k, v in options.items() if k in checks.KNOWN_KEYS})
     result = checks.run_checks(run_dir, thresholds, source=source)
     if junit is not None:
         checks.write_junit(result, junit)
     print_checks(result)
-    console.print(f"saved {run_dir}/audits/{checks.CHECK_JSON}" + (f" and {junit}" if junit else ""))
+    console.print(f"saved {checks.check_path(run_dir)}" + (f" and {junit}" if junit else ""))
     code = checks.exit_code(result)
     if code:
         sys.exit(code)  # SystemExit passes through the CLI wrapper unchanged (typer.Exit would not)
+
+
+_own = list(inspect.signature(check).parameters.values())[:-1]
+check.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [p.replace(annotation={"run_dir": Path}.get(p.name, Optional[Path])) for p in _own] + _check_parameters())
 
 
 def print_checks(result: dict) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from rich.console import Console
+from rich.table import Table as RichTable
 
+from audit.contract import Block, Table
 from audit.errors import AuditError
 from audit.progress import SILENT, Progress, RichProgress
 
@@ -19,24 +21,18 @@ def progress() -> Progress:
     return SILENT if os.environ.get("AUDIT_QUIET") else RichProgress(err_console)
 
 
-def parse_options(pairs: list[str] | None) -> dict:
-    """``["epochs=10", "lr=0.1"]`` -> ``{"epochs": 10, "lr": 0.1}`` (ints, floats, bools, strings)."""
-    out: dict = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise AuditError(f"option '{pair}' must look like NAME=VALUE")
-        value: object = raw
-        for cast in (int, float):
-            try:
-                value = cast(raw)
-                break
-            except ValueError:
-                pass
-        if raw.lower() in ("true", "false"):
-            value = raw.lower() == "true"
-        out[key.strip().replace("-", "_")] = value
-    return out
+def show(blocks: Sequence[Block]) -> None:
+    """A step's summary (lines and tables) on the terminal."""
+    for block in blocks:
+        if isinstance(block, Table):
+            table = RichTable(title=block.title)
+            for col in block.columns:
+                table.add_column(col, no_wrap=True, justify="right" if block.right_aligned else "left")
+            for row in block.rows:
+                table.add_row(*row)
+            console.print(table)
+        else:
+            console.print(block.text)
 
 
 def parse_names(text: str) -> list[str]:

@@ -8,6 +8,8 @@ from typing import Optional
 import typer
 
 from audit.commands.common import console
+from audit.data import load_dataset
+from audit.data.ffcv_io import default_beton_dir, import_ffcv, write_beton
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prepare datasets for fast loading.")
 
@@ -24,9 +26,6 @@ def prepare(
     overwrite: bool = typer.Option(False, "--overwrite", help="rewrite files that already match the dataset"),
 ) -> None:
     """Write the dataset once to FFCV .beton files (needs the ffcv extra: scripts/setup-ffcv.sh)."""
-    from audit.data import load_dataset
-    from audit.data.ffcv_io import default_beton_dir, import_ffcv, write_beton
-
     import_ffcv()  # fail before loading a large dataset
     ds = load_dataset(dataset, **({"year": year} if year else {}))
     folder = out or default_beton_dir(dataset, year)

@@ -9,6 +9,7 @@ import typer
 
 from audit import pipeline
 from audit.commands.common import console, progress
+from audit.reports.render import render_report
 
 
 def report(
@@ -18,8 +19,6 @@ def report(
     examples: int = typer.Option(8, "--examples", min=1, max=100, help="test images in the nearest-examples section"),
 ) -> None:
     """Render the run's HTML report (opens offline; images and plots inlined)."""
-    from audit.reports.render import render_report
-
     run_dir = pipeline.resolve_run(target, run)
     path = render_report(run_dir, progress=progress(), n_examples=examples, out=out)
     console.print(f"saved {path}")

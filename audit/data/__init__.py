@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from audit.data.cifar10 import load_cifar10
 from audit.data.dataset import Dataset, validate
+from audit.data.digits import load_digits_dataset
+from audit.data.fmow import load_fmow
+from audit.data.npz import load_npz
+from audit.data.planting import apply_planting, split_plant_options
 from audit.errors import AuditError
 
 __all__ = ["Dataset", "load_dataset", "dataset_kind", "KINDS"]
@@ -24,28 +29,18 @@ def load_dataset(spec: str, **options) -> Dataset:
     ``plant=N`` (with ``plant_seed``, ``plant_noise``, ``plant_shift``) appends perturbed
     copies of N test images to the training set (audit.data.planting), for any kind.
     """
-    from audit.data.planting import apply_planting, split_plant_options
-
     options, plant = split_plant_options(options)
     kind = dataset_kind(spec)
     arg = spec.partition(":")[2] or None
     if kind == "digits":
-        from audit.data.digits import load_digits_dataset
-
         ds = load_digits_dataset(spec)
     elif kind == "cifar10":
-        from audit.data.cifar10 import load_cifar10
-
         ds = load_cifar10(arg, spec=spec)
     elif kind == "fmow":
-        from audit.data.fmow import load_fmow
-
         ds = load_fmow(arg, spec=spec, **options)
     else:
         if not arg:
             raise AuditError("npz needs a file: use npz:PATH/TO/data.npz")
-        from audit.data.npz import load_npz
-
         ds = load_npz(arg, spec=spec)
     ds = validate(ds)
     if plant.get("plant"):

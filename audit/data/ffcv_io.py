@@ -21,7 +21,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from audit.data import dataset_kind
 from audit.data.dataset import Dataset
+from audit.data.paths import default_data_dir
 from audit.errors import AuditError
 from audit.jsonio import read_json, write_json
 
@@ -84,9 +86,6 @@ class _NoBar:
 def default_beton_dir(spec: str, year: int | None = None) -> Path:
     """``$AUDIT_DATA/ffcv/<dataset>`` (default ``~/.cache/datamodel-audit/ffcv/<dataset>``);
     ``<dataset>`` is the kind (``cifar10``, ``fmow`` or ``fmow-<year>``) or the npz file's stem."""
-    from audit.data import dataset_kind
-    from audit.data.paths import default_data_dir
-
     kind = dataset_kind(spec)
     arg = spec.partition(":")[2]
     name = Path(arg).stem if kind == "npz" and arg else kind

@@ -17,12 +17,65 @@ import dataclasses
 
 import numpy as np
 
-from audit.audits.leakage import DEFAULT_PLANT_NOISE, plant_duplicates
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
 
 PLANT_OPTIONS = ("plant", "plant_seed", "plant_noise", "plant_shift")
 PLANTED_META = "planted_test_of_train"
+
+
+def _shift_one_pixel(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Shift an [H, W, C] image by (dy, dx) in {-1, 0, 1}, repeating the edge."""
+    padded = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    h, w = img.shape[:2]
+    return padded[1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+
+
+MIN_SHIFT_SIDE = 16  # a one-pixel shift is "slight" only when it is at most ~6% of the image side
+DEFAULT_PLANT_NOISE = 0.1
+
+
+def plant_duplicates(x_train, y_train, x_test, y_test, n: int, seed: int, noise: float = DEFAULT_PLANT_NOISE,
+                     shift: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Append perturbed copies of ``n`` random test images to the training set.
+
+    Each copy gets gaussian noise whose std is ``noise`` × that pixel's (feature's) std over
+    the training set, so pixels that never vary (the empty border of a digit) stay as they
+    are: a fixed noise level there would be amplified by any per-pixel standardisation and
+    turn the copy into a different input for the model. ``shift``: a random shift of at
+    most one pixel for [N, H, W, C] images; ``None`` (default) shifts only images with both
+    sides >= 16 pixels (CIFAR, FMoW: slight; an 8x8 digit: not). Values are clipped to the
+    dtype's range and the dtype is kept. The copy has the test image's label. Returns
+    ``x_train_new, y_train_new, planted_pairs`` with rows ``(test_index, new_train_index)``.
+    """
+    x_tr, x_te = np.asarray(x_train), np.asarray(x_test)
+    y_tr, y_te = np.asarray(y_train), np.asarray(y_test)
+    if x_tr.shape[1:] != x_te.shape[1:] or len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
+        raise AuditError(f"train {x_tr.shape}/{y_tr.shape} and test {x_te.shape}/{y_te.shape} arrays do not "
+                         "fit together; pass matching images and labels")
+    if not 0 <= n <= len(x_te):
+        raise AuditError(f"cannot plant {n} duplicates from {len(x_te)} test images; use 0 <= n <= {len(x_te)}")
+    if not noise >= 0:
+        raise AuditError(f"noise = {noise}; use a fraction of the per-pixel standard deviation >= 0 (e.g. 0.1)")
+    rng = np.random.default_rng(seed)
+    picks = np.sort(rng.choice(len(x_te), size=n, replace=False)).astype(np.int64)
+    copies = x_te[picks].astype(np.float64)
+    if noise > 0 and n:
+        sigma = noise * x_tr.astype(np.float64).std(axis=0) if len(x_tr) else np.zeros(x_te.shape[1:])
+        copies = copies + rng.normal(0.0, 1.0, size=copies.shape) * sigma
+    if shift is None:
+        shift = copies.ndim == 4 and min(copies.shape[1:3]) >= MIN_SHIFT_SIDE
+    if shift and copies.ndim == 4 and n:
+        moves = rng.integers(-1, 2, size=(n, 2))
+        copies = np.stack([_shift_one_pixel(img, int(dy), int(dx)) for img, (dy, dx) in zip(copies, moves)])
+    if np.issubdtype(x_te.dtype, np.integer):
+        info = np.iinfo(x_te.dtype)
+        copies = np.clip(np.rint(copies), info.min, info.max)
+    copies = copies.astype(x_te.dtype)
+    x_new = np.concatenate([x_tr, copies])
+    y_new = np.concatenate([y_tr, y_te[picks].astype(y_tr.dtype)])
+    pairs = np.column_stack([picks, len(x_tr) + np.arange(n, dtype=np.int64)])
+    return x_new, y_new, pairs
 
 
 def split_plant_options(options: dict) -> tuple[dict, dict]:

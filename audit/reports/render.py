@@ -15,13 +15,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from rich.text import Text
 
+from audit import pipeline
+from audit.audits.geo import haversine_miles
+from audit.audits.leakage_audit import LEAKAGE
+from audit.checks import check_path
+from audit.contract import Line, Step
 from audit.errors import AuditError
 from audit.jsonio import atomic_write_text
 from audit.progress import SILENT, Progress
 from audit.reports import plots
 from audit.reports.data import DatamodelRows, RunFiles, num
 from audit.reports.images import ImageSource
+from audit.steps import REGISTRY
+from audit.store import RUN_JSON, RunStore
 
 REPORT_FILE = "report.html"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -60,9 +68,6 @@ class Context:
         """The run's dataset, or None (with a note) when it cannot be loaded any more."""
         if not self._dataset_tried:
             self._dataset_tried = True
-            from audit import pipeline
-            from audit.store import RunStore
-
             try:
                 self._dataset = pipeline.dataset_of(RunStore.open(self.path, writable=False))
             except AuditError as exc:
@@ -80,14 +85,12 @@ class Context:
         """Row access to RUN/datamodels.npz, or None when there is none (or it is unreadable: a note)."""
         if not self._dm_tried:
             self._dm_tried = True
-            from audit.pipeline import DATAMODELS_FILE
-
-            p = self.path / DATAMODELS_FILE
+            p = pipeline.FIT.path(self.path, "datamodels")
             if p.exists():
                 try:
                     self._dm = DatamodelRows(p)
                 except (OSError, ValueError, KeyError) as exc:
-                    self.files.notes.append(f"{DATAMODELS_FILE} could not be read ({exc})")
+                    self.files.notes.append(f"{p.name} could not be read ({exc})")
         return self._dm
 
     def class_name(self, label: Any) -> str | None:
@@ -146,7 +149,7 @@ def cell(value: Any, digits: int = 3) -> dict:
 # ----- sections ---------------------------------------------------------------------------
 def summary_section(ctx: Context) -> dict | None:
     """run.json, train.json, fit.json: what was trained, how well, and how long it took."""
-    run, train, fit = ctx.run, ctx.files.json("train.json") or {}, ctx.files.json("fit.json") or {}
+    run, train, fit = ctx.run, ctx.files.json(_rel(pipeline.TRAIN)) or {}, ctx.files.json(_rel(pipeline.FIT)) or {}
     trainer = run.get("trainer") or {}
     facts = [
         ("dataset", run.get("dataset")),
@@ -166,29 +169,40 @@ def summary_section(ctx: Context) -> dict | None:
     facts += [("seed", run.get("seed")), ("created", run.get("created")),
               ("versions", ", ".join(f"{k} {v}" for k, v in (run.get("versions") or {}).items()) or None)]
     timings = []
-    if train:
-        rate = num(train.get("models_per_second"))
-        timings.append({"step": "train", "seconds": num(train.get("total_seconds", train.get("seconds"))),
-                        "detail": f"{fmt(rate, 2)} models/s in the last session" if rate else ""})
-    if fit:
-        timings.append({"step": "fit", "seconds": num(fit.get("seconds")),
-                        "detail": f"on {fit.get('device', '?')}, {fmt(fit.get('n_models'))} models"})
-    for name in ("brittleness", "mislabel", "leakage", "check"):
-        data = ctx.files.json(f"audits/{name}.json")
-        if isinstance(data, dict):
-            s = data.get("summary") if isinstance(data.get("summary"), dict) else data
-            if num(s.get("seconds")) is not None:
-                trained = s.get("models_trained_now")
-                timings.append({"step": name, "seconds": num(s.get("seconds")),
-                                "detail": f"{fmt(trained)} models retrained" if trained is not None else ""})
+    for step in REGISTRY:  # the cost each step had when it last ran (RUN/steps/*.json), or its saved seconds
+        data = ctx.files.json(_rel(step))
+        summary = data.get(step.result_key) if isinstance(data, dict) and step.result_key else data
+        summary = summary if isinstance(summary, dict) else {}
+        rec = step.record(ctx.path)
+        seconds = rec.seconds if rec else num(summary.get("total_seconds", summary.get("seconds")))
+        if seconds is None or not summary:
+            continue
+        timings.append({"step": step.name, "seconds": seconds, "detail": _timing_detail(step.name, summary)})
     for t in timings:
         t["text"] = fmt(t["seconds"], 1)
     return {"facts": [(k, v) for k, v in facts if v not in (None, "")], "timings": timings}
 
 
+def _timing_detail(name: str, s: dict) -> str:
+    if name == "train":
+        rate = num(s.get("models_per_second"))
+        return f"{fmt(rate, 2)} models/s in the last session" if rate else ""
+    if name == "fit":
+        return f"on {s.get('device', '?')}, {fmt(s.get('n_models'))} models"
+    if name == "evaluate":
+        return f"{fmt(s.get('n_subsets'))} held-out subsets"
+    trained = s.get("models_trained_now")
+    return f"{fmt(trained)} models retrained" if trained is not None else ""
+
+
+def _rel(step: Step, role: str = "result") -> str:
+    """A step's file, relative to the run directory (what RunFiles reads)."""
+    return step.files[role]
+
+
 def quality_section(ctx: Context) -> dict | None:
     """evaluation.json (+ evaluation_targets.npz): LDS/MSE on held-out models vs difference of means."""
-    ev = ctx.files.json("evaluation.json")
+    ev = ctx.files.json(_rel(pipeline.EVALUATE))
     if not isinstance(ev, dict):
         return None
     rows = []
@@ -209,7 +223,7 @@ def quality_section(ctx: Context) -> dict | None:
     if num(ev.get("noise_floor_mse")) is not None:
         facts.append(("noise floor MSE (a perfect predictor of the mean margin)", fmt(num(ev.get("noise_floor_mse")))))
     figures = []
-    per = ctx.files.npz("evaluation_targets.npz")
+    per = ctx.files.npz(_rel(pipeline.EVALUATE, "targets"))
     if per:
         n_train = ctx.n_train
         groups = [("test", slice(n_train, None)), ("train", slice(0, n_train))]
@@ -246,7 +260,7 @@ def _scatter_saved(ctx: Context, per: dict | None) -> list[dict]:
     pred, meas = np.asarray(per["scatter_pred"]), np.asarray(per["scatter_measured"])
     valid = np.asarray(per["scatter_valid"], dtype=bool) if "scatter_valid" in per else np.ones(pred.shape, bool)
     if pred.ndim != 2 or pred.shape != meas.shape or pred.shape != valid.shape or pred.shape[1] != len(targets):
-        ctx.files.notes.append("evaluation_targets.npz has scatter arrays of mismatched shapes; the scatter is left out")
+        ctx.files.notes.append(f"{_rel(pipeline.EVALUATE, 'targets')} has scatter arrays of mismatched shapes; the scatter is left out")
         return []
     lds = per.get("lds")
     out = []
@@ -271,12 +285,10 @@ def _scatter_saved(ctx: Context, per: dict | None) -> list[dict]:
 
 def _scatter_predicted(ctx: Context, ev: dict, per: dict | None, n_targets: int = 6) -> dict | None:
     """Predicted vs actual margins on the held-out models for a few test targets (paper Fig. 2)."""
-    from audit.store import RunStore
-
     dm = ctx.datamodels
     repeats = int(ev.get("repeats") or 1)
-    eval_dir = ctx.path / f"eval_r{repeats}"
-    if dm is None or not (eval_dir / "run.json").exists() or ctx.n_test == 0:
+    eval_dir = pipeline.eval_run_dir(ctx.path, repeats)
+    if dm is None or not (eval_dir / RUN_JSON).exists() or ctx.n_test == 0:
         return None
     try:
         store = RunStore.open(eval_dir, writable=False)
@@ -376,7 +388,8 @@ def _balanced_test_sample(ctx: Context, n: int) -> np.ndarray:
 
 def support_section(ctx: Context, name: str = "brittleness", n_show: int = 6, n_support: int = 12) -> dict | None:
     """RUN/audits/{brittleness,mislabel}.json: support-size CDFs per ranking, certification, the most brittle targets."""
-    data = ctx.files.json(f"audits/{name}.json")
+    step = REGISTRY[name]
+    data = ctx.files.json(_rel(step))
     if not isinstance(data, dict) or not isinstance(data.get("summary"), dict):
         return None
     s = data["summary"]
@@ -411,7 +424,7 @@ def support_section(ctx: Context, name: str = "brittleness", n_show: int = 6, n_
     if already:
         facts.append(("targets already misclassified by full-data models (support 0)", fmt(already)))
     return {"mode": s.get("mode", "remove"), "what": what, "facts": facts, "methods": methods_table,
-            "cdf": cdf, "brittle": brittle, "csv": f"audits/{name}.csv" if (ctx.path / "audits" / f"{name}.csv").exists() else None}
+            "cdf": cdf, "brittle": brittle, "csv": _rel(step, "table") if step.path(ctx.path, "table").exists() else None}
 
 
 def _inf_num(value: Any) -> float | None:
@@ -469,8 +482,8 @@ def leakage_section(ctx: Context, n_show: int = 8, n_cand: int = 5) -> dict | No
     candidates, planted-duplicate recall, FMoW efficacy vs distance per method and the
     distance CDF, MTurk score distributions, and test images with their candidates.
     """
-    data = ctx.files.json("audits/leakage.json")
-    rows = ctx.files.csv("audits/leakage_candidates.csv")
+    data = ctx.files.json(_rel(LEAKAGE))
+    rows = ctx.files.csv(_rel(LEAKAGE, "candidates"))
     if not isinstance(data, dict) and rows is None:
         return None
     data = data if isinstance(data, dict) else {}
@@ -509,7 +522,7 @@ def leakage_section(ctx: Context, n_show: int = 8, n_cand: int = 5) -> dict | No
         if uri:
             figures.append({"uri": uri, "caption": "Of the test images whose nearest training image lies within d "
                                                    "miles, the fraction with a candidate within d, per ranking (paper Fig. 12)."})
-    geo_rows = ctx.files.csv("audits/leakage_geo.csv")
+    geo_rows = ctx.files.csv(_rel(LEAKAGE, "geo"))
     dists: dict[str, list] = {}
     if geo_rows:
         for col in geo_rows[0]:
@@ -528,7 +541,7 @@ def leakage_section(ctx: Context, n_show: int = 8, n_cand: int = 5) -> dict | No
                               ylabel="fraction of test images")
         if uri:
             figures.append({"uri": uri, "caption": "Share of test images whose nearest training image is within d (paper Fig. 40)."})
-    mturk = ctx.files.json("audits/leakage_mturk.json")
+    mturk = ctx.files.json(_rel(LEAKAGE, "mturk"))
     mturk = mturk if isinstance(mturk, dict) else {}
     ms = mturk.get("summary") or ((data.get("mturk") or {}).get("summary") if isinstance(data.get("mturk"), dict) else None)
     if isinstance(ms, dict):
@@ -549,7 +562,7 @@ def leakage_section(ctx: Context, n_show: int = 8, n_cand: int = 5) -> dict | No
                       ("test images with leakage score ≥ 0.5", fmt(ls.get("n_at_least_0.5")))]
     pairs = _leak_pairs(ctx, data, rows or [], mturk, geo_rows, n_show, n_cand)
     return {"facts": facts, "figures": figures, "overlap": overlap, "planted": planted, "pairs": pairs["items"], "k": n_cand,
-            "order": pairs["order"], "csv": "audits/leakage_candidates.csv" if rows is not None else None}
+            "order": pairs["order"], "csv": _rel(LEAKAGE, "candidates") if rows is not None else None}
 
 
 def _leak_pairs(ctx: Context, data: dict, rows: list[dict], mturk: dict, geo_rows: list[dict] | None,
@@ -610,8 +623,6 @@ def _leak_pairs(ctx: Context, data: dict, rows: list[dict], mturk: dict, geo_row
                                "score": pct(pair_score[(t, j)]) if (t, j) in pair_score else None,
                                "star": copies.get(t) == j}
                 if has_geo:
-                    from audit.audits.geo import haversine_miles
-
                     extra["miles"] = fmt(float(haversine_miles(meta["lat_test"][t], meta["lon_test"][t],
                                                                meta["lat_train"][j], meta["lon_train"][j])), 1)
                 shown.append(ctx.images.example("train", j, **extra))
@@ -624,7 +635,7 @@ def _leak_pairs(ctx: Context, data: dict, rows: list[dict], mturk: dict, geo_row
 
 def check_section(ctx: Context) -> dict | None:
     """RUN/audits/check.json (audit.checks.run_checks): each check's value, threshold and outcome."""
-    data = ctx.files.json("audits/check.json")
+    data = ctx.files.json(str(check_path(".")))
     if not isinstance(data, dict) or not isinstance(data.get("checks"), list):
         return None
     ops = {"min": "≥", "max": "≤"}
@@ -644,25 +655,70 @@ def check_section(ctx: Context) -> dict | None:
             "n_checks": int(data.get("n_checks") or 0), "source": data.get("source")}
 
 
+def generic_section(ctx: Context, step: Step) -> dict | None:
+    """Any registered step without a section of its own: its summary (lines and tables) as the terminal shows it."""
+    try:
+        result = step.load(ctx.path)
+    except AuditError as exc:
+        ctx.files.notes.append(str(exc))
+        return None
+    if result is None:
+        return None
+    lines, tables = [], []
+    for block in step.summary(result):
+        if isinstance(block, Line):
+            lines.append(_plain(block.text))
+        else:
+            tables.append({"title": block.title, "columns": list(block.columns), "rows": [list(r) for r in block.rows]})
+    return {"lines": lines, "tables": tables, "file": _rel(step)}
+
+
+def _plain(markup: str) -> str:
+    """Terminal markup ([bold]...[/]) as plain text."""
+    return Text.from_markup(markup).plain
+
+
 @dataclass(frozen=True)
 class SectionSpec:
     id: str
     title: str
     template: str
     build: Callable[[Context], dict | None]
+    command: str = ""  # what makes its data, for the closing line of the page
 
 
-SECTIONS: tuple[SectionSpec, ...] = (
+# the page's own sections, and the sections registered steps have beyond the generic one
+RUN_SECTIONS: tuple[SectionSpec, ...] = (
     SectionSpec("summary", "Run summary", "summary.html", summary_section),
-    SectionSpec("check", "Audit check", "check.html", check_section),
-    SectionSpec("quality", "Datamodel quality", "quality.html", quality_section),
-    SectionSpec("nearest", "Nearest training examples", "nearest.html", nearest_section),
-    SectionSpec("brittleness", "Brittleness: data support", "support.html",
-                lambda ctx: support_section(ctx, "brittleness")),
-    SectionSpec("mislabel", "Mislabel sensitivity: label-flip support", "support.html",
-                lambda ctx: support_section(ctx, "mislabel")),
-    SectionSpec("leakage", "Train-test leakage", "leakage.html", leakage_section),
+    SectionSpec("check", "Audit check", "check.html", check_section, "audit check"),
 )
+STEP_SECTIONS: dict[str, tuple[SectionSpec, ...]] = {
+    "train": (),  # in the run summary
+    "fit": (SectionSpec("nearest", "Nearest training examples", "nearest.html", nearest_section, "audit fit"),),
+    "evaluate": (SectionSpec("quality", "Datamodel quality", "quality.html", quality_section, "audit evaluate"),),
+    "brittleness": (SectionSpec("brittleness", REGISTRY["brittleness"].title, "support.html",
+                                lambda ctx: support_section(ctx, "brittleness"), "audit brittleness"),),
+    "mislabel": (SectionSpec("mislabel", REGISTRY["mislabel"].title, "support.html",
+                             lambda ctx: support_section(ctx, "mislabel"), "audit mislabel"),),
+    "leakage": (SectionSpec("leakage", LEAKAGE.title, "leakage.html", leakage_section, "audit leakage"),),
+}
+PAGE_ORDER = ("summary", "check", "quality", "nearest")  # first on the page, then the audits in registry order
+
+
+def section_specs() -> list[SectionSpec]:
+    """Every section of the page, in order: the run's, then each registered step's (generic if it has none)."""
+    specs = list(RUN_SECTIONS)
+    for step in REGISTRY:
+        own = STEP_SECTIONS.get(step.name)
+        if own is None:
+            own = (SectionSpec(step.name, step.title, "generic.html",
+                               lambda ctx, step=step: generic_section(ctx, step), f"audit {step.name}"),)
+        specs += own
+    order = {sid: i for i, sid in enumerate(PAGE_ORDER)}
+    return sorted(specs, key=lambda spec: order.get(spec.id, len(order)))  # stable: registry order after
+
+
+SECTIONS = tuple(section_specs())
 
 
 # ----- rendering --------------------------------------------------------------------------
@@ -682,15 +738,16 @@ def build_sections(run_dir: Path | str, *, n_examples: int = 8, progress: Progre
     """Run every section function; returns the context (with notes) and the sections that have data."""
     run_dir = Path(run_dir)
     files = RunFiles(run_dir)
-    if not (run_dir / "run.json").exists():
-        raise AuditError(f"{run_dir} is not a run directory (no run.json); run `audit train` first")
-    run = files.json("run.json")
+    if not (run_dir / RUN_JSON).exists():
+        raise AuditError(f"{run_dir} is not a run directory (no {RUN_JSON}); run `audit train` first")
+    run = files.json(RUN_JSON)
     if not isinstance(run, dict):
-        raise AuditError(f"{run_dir}/run.json is unreadable; restore it or train a new run")
+        raise AuditError(f"{run_dir}/{RUN_JSON} is unreadable; restore it or train a new run")
     ctx = Context(files=files, run=run, n_examples=n_examples)
     sections = []
-    with progress.task("rendering report", total=len(SECTIONS), unit="sections") as task:
-        for spec in SECTIONS:
+    specs = section_specs()
+    with progress.task("rendering report", total=len(specs), unit="sections") as task:
+        for spec in specs:
             try:
                 data = spec.build(ctx)
             except AuditError:
@@ -718,10 +775,8 @@ def render_html(run_dir: Path | str, *, n_examples: int = 8, progress: Progress 
 def _missing(sections: list[dict]) -> list[dict]:
     """What the page would show after more commands: ``{"title", "command"}`` (the closing line of the page)."""
     present = {s["id"] for s in sections}
-    hints = {"quality": "audit evaluate", "nearest": "audit fit", "brittleness": "audit brittleness",
-             "mislabel": "audit mislabel", "leakage": "audit leakage", "check": "audit check"}
-    return [{"title": spec.title, "command": hints[spec.id]} for spec in SECTIONS
-            if spec.id in hints and spec.id not in present]
+    return [{"title": spec.title, "command": spec.command} for spec in section_specs()
+            if spec.command and spec.id not in present]
 
 
 def render_report(run_dir: Path | str, progress: Progress = SILENT, *, n_examples: int = 8,

@@ -31,26 +31,45 @@ class MLPConfig:
     label_smoothing: float = 0.0
 
 
-def flatten_inputs(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
-    """Images or features -> standardised float32 rows ``[N, D]``."""
-    flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
-    return torch.from_numpy((flat - mean) / std)
+STD_FLOOR = 0.1  # a feature's scale is at least this fraction of the subset's overall spread
+
+
+def subset_statistics(x: torch.Tensor, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-model input mean and scale ``[B, D]`` from each model's own subset (``masks`` [B, N]).
+
+    A model's normalisation is part of training on its subset, so it never sees the examples
+    outside it (their presence would otherwise leak into every model). The scale is
+    sqrt(var + (0.1·s)²) with s the subset's overall spread: a feature that is constant in a
+    subset (a border pixel) is not blown up for the examples where it is not.
+    """
+    w = torch.from_numpy(np.asarray(masks, dtype=np.float32))  # [B, N]
+    count = w.sum(1, keepdim=True).clamp_min(1.0)
+    xd = x.double()
+    mean = (w.double() @ xd) / count.double()  # [B, D]
+    var = ((w.double() @ (xd * xd)) / count.double() - mean * mean).clamp_min(0.0)
+    overall = var.mean(1, keepdim=True).sqrt()  # the subset's overall spread (root mean variance)
+    std = (var + (STD_FLOOR * overall) ** 2).sqrt() + 1e-6
+    return mean.float(), std.float()
 
 
 class BatchedMLP:
     """B trained two-layer MLPs, evaluated together."""
 
-    def __init__(self, w1, b1, w2, b2, mean: np.ndarray, std: np.ndarray, chunk: int = 4096) -> None:
+    def __init__(self, w1, b1, w2, b2, mean: torch.Tensor, std: torch.Tensor, chunk: int = 4096) -> None:
         self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
-        self.mean, self.std, self.chunk = mean, std, chunk
+        self.mean, self.std, self.chunk = mean, std, chunk  # [B, D] each model's own input statistics
         self.n_models = int(w1.shape[0])
+        # each model's normalisation folded into its first layer: ((x - m) / s) W + b = x (W / s) + (b - (m / s) W)
+        self.w1_raw = w1 / std[:, :, None]
+        self.b1_raw = b1 - torch.bmm((mean / std)[:, None, :], w1)[:, 0, :]
 
     @torch.no_grad()
     def _forward(self, x: np.ndarray, want_features: bool) -> np.ndarray:
         outs = []
         for start in range(0, len(x), self.chunk):
-            xb = flatten_inputs(x[start:start + self.chunk], self.mean, self.std)
-            h = torch.relu(torch.matmul(xb, self.w1) + self.b1[:, None, :])  # [B, N, H]
+            xb = torch.from_numpy(np.asarray(x[start:start + self.chunk], dtype=np.float32).reshape(
+                len(x[start:start + self.chunk]), -1))
+            h = torch.relu(torch.matmul(xb, self.w1_raw) + self.b1_raw[:, None, :])  # [B, N, H]
             outs.append(h if want_features else torch.baddbmm(self.b2[:, None, :], h, self.w2))
         return torch.cat(outs, dim=1).numpy()
 
@@ -80,9 +99,8 @@ class MLPTrainer:
         cfg = self.cfg
         masks = np.asarray(masks, dtype=bool)
         n_models, n = masks.shape
-        flat = np.asarray(dataset.x_train, dtype=np.float32).reshape(n, -1)
-        mean, std = flat.mean(0), flat.std(0) + 1e-3 * (flat.std() + 1e-6)
-        x = flatten_inputs(dataset.x_train, mean, std)
+        x = torch.from_numpy(np.asarray(dataset.x_train, dtype=np.float32).reshape(n, -1))
+        mean, std = subset_statistics(x, masks)  # each model sees only its subset, its inputs' statistics too
         y = torch.from_numpy(np.broadcast_to(dataset.y_train if labels is None else labels, (n_models, n)).copy())
         d, c, h = x.shape[1], dataset.n_classes, cfg.hidden
         gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -113,7 +131,7 @@ class MLPTrainer:
                     pos = torch.arange(step * cfg.batch_size, min((step + 1) * cfg.batch_size, n))
                     idx = order[:, pos]  # [B, bs]
                     valid = (pos[None, :] < sizes[:, None]).float()
-                    xb = x[idx]  # [B, bs, D]
+                    xb = (x[idx] - mean[:, None, :]) / std[:, None, :]  # [B, bs, D], each model's normalisation
                     hid = torch.relu(torch.baddbmm(b1[:, None, :], xb, w1))
                     out = torch.baddbmm(b2[:, None, :], hid, w2)
                     loss = torch.nn.functional.cross_entropy(out.reshape(-1, c), y[rows, idx].reshape(-1),

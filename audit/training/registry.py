@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from audit.errors import AuditError
 from audit.training.base import Trainer
+from audit.training.gpu import DEFAULT_BLOCK_SIZE, gpu_config, make_gpu_trainer
+from audit.training.mlp import MLPTrainer
 
 DEFAULT_TRAINER = {"digits": "mlp", "npz": "mlp", "cifar10": "resnet9", "fmow": "resnet18"}
 GPU_TRAINERS = ("resnet9", "resnet18")
@@ -12,14 +14,8 @@ GPU_TRAINERS = ("resnet9", "resnet18")
 def make_trainer(name: str, **options) -> Trainer:
     """Build a trainer by name; GPU trainers fail fast with a clear line when CUDA is missing."""
     if name == "mlp":
-        from audit.training.mlp import MLPTrainer
-
         return MLPTrainer(**options)
     if name in ("resnet9", "resnet18"):
-        try:
-            from audit.training.gpu import make_gpu_trainer
-        except ImportError as exc:  # pragma: no cover - the module ships with the package
-            raise AuditError(f"the {name} trainer is unavailable: {exc}") from None
         return make_gpu_trainer(name, **options)
     raise AuditError(f"unknown trainer '{name}': use mlp, resnet9 or resnet18")
 
@@ -30,8 +26,6 @@ def trainer_config(name: str, **options) -> dict:
     if name in GPU_TRAINERS:
         from dataclasses import asdict
 
-        from audit.training.gpu import gpu_config
-
         return {"name": name, **asdict(gpu_config(name, **options))}
     return make_trainer(name, **options).config()
 
@@ -39,8 +33,6 @@ def trainer_config(name: str, **options) -> dict:
 def default_block_size(name: str) -> int:
     """Models per block for trainer ``name`` when the user gives none (needs no GPU)."""
     if name in GPU_TRAINERS:
-        from audit.training.gpu import DEFAULT_BLOCK_SIZE
-
         return DEFAULT_BLOCK_SIZE[name]
     return 250
 
