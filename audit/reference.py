@@ -18,12 +18,11 @@ from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.jsonio import save_npz
 from audit.progress import SILENT, Progress
-from audit.seeding import model_seed
+from audit.seeding import STREAM_REFERENCE, model_seed
 from audit.store import RunStore
 from audit.training.registry import trainer_from_config
 
 REFERENCE_FILE = "reference.npz"
-STREAM_REFERENCE = 2
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,10 @@ from audit.errors import AuditError
 from audit.execution import BlockTask, run_blocks
 from audit.jsonio import read_json, save_npz, write_json
 from audit.progress import SILENT, Progress
-from audit.seeding import model_seed
+from audit.seeding import STREAM_RETRAIN, model_seed
 from audit.store import claim_block, flush_then_done
 from audit.training.base import Trainer
 
-STREAM_RETRAIN = 3
 PLAN_JSON = "plan.json"
 REMOVE = -1  # list_label value meaning "remove the examples" (otherwise: relabel to this class)
 

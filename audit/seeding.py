@@ -10,6 +10,18 @@ import numpy as np
 
 MASK, MODEL = 0, 1
 
+# the streams: one per kind of model or draw, so no two kinds ever share a seed
+STREAM_MAIN = 0  # the run's subset models
+STREAM_EVAL = 1  # held-out evaluation models
+STREAM_REFERENCE = 2  # full-data reference models
+STREAM_RETRAIN = 3  # retraining plans of the support audits
+STREAM_TARGETS = 7  # the class-balanced sample of audited test targets (a draw, not models)
+
+
+def sample_rng(seed: int, stream: int) -> np.random.Generator:
+    """A generator for a draw that is not a model (e.g. which test targets an audit looks at)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)))
+
 
 def _child(seed: int, stream: int, kind: int, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence(seed, spawn_key=(stream, kind, index))

@@ -26,7 +26,7 @@ from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.execution import BlockTask
 from audit.jsonio import read_json, write_json
-from audit.seeding import model_seed, subset_mask
+from audit.seeding import STREAM_EVAL, STREAM_MAIN, model_seed, subset_mask  # noqa: F401  (STREAM_EVAL re-exported)
 
 RUN_JSON = "run.json"
 
@@ -35,7 +35,6 @@ class RunExistsError(AuditError):
     """``RunStore.create`` found a run in the folder (possibly made meanwhile by another process)."""
 
 
-STREAM_MAIN, STREAM_EVAL = 0, 1
 
 
 @dataclass

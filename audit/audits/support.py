@@ -30,6 +30,7 @@ from audit.errors import AuditError
 from audit.execution import ENGINES
 from audit.jsonio import write_csv, write_json
 from audit.progress import SILENT, Progress
+from audit.seeding import STREAM_TARGETS, sample_rng
 from audit.reference import reference_models
 from audit.retrain import REMOVE, RetrainPlan, run_plan
 from audit.training.registry import trainer_from_config
@@ -85,7 +86,7 @@ def sample_targets(y_test: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
         raise AuditError(f"the number of targets must be at least 1 (got {n})")
     if n >= len(y_test):
         return np.arange(len(y_test))
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(7,)))
+    rng = sample_rng(seed, STREAM_TARGETS)
     classes = np.unique(y_test)
     pools = [list(rng.permutation(np.flatnonzero(y_test == c))) for c in rng.permutation(classes)]
     picked: list[int] = []
