@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from audit.data import Dataset, dataset_kind, load_dataset
+from audit.data import Dataset, dataset_kind, dataset_name, load_dataset
 from audit.errors import AuditError
 from audit.jsonio import read_json, write_json
 from audit.progress import SILENT, Progress
@@ -30,10 +30,7 @@ DATAMODELS_FILE = "datamodels.npz"
 
 def default_run_dir(spec: str, runs_root: Path | str = "runs") -> Path:
     """``runs/<dataset name>``: where a dataset's run lives unless told otherwise."""
-    kind = dataset_kind(spec)
-    arg = spec.partition(":")[2]
-    name = Path(arg).stem if kind == "npz" and arg else kind
-    return Path(runs_root) / name
+    return Path(runs_root) / dataset_name(spec)
 
 
 def resolve_run(target: str, run: Path | None = None) -> Path:
@@ -62,7 +59,7 @@ def train(spec: str, run_dir: Path, *, n_models: int = 5000, alpha: float = 0.5,
           engine: str = "local", address: str | None = None, dataset_options: dict | None = None,
           dataset: Dataset | None = None, progress: Progress = SILENT) -> dict:
     """Create or resume a run and train its pending models. Returns the run summary."""
-    ds = dataset or load_dataset(spec, **(dataset_options or {}))
+    ds = dataset or load_dataset(spec, progress=progress, **(dataset_options or {}))
     name = trainer or DEFAULT_TRAINER[dataset_kind(spec)]
     if engine == "local":  # fail fast (resnet9/18 without CUDA) before the run directory exists
         make_trainer(name, **(trainer_options or {}))

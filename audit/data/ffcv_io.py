@@ -83,13 +83,11 @@ class _NoBar:
 
 def default_beton_dir(spec: str, year: int | None = None) -> Path:
     """``$AUDIT_DATA/ffcv/<dataset>`` (default ``~/.cache/datamodel-audit/ffcv/<dataset>``);
-    ``<dataset>`` is the kind (``cifar10``, ``fmow`` or ``fmow-<year>``) or the npz file's stem."""
-    from audit.data import dataset_kind
+    ``<dataset>`` is the kind (``cifar10``, ``fmow`` or ``fmow-<year>``) or the file/folder name (audit.data.dataset_name)."""
+    from audit.data import dataset_name
     from audit.data.paths import default_data_dir
 
-    kind = dataset_kind(spec)
-    arg = spec.partition(":")[2]
-    name = Path(arg).stem if kind == "npz" and arg else kind
+    name = dataset_name(spec)
     if year is not None:
         name = f"{name}-{year}"
     return default_data_dir() / "ffcv" / name

@@ -5,7 +5,8 @@ from __future__ import annotations
 from audit.errors import AuditError
 from audit.training.base import Trainer
 
-DEFAULT_TRAINER = {"digits": "mlp", "npz": "mlp", "cifar10": "resnet9", "fmow": "resnet18"}
+DEFAULT_TRAINER = {"digits": "mlp", "npz": "mlp", "cifar10": "resnet9", "fmow": "resnet18",
+                   "folder": "mlp", "csv": "mlp", "hf": "mlp"}  # users' own images: CPU unless --trainer
 GPU_TRAINERS = ("resnet9", "resnet18")
 
 
