@@ -14,7 +14,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prepare data
 
 @app.command("prepare")
 def prepare(
-    dataset: str = typer.Argument(..., help="digits, cifar10[:DIR], fmow[:DIR], npz:FILE, folder:DIR, csv:FILE or hf:DIR (options after ?, e.g. folder:DIR?size=32x32)"),
+    dataset: str = typer.Argument(..., help="digits, cifar10[:DIR], fmow[:DIR], npz:FILE, folder:DIR, csv:FILE "
+                                                 "or hf:DIR (options after ?, e.g. folder:DIR?size=32x32)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for train.beton / test.beton "
                                                            "(default $AUDIT_DATA/ffcv/<dataset>)"),
     write_mode: str = typer.Option("raw", "--write-mode", help="raw (lossless, fastest to read) or jpg"),

@@ -79,7 +79,8 @@ def _print_recall(p: dict, title: str) -> None:
     console.print(table)
 
 
-_TARGET = typer.Argument(..., help="run directory or dataset spec (digits, cifar10[:DIR], fmow[:DIR], npz:FILE, folder:DIR, csv:FILE, hf:DIR)")
+_TARGET = typer.Argument(..., help="run directory or dataset spec (digits, cifar10[:DIR], fmow[:DIR], npz:FILE, "
+                                        "folder:DIR, csv:FILE, hf:DIR)")
 
 
 def leakage(

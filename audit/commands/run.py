@@ -43,7 +43,9 @@ def print_step(name: str, s: dict) -> None:
 
 
 def run(
-    dataset: str = typer.Argument("digits", help="digits (default), cifar10[:DIR], fmow[:DIR], npz:FILE, folder:DIR, csv:FILE or hf:DIR (options after ?, e.g. folder:DIR?size=32x32)"),
+    dataset: str = typer.Argument("digits", help="digits (default), cifar10[:DIR], fmow[:DIR], npz:FILE, "
+                                                        "folder:DIR, csv:FILE or hf:DIR (options after ?, "
+                                                        "e.g. folder:DIR?size=32x32)"),
     run: Optional[Path] = typer.Option(None, "--run", help="run directory (default runs/<dataset>)"),
     n_models: int = typer.Option(5000, "--n-models", "-m", help="subset models to train"),
     alpha: float = typer.Option(0.5, "--alpha", help="fraction of the training set in each subset"),

@@ -12,7 +12,8 @@ from audit.commands.common import console, parse_options, progress
 
 
 def train(
-    dataset: str = typer.Argument(..., help="digits, cifar10[:DIR], fmow[:DIR], npz:FILE, folder:DIR, csv:FILE or hf:DIR (options after ?, e.g. folder:DIR?size=32x32)"),
+    dataset: str = typer.Argument(..., help="digits, cifar10[:DIR], fmow[:DIR], npz:FILE, folder:DIR, csv:FILE "
+                                                 "or hf:DIR (options after ?, e.g. folder:DIR?size=32x32)"),
     run: Optional[Path] = typer.Option(None, "--run", help="run directory (default runs/<dataset>)"),
     n_models: int = typer.Option(5000, "--n-models", "-m", help="how many subset models in the run"),
     alpha: float = typer.Option(0.5, "--alpha", help="fraction of the training set each model sees"),
