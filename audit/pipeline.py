@@ -30,7 +30,7 @@ from audit.contract import (
     require,
     setting,
 )
-from audit.data import Dataset, dataset_kind, load_dataset
+from audit.data import Dataset, dataset_kind, dataset_name, load_dataset
 from audit.datamodels import Datamodels, difference_of_means, fit_datamodels
 from audit.datamodels import evaluate as score
 from audit.errors import AuditError
@@ -91,10 +91,7 @@ class EvaluateConfig:
 
 def default_run_dir(spec: str, runs_root: Path | str = "runs") -> Path:
     """``runs/<dataset name>``: where a dataset's run lives unless told otherwise."""
-    kind = dataset_kind(spec)
-    arg = spec.partition(":")[2]
-    name = Path(arg).stem if kind == "npz" and arg else kind
-    return Path(runs_root) / name
+    return Path(runs_root) / dataset_name(spec)
 
 
 def resolve_run(target: str, run: Path | None = None) -> Path:
@@ -124,7 +121,7 @@ def train(spec: str, run_dir: Path, *, n_models: int = TrainConfig.n_models, alp
           engine: str = "local", address: str | None = None, dataset_options: dict | None = None,
           dataset: Dataset | None = None, progress: Progress = SILENT) -> dict:
     """Create or resume a run and train its pending models. Returns the run summary."""
-    ds = dataset or load_dataset(spec, **(dataset_options or {}))
+    ds = dataset or load_dataset(spec, progress=progress, **(dataset_options or {}))
     name = trainer or DEFAULT_TRAINER[dataset_kind(spec)]
     if engine == "local":  # fail fast (resnet9/18 without CUDA) before the run directory exists
         make_trainer(name, **(trainer_options or {}))

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from audit.commands.common import console
+from audit.commands.common import console, progress
 from audit.data import load_dataset
 from audit.data.ffcv_io import default_beton_dir, import_ffcv, write_beton
 
@@ -16,7 +16,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prepare data
 
 @app.command("prepare")
 def prepare(
-    dataset: str = typer.Argument(..., help="digits, cifar10[:DIR], fmow[:DIR] or npz:FILE"),
+    dataset: str = typer.Argument(..., help="digits, cifar10[:DIR], fmow[:DIR], npz:FILE, folder:DIR, csv:FILE "
+                                                 "or hf:DIR (options after ?, e.g. folder:DIR?size=32x32)"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for train.beton / test.beton "
                                                            "(default $AUDIT_DATA/ffcv/<dataset>)"),
     write_mode: str = typer.Option("raw", "--write-mode", help="raw (lossless, fastest to read) or jpg"),
@@ -27,7 +28,7 @@ def prepare(
 ) -> None:
     """Write the dataset once to FFCV .beton files (needs the ffcv extra: scripts/setup-ffcv.sh)."""
     import_ffcv()  # fail before loading a large dataset
-    ds = load_dataset(dataset, **({"year": year} if year else {}))
+    ds = load_dataset(dataset, progress=progress(), **({"year": year} if year else {}))
     folder = out or default_beton_dir(dataset, year)
     paths = write_beton(ds, folder, write_mode=write_mode, jpeg_quality=jpeg_quality, num_workers=workers,
                         overwrite=overwrite)

@@ -16,7 +16,7 @@ from audit.commands.options import build, with_settings
 @with_settings(LeakageConfig)
 def leakage(
     target: str = typer.Argument(..., help="run directory or dataset spec (digits, cifar10[:DIR], fmow[:DIR], "
-                                           "npz:FILE)"),
+                                           "npz:FILE, folder:DIR, csv:FILE, hf:DIR)"),
     run: Optional[Path] = typer.Option(None, "--run", help="run directory (default runs/<dataset>)"),
     settings: dict | None = None,
 ) -> None:

@@ -26,7 +26,9 @@ def print_step(step: Step, result: Result, entry: dict) -> None:
 
 @with_settings(*(s.config_type for s in REGISTRY), include_command_only=False)
 def run(
-    dataset: str = typer.Argument("digits", help="digits (default), cifar10[:DIR], fmow[:DIR] or npz:FILE"),
+    dataset: str = typer.Argument("digits", help="digits (default), cifar10[:DIR], fmow[:DIR], npz:FILE, "
+                                                        "folder:DIR, csv:FILE or hf:DIR (options after ?, "
+                                                        "e.g. folder:DIR?size=32x32)"),
     run: Optional[Path] = typer.Option(None, "--run", help="run directory (default runs/<dataset>)"),
     audits: str = typer.Option(",".join(REGISTRY.audits()), "--audits",
                                help="comma-separated audits to run ('' for none)"),

@@ -14,7 +14,8 @@ from audit.commands.options import build, with_settings
 
 @with_settings(pipeline.TrainConfig)
 def train(
-    dataset: str = typer.Argument(..., help="digits, cifar10[:DIR], fmow[:DIR] or npz:FILE"),
+    dataset: str = typer.Argument(..., help="digits, cifar10[:DIR], fmow[:DIR], npz:FILE, folder:DIR, csv:FILE "
+                                                 "or hf:DIR (options after ?, e.g. folder:DIR?size=32x32)"),
     run: Optional[Path] = typer.Option(None, "--run", help="run directory (default runs/<dataset>)"),
     settings: dict | None = None,
 ) -> None:

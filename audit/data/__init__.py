@@ -1,4 +1,9 @@
-"""Dataset specs (``digits``, ``cifar10[:DIR]``, ``fmow[:DIR]``, ``npz:FILE``) -> one Dataset."""
+"""Dataset specs -> one Dataset.
+
+``digits``, ``cifar10[:DIR]``, ``fmow[:DIR]``, ``npz:FILE`` and users' own images:
+``folder:DIR``, ``csv:FILE``, ``hf:DIR`` (options after ``?``, e.g. ``folder:DIR?size=32x32``;
+audit.data.spec).
+"""
 
 from __future__ import annotations
 
@@ -6,31 +11,33 @@ from audit.data.cifar10 import load_cifar10
 from audit.data.dataset import Dataset, validate
 from audit.data.digits import load_digits_dataset
 from audit.data.fmow import load_fmow
+from audit.data.folder import load_folder
+from audit.data.hf import load_hf
+from audit.data.manifest import load_manifest
 from audit.data.npz import load_npz
 from audit.data.planting import apply_planting, split_plant_options
+from audit.data.spec import KINDS, SPEC_HELP, dataset_name, kind_of, parse_spec
 from audit.errors import AuditError
+from audit.progress import SILENT, Progress
 
-__all__ = ["Dataset", "load_dataset", "dataset_kind", "KINDS"]
-
-KINDS = ("digits", "cifar10", "fmow", "npz")
+__all__ = ["Dataset", "load_dataset", "dataset_kind", "dataset_name", "KINDS", "SPEC_HELP"]
 
 
 def dataset_kind(spec: str) -> str:
     """The loader name of a spec; AuditError for an unknown one."""
-    kind = spec.partition(":")[0].strip().lower()
-    if kind not in KINDS:
-        raise AuditError(f"unknown dataset '{spec}': use digits, cifar10[:DIR], fmow[:DIR] or npz:FILE")
-    return kind
+    return kind_of(spec)
 
 
-def load_dataset(spec: str, **options) -> Dataset:
+def load_dataset(spec: str, progress: Progress = SILENT, **options) -> Dataset:
     """Load and validate the dataset a spec names. Options go to the loader (e.g. fmow year).
 
     ``plant=N`` (with ``plant_seed``, ``plant_noise``, ``plant_shift``) appends perturbed
     copies of N test images to the training set (audit.data.planting), for any kind.
+    ``progress`` shows hashing and decoding of ``folder``/``csv``/``hf`` images.
     """
     options, plant = split_plant_options(options)
-    kind = dataset_kind(spec)
+    parsed = parse_spec(spec)
+    kind = parsed.kind
     arg = spec.partition(":")[2] or None
     if kind == "digits":
         ds = load_digits_dataset(spec)
@@ -38,6 +45,12 @@ def load_dataset(spec: str, **options) -> Dataset:
         ds = load_cifar10(arg, spec=spec)
     elif kind == "fmow":
         ds = load_fmow(arg, spec=spec, **options)
+    elif kind == "folder":
+        ds = load_folder(parsed, progress=progress)
+    elif kind == "csv":
+        ds = load_manifest(parsed, progress=progress)
+    elif kind == "hf":
+        ds = load_hf(parsed, progress=progress)
     else:
         if not arg:
             raise AuditError("npz needs a file: use npz:PATH/TO/data.npz")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from audit.data.spec import dataset_name
 from audit.errors import AuditError
 
 
@@ -17,7 +18,8 @@ class Dataset:
     ``x_*`` are images ``[N, H, W, C]`` uint8 (or ``[N, D]`` features for ``npz`` data
     without image structure); ``y_*`` are int64 class indices into ``classes``.
     ``meta`` holds optional per-example arrays keyed ``<name>_train`` / ``<name>_test``
-    (FMoW: ``lat_*``, ``lon_*``, ``image_id_*``).
+    (FMoW: ``lat_*``, ``lon_*``, ``image_id_*``; folder/csv: ``path_*`` and a CSV's extra columns).
+    ``captions`` names the metadata the report shows under each image (e.g. ``("path",)``).
     """
 
     spec: str
@@ -27,16 +29,22 @@ class Dataset:
     y_test: np.ndarray
     classes: tuple[str, ...]
     meta: dict[str, np.ndarray] = field(default_factory=dict)
+    captions: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
-        """Short name used for the default run directory (``digits``, ``cifar10``, ...)."""
-        kind, _, rest = self.spec.partition(":")
-        if kind == "npz" and rest:
-            from pathlib import Path
+        """Short name used for the default run directory (``digits``, ``cifar10``, ``pets-32x32``...)."""
+        return dataset_name(self.spec)
 
-            return Path(rest).stem
-        return kind
+    def caption(self, split: str, index: int) -> list[tuple[str, str]]:
+        """``[(name, value), ...]`` of the ``captions`` metadata of one example (for the report)."""
+        out = []
+        for name in self.captions:
+            values = self.meta.get(f"{name}_{split}")
+            if values is not None and 0 <= int(index) < len(values):
+                value = values[int(index)]
+                out.append((name, value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)))
+        return out
 
     @property
     def n_train(self) -> int:

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from audit.data import dataset_kind
+from audit.data import dataset_name
 from audit.data.dataset import Dataset
 from audit.data.paths import default_data_dir
 from audit.errors import AuditError
@@ -85,10 +85,8 @@ class _NoBar:
 
 def default_beton_dir(spec: str, year: int | None = None) -> Path:
     """``$AUDIT_DATA/ffcv/<dataset>`` (default ``~/.cache/datamodel-audit/ffcv/<dataset>``);
-    ``<dataset>`` is the kind (``cifar10``, ``fmow`` or ``fmow-<year>``) or the npz file's stem."""
-    kind = dataset_kind(spec)
-    arg = spec.partition(":")[2]
-    name = Path(arg).stem if kind == "npz" and arg else kind
+    ``<dataset>`` is the kind (``cifar10``, ``fmow`` or ``fmow-<year>``) or the file/folder name (audit.data.dataset_name)."""
+    name = dataset_name(spec)
     if year is not None:
         name = f"{name}-{year}"
     return default_data_dir() / "ffcv" / name

@@ -85,7 +85,13 @@ class ImageSource:
         c = int(y[int(index)])
         return str(self.dataset.classes[c]) if 0 <= c < len(self.dataset.classes) else str(c)
 
+    def caption(self, split: str, index: int) -> list[tuple[str, str]]:
+        """The dataset's caption metadata of an example (a folder/CSV image's path, a CSV's extra
+        columns) as ``[(name, value), ...]``; empty when the dataset has none."""
+        caption = getattr(self.dataset, "caption", None)
+        return caption(split, int(index)) if caption is not None else []
+
     def example(self, split: str, index: int, **extra) -> dict:
-        """A dict the templates render as one thumbnail: split, index, label, uri, plus ``extra``."""
+        """A dict the templates render as one thumbnail: split, index, label, uri, caption, plus ``extra``."""
         return {"split": split, "index": int(index), "label": self.label(split, index), "uri": self.uri(split, index),
-                **extra}
+                "caption": self.caption(split, index), **extra}

@@ -7,7 +7,8 @@ from audit.training.base import Trainer
 from audit.training.gpu import DEFAULT_BLOCK_SIZE, gpu_config, make_gpu_trainer
 from audit.training.mlp import MLPTrainer
 
-DEFAULT_TRAINER = {"digits": "mlp", "npz": "mlp", "cifar10": "resnet9", "fmow": "resnet18"}
+DEFAULT_TRAINER = {"digits": "mlp", "npz": "mlp", "cifar10": "resnet9", "fmow": "resnet18",
+                   "folder": "mlp", "csv": "mlp", "hf": "mlp"}  # users' own images: CPU unless --trainer
 GPU_TRAINERS = ("resnet9", "resnet18")
 
 
