@@ -22,7 +22,7 @@ import numpy as np
 
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
-from audit.progress import SILENT, Progress
+from audit.progress import SILENT, Progress, Within
 from audit.training.base import Trainer, correct_class_margins
 from audit.training.registry import GPU_TRAINERS, trainer_from_config
 
@@ -44,6 +44,8 @@ class BlockStore(Protocol):
 
     def pending_blocks(self) -> list[int]: ...
 
+    def total_models(self) -> int: ...
+
     def block_models(self, block: int) -> int: ...
 
     def block_done(self, block: int) -> bool: ...
@@ -55,9 +57,9 @@ class BlockStore(Protocol):
     def write_block(self, block: int, task: BlockTask, margins: np.ndarray) -> None: ...
 
 
-def train_task(dataset: Dataset, trainer: Trainer, task: BlockTask) -> np.ndarray:
+def train_task(dataset: Dataset, trainer: Trainer, task: BlockTask, progress: Progress = SILENT) -> np.ndarray:
     """Train one block and return its margins ``[B, n_targets]`` (or ``[B, len(task.targets)]``)."""
-    models = trainer.train_block(dataset, task.masks, task.seeds, task.labels)
+    models = trainer.train_block(dataset, task.masks, task.seeds, task.labels, progress=progress)
     x, y = dataset.targets_x(), dataset.targets_y()
     if task.targets is not None:
         x, y = x[task.targets], y[task.targets]
@@ -92,14 +94,17 @@ def _run_local(store: BlockStore, dataset: Dataset, trainer: Trainer, *, progres
     if max_blocks is not None:
         pending = pending[:max_blocks]
     trained = 0
-    with progress.task(description, total=sum(store.block_models(b) for b in pending), unit="models") as bar:
+    todo = sum(store.block_models(b) for b in pending)
+    total = store.total_models()
+    with progress.task(description, total=total, unit="models", completed=total - todo) as bar:
         for block in pending:
+            inner = Within(bar, store.block_models(block))  # the block's epochs move the bar as they go
             with store.claim(block) as mine:
                 if mine and not store.block_done(block):
                     task = store.block_task(block, dataset)
-                    store.write_block(block, task, train_task(dataset, trainer, task))
+                    store.write_block(block, task, train_task(dataset, trainer, task, progress=inner))
                     trained += store.block_models(block)
-            bar.advance(store.block_models(block))
+            inner.finish()
     return trained
 
 

@@ -180,6 +180,9 @@ class RetrainStore:
         done = np.asarray(self.done)
         return [b for b in range(self.n_blocks) if not done[self.block_jobs(b)].all()]
 
+    def total_models(self) -> int:
+        return self.plan.n_jobs
+
     def block_models(self, block: int) -> int:
         return len(self.block_jobs(block))
 

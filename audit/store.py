@@ -219,6 +219,9 @@ class RunStore:
             yield mine
 
     # ----- the block-store interface of audit.execution ------------------------------------
+    def total_models(self) -> int:
+        return int(self.config.n_models)
+
     def block_models(self, block: int) -> int:
         return len(self.block_rows(block))
 

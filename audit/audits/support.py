@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, StrictBool, StrictInt, ValidationError
 
 from audit import pipeline
 from audit.audits import baselines
-from audit.contract import Block, Line, Metric, Param, Result, Step, Table, finite, read_result, require, setting
+from audit.contract import Block, Line, Metric, Param, Result, Step, Table, read_result, require, setting
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.execution import ENGINES
@@ -492,19 +492,66 @@ class SupportResult(Result):
     csv_path: str = Field(alias="csv")
 
 
-def _support_fraction(run_dir: Path, path: Path, k: int, method: str, command: str) -> tuple[float | None, dict]:
-    """Fraction of audited test targets whose certified support (method's ranking) is ≤ k."""
-    what = f"audit {command} {run_dir}"
+class MethodOutcome(Result):
+    """One ranking's search for one target (a record's ``methods[method]``)."""
+
+    k_star: float | None = None
+    verify_k: int | None = None
+    verify_margin: float | None = None
+    certified: StrictBool
+    certified_support: StrictInt | None = None
+    curve: dict[str, float | None] = {}
+    fitted: dict[str, float | None] = {}
+
+
+class SupportRecord(Result):
+    """One audited test target (``targets[i]`` of brittleness.json / mislabel.json)."""
+
+    target: int
+    label: int
+    label_name: str
+    full_margin: float | None = None
+    predicted_full_margin: float | None = None
+    heuristic_k: int | None = None
+    wrong_class: int | None = None
+    wrong_class_name: str | None = None
+    methods: dict[str, MethodOutcome]
+
+
+def read_records(path: Path, what: str) -> tuple[SupportResult, list[SupportRecord]]:
+    """The typed summary and records of a support audit's JSON; AuditError naming the command to rerun."""
     data = read_result(path, what)
-    records = require(data, ("targets",), path, what)
-    if not isinstance(records, list) or not records:
+    try:
+        summary = SupportResult.from_json(require(data, ("summary",), path, what))
+        records = [SupportRecord.from_json(r) for r in require(data, ("targets",), path, what)]
+    except (ValidationError, TypeError) as exc:
+        first = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
+        where = ".".join(str(x) for x in first["loc"])
+        raise AuditError(f"{path} does not hold a support audit ({where}: {first['msg']}); run `{what}` again") from None
+    return summary, records
+
+
+def _support_fraction(run_dir: Path, path: Path, k: int, method: str, command: str) -> tuple[float | None, dict]:
+    """Fraction of audited test targets whose certified support (method's ranking) is ≤ k.
+
+    A k beyond the audit's grid cannot be decided (a support there was never tried): an error.
+    """
+    what = f"audit {command} {run_dir}"
+    summary, records = read_records(path, what)
+    if not records:
         raise AuditError(f"{path} lists no targets; run `{what}` again")
+    if k > summary.max_k:
+        raise AuditError(f"k = {k} lies beyond the largest k the audit tried ({summary.max_k} in {path}), so it "
+                         f"cannot decide whether a support is <= {k}; set the check's k to at most {summary.max_k} "
+                         f"or run `{what} --k-grid ...` up to {k}")
     small = 0
-    for rec in records:
-        res = require(rec, ("methods", method), path, f"{what} --methods {method}")
-        certified = require(res, ("certified",), path, what)
-        size = finite(res.get("certified_support") if isinstance(res, dict) else None)
-        if certified and size is not None and size <= k:
+    for i, rec in enumerate(records):
+        res = rec.methods.get(method)
+        if res is None:
+            raise AuditError(f"{path} has no '{method}' ranking; run `{what} --methods {method}` again")
+        if res.certified and res.certified_support is None:
+            raise AuditError(f"{path}: targets[{i}] is certified but has no certified_support; run `{what}` again")
+        if res.certified and res.certified_support <= k:
             small += 1
     return small / len(records), {"k": k, "method": method, "n_targets": len(records), "n_at_most_k": small}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Callable, Optional, Sequence
 
 from rich.console import Console
@@ -10,15 +11,18 @@ from rich.table import Table as RichTable
 
 from audit.contract import Block, Table
 from audit.errors import AuditError
-from audit.progress import SILENT, Progress, RichProgress
+from audit.progress import SILENT, PlainProgress, Progress, RichProgress
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
 def progress() -> Progress:
-    """Rich bars on stderr, or nothing when AUDIT_QUIET is set (tests, logs)."""
-    return SILENT if os.environ.get("AUDIT_QUIET") else RichProgress(err_console)
+    """Rich bars on a terminal, time-stamped lines every few seconds when stderr goes to a log, nothing
+    when AUDIT_QUIET is set (tests)."""
+    if os.environ.get("AUDIT_QUIET"):
+        return SILENT
+    return RichProgress(err_console) if err_console.is_terminal else PlainProgress(sys.stderr)
 
 
 def show(blocks: Sequence[Block]) -> None:

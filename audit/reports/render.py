@@ -20,6 +20,7 @@ from rich.text import Text
 from audit import pipeline
 from audit.audits.geo import haversine_miles
 from audit.audits.leakage_audit import LEAKAGE
+from audit.audits.support import SupportRecord, read_records
 from audit.checks import check_path
 from audit.contract import Line, Step
 from audit.errors import AuditError
@@ -389,88 +390,74 @@ def _balanced_test_sample(ctx: Context, n: int) -> np.ndarray:
 def support_section(ctx: Context, name: str = "brittleness", n_show: int = 6, n_support: int = 12) -> dict | None:
     """RUN/audits/{brittleness,mislabel}.json: support-size CDFs per ranking, certification, the most brittle targets."""
     step = REGISTRY[name]
-    data = ctx.files.json(_rel(step))
-    if not isinstance(data, dict) or not isinstance(data.get("summary"), dict):
+    if not step.path(ctx.path).exists():
         return None
-    s = data["summary"]
-    per_method = s.get("per_method") or {}
+    try:
+        s, records = read_records(step.path(ctx.path), f"audit {name} {ctx.path}")
+    except AuditError as exc:
+        ctx.files.notes.append(f"the {step.title.lower()} section is left out: {exc}")
+        return None
     methods_table = []
-    for method, r in per_method.items():
-        methods_table.append({"method": method, "n": cell(r.get("n_targets")),
-                              "certified": {"text": pct(r.get("fraction_certified")), "sort": num(r.get("fraction_certified"))},
-                              "median_support": {"text": str(r.get("median_certified_support_label", fmt(num(r.get("median_certified_support"))))),
-                                                 "sort": _inf_num(r.get("median_certified_support"))},
-                              "median_kstar": {"text": str(r.get("median_k_star_label", fmt(num(r.get("median_k_star"))))),
-                                               "sort": _inf_num(r.get("median_k_star"))},
-                              "no_crossing": {"text": pct(r.get("fraction_no_crossing")), "sort": num(r.get("fraction_no_crossing"))}})
-    curves = {m: [(c.get("k"), c.get("fraction")) for c in (r.get("cdf") or [])] for m, r in per_method.items()}
+    for method, r in s.per_method.items():
+        methods_table.append({"method": method, "n": cell(r.n_targets),
+                              "certified": {"text": pct(r.fraction_certified), "sort": num(r.fraction_certified)},
+                              "median_support": {"text": r.median_certified_support_label,
+                                                 "sort": r.median_certified_support},
+                              "median_kstar": {"text": r.median_k_star_label, "sort": r.median_k_star},
+                              "no_crossing": {"text": pct(r.fraction_no_crossing), "sort": num(r.fraction_no_crossing)}})
+    curves = {m: [(c.get("k"), c.get("fraction")) for c in r.cdf] for m, r in s.per_method.items()}
     dashed = []
-    for key, label in (("heuristic", "heuristic (datamodel sum, no retraining)"),
-                       ("heuristic_all", "heuristic, all test images")):
-        h = s.get(key)
-        if isinstance(h, dict) and h.get("cdf"):
-            curves[label] = [(c.get("k"), c.get("fraction")) for c in h["cdf"]]
+    for h, label in ((s.heuristic, "heuristic (datamodel sum, no retraining)"),
+                     (s.heuristic_all, "heuristic, all test images")):
+        if h is not None and h.cdf:
+            curves[label] = [(c.get("k"), c.get("fraction")) for c in h.cdf]
             dashed.append(label)
-    what = "removed" if s.get("mode", "remove") == "remove" else "relabelled"
+    what = "removed" if s.mode == "remove" else "relabelled"
     cdf = plots.step_cdfs(curves, f"training examples {what} (k)", "support size: fraction of targets ≤ k",
                           dashed=dashed)
-    records = [r for r in data.get("targets") or [] if isinstance(r, dict)]
-    brittle = _most_brittle(ctx, records, name, n_show, n_support)
-    facts = [("test targets", fmt(s.get("n_targets"))), ("models per grid point (T)", fmt(s.get("T"))),
-             ("k grid", ", ".join(str(k) for k in s.get("k_grid") or [])),
-             ("full-data accuracy on these targets", pct(s.get("full_data_accuracy"))),
-             ("models trained (in plan)", fmt(s.get("models_in_plan")))]
-    already = sum(1 for r in records if (r.get("methods", {}).get("datamodels") or {}).get("certified_support") == 0)
+    brittle = _most_brittle(ctx, records, n_show, n_support)
+    facts = [("test targets", fmt(s.n_targets)), ("models per grid point (T)", fmt(s.T)),
+             ("k grid", ", ".join(str(k) for k in s.k_grid)),
+             ("full-data accuracy on these targets", pct(s.full_data_accuracy)),
+             ("models trained (in plan)", fmt(s.models_in_plan))]
+    already = sum(1 for r in records if "datamodels" in r.methods and r.methods["datamodels"].certified_support == 0)
     if already:
         facts.append(("targets already misclassified by full-data models (support 0)", fmt(already)))
-    return {"mode": s.get("mode", "remove"), "what": what, "facts": facts, "methods": methods_table,
+    return {"mode": s.mode, "what": what, "facts": facts, "methods": methods_table,
             "cdf": cdf, "brittle": brittle, "csv": _rel(step, "table") if step.path(ctx.path, "table").exists() else None}
 
 
-def _inf_num(value: Any) -> float | None:
-    v = num(value)
-    if v is None and value is not None:
-        try:
-            return float("inf") if float(value) == float("inf") else None
-        except (TypeError, ValueError):
-            return None
-    return v
-
-
-def _most_brittle(ctx: Context, records: list[dict], name: str, n_show: int, n_support: int) -> list[dict]:
+def _most_brittle(ctx: Context, records: list[SupportRecord], n_show: int, n_support: int) -> list[dict]:
     """Targets with the smallest certified support > 0 (datamodel ranking), with their support sets."""
-    def key(r: dict) -> tuple:
-        res = (r.get("methods") or {}).get("datamodels") or {}
-        size = res.get("certified_support") if res.get("certified") else None
-        kstar = num(res.get("k_star"))
+    def key(r: SupportRecord) -> tuple:
+        res = r.methods.get("datamodels")
+        size = res.certified_support if res is not None and res.certified else None
+        kstar = res.k_star if res is not None else None
         return (size is None, size if size is not None else (kstar if kstar is not None else np.inf))
 
-    chosen = [r for r in records if ((r.get("methods") or {}).get("datamodels") or {}).get("certified_support") != 0]
+    chosen = [r for r in records if r.methods.get("datamodels") is None or r.methods["datamodels"].certified_support != 0]
     chosen = sorted(chosen, key=key)[:n_show]
     dm = ctx.datamodels
     out = []
     for r in chosen:
-        t = r.get("target")
-        if t is None:
-            continue
-        methods = r.get("methods") or {}
-        res = methods.get("datamodels") or {}
-        k = res.get("certified_support") or (int(np.ceil(num(res.get("k_star")))) if num(res.get("k_star")) else 0)
+        t = r.target
+        res = r.methods.get("datamodels")
+        kstar = num(res.k_star) if res is not None else None
+        k = (res.certified_support if res is not None else None) or (int(np.ceil(kstar)) if kstar else 0)
         support = []
         if dm is not None and k and ctx.n_train + int(t) < dm.n_targets:
             row = dm.rows([ctx.n_train + int(t)])[0]
             order = np.argsort(-row, kind="stable")[: min(k, n_support)]
             support = [ctx.images.example("train", int(j), weight=fmt(float(row[j]), 3)) for j in order]
-        curve = plots.margin_curves({m: v.get("curve") or {} for m, v in methods.items()},
-                                    f"test {t}: mean margin vs k",
-                                    marks={m: num(v.get("k_star")) for m, v in methods.items()})
-        per = [{"method": m, "k_star": fmt(num(v.get("k_star")), 1), "certified": fmt(bool(v.get("certified"))),
-                "support": fmt(v.get("certified_support")), "verify_margin": fmt(num(v.get("verify_margin")), 2)}
-               for m, v in methods.items()]
-        out.append({"test": ctx.images.example("test", int(t)), "label": r.get("label_name"),
-                    "wrong": r.get("wrong_class_name"), "full_margin": fmt(num(r.get("full_margin")), 2),
-                    "predicted": fmt(num(r.get("predicted_full_margin")), 2), "heuristic_k": fmt(r.get("heuristic_k")),
-                    "k": k, "certified": bool(res.get("certified")), "support": support,
+        curve = plots.margin_curves({m: v.curve for m, v in r.methods.items()}, f"test {t}: mean margin vs k",
+                                    marks={m: num(v.k_star) for m, v in r.methods.items()})
+        per = [{"method": m, "k_star": fmt(num(v.k_star), 1), "certified": fmt(v.certified),
+                "support": fmt(v.certified_support), "verify_margin": fmt(num(v.verify_margin), 2)}
+               for m, v in r.methods.items()]
+        out.append({"test": ctx.images.example("test", int(t)), "label": r.label_name,
+                    "wrong": r.wrong_class_name, "full_margin": fmt(num(r.full_margin), 2),
+                    "predicted": fmt(num(r.predicted_full_margin), 2), "heuristic_k": fmt(r.heuristic_k),
+                    "k": k, "certified": bool(res.certified) if res is not None else False, "support": support,
                     "more": max(0, k - len(support)), "curve": curve, "per": per})
     return out
 
