@@ -29,6 +29,7 @@ from audit.contract import (
     read_result,
     require,
     setting,
+    settings_of,
 )
 from audit.data import Dataset, dataset_kind, dataset_name, load_dataset
 from audit.datamodels import Datamodels, difference_of_means, fit_datamodels
@@ -404,6 +405,18 @@ class FitStep(Step[FitConfig, FitResult]):
         return [Line(f"fitted datamodels for {result.n_targets} targets on {result.n_models} models "
                      f"({result.seconds:.1f}s on {result.device}; mean non-zero weights "
                      f"{result.mean_nonzero_weights:.1f})")]
+
+    def config_of(self, run_dir: Path | str) -> FitConfig:
+        """The settings the run's datamodels were fitted with (its record, else fit.json's options)."""
+        rec = self.record(run_dir)
+        names = {f.name for f in settings_of(FitConfig)}
+        if rec is not None:
+            return FitConfig(**{k: v for k, v in rec.config.items() if k in names})
+        try:
+            options = read_json(self.path(run_dir)).get("options") or {}
+        except (OSError, ValueError, AttributeError):
+            options = {}
+        return FitConfig(**{k: v for k, v in options.items() if k in names})
 
     def legacy_current(self, run_dir: Path, config: FitConfig) -> bool:
         """An older run's datamodels count when fit.json says they were fitted on the run's finished models."""

@@ -425,8 +425,7 @@ def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_mode
                        trainer_options=trainer, block_size=c.block_size, dataset_options=options, dataset=ds,
                        progress=progress)
     pipeline.TRAIN.note(twin)  # the twin's models as they are now
-    main_fit = pipeline.FIT.record(run_dir)  # fit the twin as the run was fitted
-    fit_config = pipeline.FitConfig(**main_fit.config) if main_fit else pipeline.FitConfig()
+    fit_config = pipeline.FIT.config_of(run_dir)  # fit the twin as the run was fitted
     fitted = pipeline.FIT.is_current(twin, fit_config)
     if not fitted:
         pipeline.FIT.run(twin, fit_config, progress=progress)
