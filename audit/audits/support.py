@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from pydantic import Field, StrictBool, StrictInt, ValidationError
@@ -518,17 +518,48 @@ class SupportRecord(Result):
     methods: dict[str, MethodOutcome]
 
 
+def _typed(model: type, data: Any, path: Path, what: str, where: str) -> Any:
+    """``model.from_json(data)``; AuditError naming the field, why, and the command to run again."""
+    try:
+        return model.from_json(data)
+    except (ValidationError, TypeError) as exc:
+        if not isinstance(exc, ValidationError):
+            raise AuditError(f"{path}: {where} is not a record ({exc}); run `{what}` again") from None
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        if err["type"] == "missing":
+            why = "is missing"
+        elif any(t in err["type"] for t in ("int", "float")):
+            why = f"is {err.get('input')!r}, not a number"
+        elif "bool" in err["type"]:
+            why = f"is {err.get('input')!r}, not true/false"
+        else:
+            why = err["msg"].lower()
+        raise AuditError(f"{path}: {where}.{field} {why}; run `{what}` again") from None
+
+
 def read_records(path: Path, what: str) -> tuple[SupportResult, list[SupportRecord]]:
     """The typed summary and records of a support audit's JSON; AuditError naming the command to rerun."""
     data = read_result(path, what)
-    try:
-        summary = SupportResult.from_json(require(data, ("summary",), path, what))
-        records = [SupportRecord.from_json(r) for r in require(data, ("targets",), path, what)]
-    except (ValidationError, TypeError) as exc:
-        first = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
-        where = ".".join(str(x) for x in first["loc"])
-        raise AuditError(f"{path} does not hold a support audit ({where}: {first['msg']}); run `{what}` again") from None
-    return summary, records
+    summary = _typed(SupportResult, require(data, ("summary",), path, what), path, what, "summary")
+    return summary, _records(data, path, what)
+
+
+def _records(data: Any, path: Path, what: str) -> list[SupportRecord]:
+    raw = require(data, ("targets",), path, what)
+    if not isinstance(raw, list):
+        raise AuditError(f"{path}: targets is not a list; run `{what}` again")
+    return [_typed(SupportRecord, r, path, what, f"targets[{i}]") for i, r in enumerate(raw)]
+
+
+def largest_k_tried(data: Any, records: list[SupportRecord]) -> int | None:
+    """The last k of the audit's grid: summary.max_k, else the largest k of the targets' curves."""
+    summary = data.get("summary") if isinstance(data, dict) else None
+    value = summary.get("max_k") if isinstance(summary, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    ks = {int(k) for r in records for m in r.methods.values() for k in m.curve if str(k).isdigit()}
+    return max(ks) if ks else None
 
 
 def _support_fraction(run_dir: Path, path: Path, k: int, method: str, command: str) -> tuple[float | None, dict]:
@@ -537,20 +568,26 @@ def _support_fraction(run_dir: Path, path: Path, k: int, method: str, command: s
     A k beyond the audit's grid cannot be decided (a support there was never tried): an error.
     """
     what = f"audit {command} {run_dir}"
-    summary, records = read_records(path, what)
+    data = read_result(path, what)
+    records = _records(data, path, what)
     if not records:
         raise AuditError(f"{path} lists no targets; run `{what}` again")
-    if k > summary.max_k:
-        raise AuditError(f"k = {k} lies beyond the largest k the audit tried ({summary.max_k} in {path}), so it "
-                         f"cannot decide whether a support is <= {k}; set the check's k to at most {summary.max_k} "
-                         f"or run `{what} --k-grid ...` up to {k}")
+    max_k = largest_k_tried(data, records)
+    if max_k is None:
+        raise AuditError(f"{path} does not say which k the audit tried, so support <= {k} cannot be decided; "
+                         f"run `{what}` again")
+    if k > max_k:
+        raise AuditError(f"k = {k} lies beyond the largest k the audit tried ({max_k} in {path}), so it cannot "
+                         f"decide whether a support is <= {k}; set the check's k to at most {max_k} or run "
+                         f"`{what} --k-grid ...` up to {k}")
     small = 0
     for i, rec in enumerate(records):
         res = rec.methods.get(method)
         if res is None:
             raise AuditError(f"{path} has no '{method}' ranking; run `{what} --methods {method}` again")
         if res.certified and res.certified_support is None:
-            raise AuditError(f"{path}: targets[{i}] is certified but has no certified_support; run `{what}` again")
+            raise AuditError(f"{path}: targets[{i}] is certified but its certified_support is not a number; "
+                             f"run `{what}` again")
         if res.certified and res.certified_support <= k:
             small += 1
     return small / len(records), {"k": k, "method": method, "n_targets": len(records), "n_at_most_k": small}
