@@ -118,14 +118,42 @@ def _support_fraction(run_dir: Path, path: Path, k: int, method: str, command: s
     records = _require(data, ("targets",), path, what)
     if not isinstance(records, list) or not records:
         raise AuditError(f"{path} lists no targets; run `{what}` again")
+    max_k = _largest_k(data, records, method)
+    if max_k is None:
+        raise AuditError(f"{path} does not say which k the audit tried, so support <= {k} cannot be decided; "
+                         f"run `{what}` again")
+    if k > max_k:
+        raise AuditError(f"k = {k} lies beyond the largest k the audit tried ({max_k} in {path}), so it cannot "
+                         f"decide whether a support is <= {k}; set the check's k to at most {max_k} or run "
+                         f"`{what} --k-grid ...` up to {k}")
     small = 0
     for i, rec in enumerate(records):
         res = _require(rec, ("methods", method), path, f"{what} --methods {method}")
         certified = _require(res, ("certified",), path, what)
-        size = _finite(res.get("certified_support") if isinstance(res, dict) else None)
-        if certified and size is not None and size <= k:
+        if not isinstance(certified, bool):
+            raise AuditError(f"{path}: targets[{i}] has certified = {certified!r}, not true/false; run `{what}` again")
+        raw = res.get("certified_support")
+        size = _finite(raw)
+        if certified and size is None:
+            raise AuditError(f"{path}: targets[{i}] is certified but its certified_support is {raw!r}, not a "
+                             f"number; run `{what}` again")
+        if certified and size <= k:
             small += 1
     return small / len(records), {"k": k, "method": method, "n_targets": len(records), "n_at_most_k": small}
+
+
+def _largest_k(data: Any, records: list, method: str) -> int | None:
+    """The largest k of the audit's grid (summary.max_k, else the targets' curves), or None."""
+    summary = data.get("summary") if isinstance(data, dict) else None
+    value = summary.get("max_k") if isinstance(summary, dict) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    ks = set()
+    for rec in records:
+        curve = rec.get("methods", {}).get(method, {}).get("curve") if isinstance(rec, dict) else None
+        if isinstance(curve, dict):
+            ks.update(int(k) for k in curve if str(k).isdigit())
+    return max(ks) if ks else None
 
 
 def brittle_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | None, dict]:

@@ -6,6 +6,7 @@ results, and saves what it computes as JSON (and arrays) in the run directory.
 
 from __future__ import annotations
 
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 
 from audit.data import Dataset, dataset_kind, load_dataset
 from audit.errors import AuditError
-from audit.jsonio import read_json, write_json
+from audit.jsonio import read_json, save_npz, write_json
 from audit.progress import SILENT, Progress
 from audit.store import RUN_JSON, STREAM_EVAL, RunConfig, RunStore
 from audit.training.engines import train_local, train_ray
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from audit.datamodels import Datamodels
 
 DATAMODELS_FILE = "datamodels.npz"
+PATH_KINDS = ("npz", "cifar10", "fmow", "folder", "csv")  # dataset specs whose argument is a file or folder
 
 
 def default_run_dir(spec: str, runs_root: Path | str = "runs") -> Path:
@@ -47,9 +49,23 @@ def resolve_run(target: str, run: Path | None = None) -> Path:
     return default_run_dir(target)
 
 
+def absolute_spec(spec: str) -> str:
+    """``kind:PATH`` with PATH made absolute, so run.json finds the data from any folder."""
+    kind, sep, arg = spec.partition(":")
+    if kind not in PATH_KINDS or not arg:
+        return spec
+    return f"{kind}:{Path(arg).expanduser().absolute()}"
+
+
 def dataset_of(store: RunStore) -> Dataset:
     """Reload the run's dataset and refuse one whose contents changed."""
-    ds = load_dataset(store.config.dataset, **store.config.dataset_options)
+    spec = store.config.dataset
+    kind, _, arg = spec.partition(":")
+    if kind in PATH_KINDS and arg and not Path(arg).expanduser().is_absolute() and not Path(arg).expanduser().exists():
+        raise AuditError(f"{store.path}/run.json names the data by the relative path {arg!r}, which does not exist "
+                         f"from {Path.cwd()}; run the command from the folder the run was trained in, or edit "
+                         f"\"dataset\" in run.json to the data's absolute path")
+    ds = load_dataset(spec, **store.config.dataset_options)
     if ds.fingerprint() != store.config.fingerprint:
         raise AuditError(f"{store.config.dataset} no longer matches the data {store.path} was trained on "
                          f"(fingerprint {ds.fingerprint()} vs {store.config.fingerprint}); use a new --run")
@@ -62,6 +78,9 @@ def train(spec: str, run_dir: Path, *, n_models: int = 5000, alpha: float = 0.5,
           engine: str = "local", address: str | None = None, dataset_options: dict | None = None,
           dataset: Dataset | None = None, progress: Progress = SILENT) -> dict:
     """Create or resume a run and train its pending models. Returns the run summary."""
+    spec = absolute_spec(spec)
+    if block_size is not None and block_size < 1:
+        raise AuditError(f"--block-size must be at least 1 (got {block_size})")
     ds = dataset or load_dataset(spec, **(dataset_options or {}))
     name = trainer or DEFAULT_TRAINER[dataset_kind(spec)]
     if engine == "local":  # fail fast (resnet9/18 without CUDA) before the run directory exists
@@ -69,7 +88,7 @@ def train(spec: str, run_dir: Path, *, n_models: int = 5000, alpha: float = 0.5,
     tconfig = trainer_config(name, **(trainer_options or {}))  # builds nothing: a CPU-only Ray driver can send it
     config = RunConfig(dataset=spec, fingerprint=ds.fingerprint(), n_train=ds.n_train, n_test=ds.n_test,
                        alpha=alpha, n_models=n_models, seed=seed, trainer=tconfig,
-                       block_size=block_size or default_block_size(name),
+                       block_size=default_block_size(name) if block_size is None else block_size,
                        dataset_options=dataset_options or {})
     store = RunStore.open_or_create(run_dir, config)
     return _train_store(store, ds, engine=engine, address=address, progress=progress)
@@ -85,7 +104,12 @@ def _train_store(store: RunStore, ds: Dataset, *, engine: str = "local", address
     else:
         raise AuditError(f"unknown engine '{engine}': use local or ray")
     seconds = time.perf_counter() - start
-    summary = {**store.summary(), "trained_now": trained, "seconds": round(seconds, 2),
+    counts = store.summary()
+    if counts["trained"] and counts["diverged"] == counts["trained"]:
+        raise AuditError(f"{store.path}: all {counts['trained']} models trained so far diverged (non-finite "
+                         f"margins); lower the learning rate (-o lr=...) or check the data (a single class?), "
+                         f"then train into a new --run")
+    summary = {**counts, "trained_now": trained, "seconds": round(seconds, 2),
                "models_per_second": round(trained / seconds, 2) if trained and seconds > 0 else None,
                "alpha": store.config.alpha, "dataset": store.config.dataset, "trainer": store.config.trainer}
     _merge_json(store.path / "train.json", summary, key=f"{store.path.name}")
@@ -123,6 +147,8 @@ def fit(run_dir: Path, *, device: str = "cpu", progress: Progress = SILENT, **op
 
 
 def _device(device: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise AuditError(f"unknown device '{device}': use cpu, cuda, cuda:N or auto")
     if device == "auto":
         import torch
 
@@ -195,12 +221,13 @@ def evaluate(run_dir: Path, *, n_subsets: int = 200, repeats: int = 1, progress:
                             dataset_options=c.dataset_options)
     eval_store = RunStore.open_or_create(store.path / f"eval_r{repeats}", eval_config)
     _train_store(eval_store, ds, progress=progress)
-    done = np.asarray(eval_store.done).reshape(n_subsets, repeats)
-    margins = np.asarray(eval_store.margins).reshape(n_subsets, repeats, c.n_targets)
+    n_eval = n_subsets * repeats  # an earlier, larger evaluation: reuse its first n_eval models
+    done = np.asarray(eval_store.done[:n_eval]).reshape(n_subsets, repeats)
+    margins = np.asarray(eval_store.margins[:n_eval]).reshape(n_subsets, repeats, c.n_targets)
     keep = done.all(1) & np.isfinite(margins).all(axis=(1, 2))
     if keep.sum() < 5:
         raise AuditError(f"only {int(keep.sum())} held-out subsets trained without diverging; evaluation needs 5+")
-    masks_eval = np.asarray(eval_store.masks).reshape(n_subsets, repeats, c.n_train)[keep, 0]
+    masks_eval = np.asarray(eval_store.masks[:n_eval]).reshape(n_subsets, repeats, c.n_train)[keep, 0]
     rows = store.finished_rows()
     baseline = difference_of_means(np.asarray(store.masks[rows]), np.asarray(store.margins[rows]), c.n_train)
     result, per_target = score(dm, masks_eval, margins[keep].mean(1), c.n_train, baseline_weights=baseline,
@@ -209,5 +236,5 @@ def evaluate(run_dir: Path, *, n_subsets: int = 200, repeats: int = 1, progress:
                    "n_fit_models": int(len(rows))})
     per_target.update(_scatter_sample(dm, masks_eval, margins[keep].mean(1), c.n_train, c.n_targets))
     write_json(store.path / "evaluation.json", result)
-    np.savez(store.path / "evaluation_targets.npz", **per_target)
+    save_npz(store.path / "evaluation_targets.npz", **per_target)
     return result

@@ -57,7 +57,7 @@ _T = typer.Option(None, "--T", help="models retrained per grid point (default si
 _GRID = typer.Option(None, "--k-grid", help="comma-separated k values (default: the paper's grid, scaled)")
 _METHODS = typer.Option("datamodels,representation,random", "--methods", help="rankings to search")
 _ALL = typer.Option(False, "--all-heuristic", help="also the heuristic support of every test example")
-_SEED = typer.Option(0, "--seed")
+_SEED = typer.Option(0, "--seed", min=0, help="seed of the target sample and the retraining (>= 0)")
 
 
 def brittleness(target: str = _TARGET, run: Optional[Path] = _RUN, n: int = _N, targets: Optional[str] = _TARGETS,

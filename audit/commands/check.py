@@ -10,7 +10,9 @@ import typer
 from rich.table import Table
 
 from audit import checks
-from audit.commands.common import console
+from audit.commands.common import console, err_console
+from audit.jsonio import write_json
+from audit.store import NOT_WRITABLE
 
 _P = checks.PARAMS
 
@@ -44,14 +46,29 @@ def check(
     """Check a run against thresholds (audit.toml, pyproject.toml tool.audit, or options); for CI."""
     options = {k: v for k, v in locals().items() if k in checks.KNOWN_KEYS}
     thresholds, source = checks.resolve_thresholds(config, options)
-    result = checks.run_checks(run_dir, thresholds, source=source)
+    result = checks.run_checks(run_dir, thresholds, source=source, save=False)
+    saved = save_if_writable(run_dir / "audits" / checks.CHECK_JSON, result)
     if junit is not None:
         checks.write_junit(result, junit)
+        saved.append(str(junit))
     print_checks(result)
-    console.print(f"saved {run_dir}/audits/{checks.CHECK_JSON}" + (f" and {junit}" if junit else ""))
+    if saved:
+        console.print(f"saved {' and '.join(saved)}")
     code = checks.exit_code(result)
     if code:
         sys.exit(code)  # SystemExit passes through the CLI wrapper unchanged (typer.Exit would not)
+
+
+def save_if_writable(path: Path, result: dict) -> list[str]:
+    """Save the result in the run (a read-only run is still checked: the verdict is the exit code)."""
+    try:
+        write_json(path, result)
+    except OSError as exc:
+        if exc.errno not in NOT_WRITABLE:
+            raise
+        err_console.print(f"note: {path.parent} is not writable; the result was not saved there")
+        return []
+    return [str(path)]
 
 
 def print_checks(result: dict) -> None:

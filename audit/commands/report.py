@@ -9,6 +9,8 @@ import typer
 
 from audit import pipeline
 from audit.commands.common import console, progress
+from audit.errors import AuditError
+from audit.store import NOT_WRITABLE
 
 
 def report(
@@ -21,5 +23,11 @@ def report(
     from audit.reports.render import render_report
 
     run_dir = pipeline.resolve_run(target, run)
-    path = render_report(run_dir, progress=progress(), n_examples=examples, out=out)
+    try:
+        path = render_report(run_dir, progress=progress(), n_examples=examples, out=out)
+    except OSError as exc:
+        if out is not None or exc.errno not in NOT_WRITABLE:
+            raise
+        raise AuditError(f"{run_dir} is not writable ({exc.strerror}); write the report elsewhere with "
+                         f"--out FILE") from None
     console.print(f"saved {path}")

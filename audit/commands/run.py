@@ -47,7 +47,7 @@ def run(
     run: Optional[Path] = typer.Option(None, "--run", help="run directory (default runs/<dataset>)"),
     n_models: int = typer.Option(5000, "--n-models", "-m", help="subset models to train"),
     alpha: float = typer.Option(0.5, "--alpha", help="fraction of the training set in each subset"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, help="seed of the subsets and models (>= 0)"),
     n_subsets: int = typer.Option(200, "--eval-subsets", help="held-out subsets for evaluation"),
     device: str = typer.Option("auto", "--device", help="fitting device: cpu, cuda or auto"),
     audit_targets: int = typer.Option(100, "--audit-targets", help="test targets in the brittleness/mislabel audits"),

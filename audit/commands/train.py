@@ -16,7 +16,7 @@ def train(
     run: Optional[Path] = typer.Option(None, "--run", help="run directory (default runs/<dataset>)"),
     n_models: int = typer.Option(5000, "--n-models", "-m", help="how many subset models in the run"),
     alpha: float = typer.Option(0.5, "--alpha", help="fraction of the training set each model sees"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, help="seed of the subsets and models (>= 0)"),
     trainer: Optional[str] = typer.Option(None, "--trainer", help="mlp, resnet9 or resnet18 (default per dataset)"),
     option: Optional[list[str]] = typer.Option(None, "--option", "-o", help="trainer setting NAME=VALUE"),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="models trained together"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.data.dataset import Dataset
+from audit.data.dataset import Dataset, check_values
 from audit.errors import AuditError
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -32,6 +32,12 @@ def _features(x: np.ndarray, key: str, path: Path, spec: str) -> np.ndarray:
         x = x[..., None]
     if x.ndim not in (2, 4):
         raise AuditError(f"{spec}: {path} {key} has shape {x.shape}; expected [N, H, W], [N, H, W, C] or [N, D]")
+    if x.ndim == 4 and 0 in x.shape[1:]:
+        raise AuditError(f"{spec}: {path} {key} has shape {x.shape}; images need a height, width and channels of at "
+                         f"least 1")
+    if x.ndim == 2 and x.shape[1] == 0:
+        raise AuditError(f"{spec}: {path} {key} has shape {x.shape}; each example needs at least one feature")
+    check_values(x, f"{spec}: {path} {key}")
     if x.dtype == np.bool_:
         return x.astype(np.uint8)
     if np.issubdtype(x.dtype, np.floating):
@@ -45,8 +51,12 @@ def _labels(y: np.ndarray, key: str, path: Path, spec: str) -> np.ndarray:
     if y.ndim != 1:
         raise AuditError(f"{spec}: {path} {key} has shape {y.shape}; expected one label per example")
     if np.issubdtype(y.dtype, np.integer):
+        if len(y) and np.iinfo(y.dtype).max > np.iinfo(np.int64).max and y.max() > np.iinfo(np.int64).max:
+            i = int(np.argmax(y))
+            raise AuditError(f"{spec}: {path} {key}[{i}] = {int(y[i])}; class labels must be 0..C-1")
         y = y.astype(np.int64)
-    elif np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all():
+    elif np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all() \
+            and np.abs(y).max(initial=0) < 2.0**62:
         y = y.astype(np.int64)
     else:
         raise AuditError(f"{spec}: {path} {key} has dtype {y.dtype}; expected integer class labels")
@@ -90,6 +100,13 @@ def load_npz(path: str, spec: str | None = None) -> Dataset:
                 raise AuditError(f"{spec}: {file} {which} has label {n_labels - 1} but class_names lists only "
                                  f"{len(classes)} classes (0..{len(classes) - 1})")
         else:
+            n_examples = len(y_train) + len(y_test)
+            if n_labels > n_examples:
+                which, y = ("y_train", y_train) if y_train.max(initial=-1) == n_labels - 1 else ("y_test", y_test)
+                i = int(np.argmax(y))
+                raise AuditError(f"{spec}: {file} {which}[{i}] = {int(y[i])}, but without class_names labels must "
+                                 f"be 0..C-1 with C at most the {n_examples} examples; renumber the labels or give "
+                                 f"class_names")
             classes = tuple(str(c) for c in range(max(n_labels, 1)))
         meta: dict[str, np.ndarray] = {}
         present = [k for k in GEO_KEYS if k in keys]
