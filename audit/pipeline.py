@@ -61,10 +61,10 @@ def dataset_of(store: RunStore) -> Dataset:
     """Reload the run's dataset and refuse one whose contents changed."""
     spec = store.config.dataset
     kind, _, arg = spec.partition(":")
-    if kind in PATH_KINDS and arg and not Path(arg).expanduser().is_absolute() and not Path(arg).expanduser().exists():
-        raise AuditError(f"{store.path}/run.json names the data by the relative path {arg!r}, which does not exist "
-                         f"from {Path.cwd()}; run the command from the folder the run was trained in, or edit "
-                         f"\"dataset\" in run.json to the data's absolute path")
+    if kind in PATH_KINDS and arg and not Path(arg).expanduser().exists():
+        relative = "" if Path(arg).expanduser().is_absolute() else f" (relative to {Path.cwd()})"
+        raise AuditError(f"{store.path} was trained on {spec}, but {arg}{relative} does not exist any more; put the "
+                         f"data back there, or set \"dataset\" in {store.path}/{RUN_JSON} to where it is now")
     ds = load_dataset(spec, **store.config.dataset_options)
     if ds.fingerprint() != store.config.fingerprint:
         raise AuditError(f"{store.config.dataset} no longer matches the data {store.path} was trained on "

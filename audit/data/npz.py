@@ -15,9 +15,31 @@ GEO_KEYS = ("lat_train", "lon_train", "lat_test", "lon_test")
 HOW_TO_MAKE = "write it with numpy.savez(PATH, x_train=..., y_train=..., x_test=..., y_test=...)"
 
 
+def _check_header(npz: np.lib.npyio.NpzFile, key: str, path: Path, spec: str) -> None:
+    """Refuse a member whose header claims more bytes than the archive holds (before allocating them)."""
+    try:
+        info = npz.zip.getinfo(f"{key}.npy")
+        with npz.zip.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            have = info.file_size - fh.tell()
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError):
+        return  # reading the member reports these properly
+    if dtype.hasobject:
+        return
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > have:
+        raise AuditError(f"{spec}: {path} key {key!r} claims shape {shape} ({need / 2**30:.3g} GiB) but holds only "
+                         f"{have} bytes; the file is truncated or corrupt")
+
+
 def _get(npz: np.lib.npyio.NpzFile, key: str, path: Path, spec: str) -> np.ndarray:
+    _check_header(npz, key, path, spec)
     try:
         return npz[key]
+    except MemoryError:
+        raise AuditError(f"{spec}: {path} key {key!r} does not fit in memory; use a smaller dataset") from None
     except ValueError as e:  # object arrays need pickle, which is refused
         raise AuditError(f"{spec}: {path} key {key!r} holds pickled Python objects; store plain numeric "
                          "(or string) arrays") from e
