@@ -38,7 +38,12 @@ def environment_error(exc: OSError) -> AuditError | None:
     hint = _ENVIRONMENT_ERRNOS.get(exc.errno)
     if hint is None:
         return None
-    where = exc.filename if exc.filename is not None else ""
+    where = "" if exc.filename is None else str(exc.filename)
+    name = where.rsplit("/", 1)[-1]
+    if name.startswith(".") and name.endswith(".tmp"):  # our temporary file: the folder is what matters
+        where = where.rsplit("/", 1)[0] if "/" in where else "."
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and where:
+        return AuditError(f"{where} is not writable ({exc.strerror}); {hint.split('; ', 1)[1]}")
     return AuditError(f"{where}: {hint}" if where else hint)
 
 
