@@ -1,8 +1,14 @@
-"""The `audit` command line: registers subcommands, maps AuditError to one line and exit 2."""
+"""The `audit` command line: registers subcommands and maps every failure to one line and an exit code."""
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -16,7 +22,7 @@ from audit.commands import report as report_cmd
 from audit.commands import run as run_cmd
 from audit.commands import step as step_cmd
 from audit.commands import train as train_cmd
-from audit.errors import AuditError
+from audit.errors import AuditError, environment_error
 from audit.steps import REGISTRY
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -36,27 +42,87 @@ for _step in REGISTRY:  # a registered step without a hand-written command gets 
         app.command(_step.name)(step_cmd.command_for(_step))
 
 
+INTERRUPTED = "interrupted; run the same command to resume (finished work is saved)"
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: the exit codes the README promises.
+
+    0 success (``audit check``: 1 when a threshold fails); 2 bad input, usage errors and a
+    user-fixable environment (full disk, no permission), as one ``error:`` line; 130 on
+    Ctrl-C; 1 with one line and a saved traceback for an internal error (a bug).
+    """
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except AuditError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(exc))
     except KeyboardInterrupt:
-        print("interrupted: finished models are saved; run the same command again to resume", file=sys.stderr)
-        sys.exit(130)
+        _interrupted()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
+        _interrupted()
+    except typer.TyperException as exc:  # typer's usage errors (typer >= 0.29 ships its own click classes)
+        _usage_error(exc)
+    except OSError as exc:
+        known = environment_error(exc)
+        if known is None:
+            _internal_error(exc)
+        _fail(str(known))
+    except Exception as exc:  # noqa: BLE001 - anything else is a bug: one line, traceback to a file
+        _internal_error(exc)
+    else:
+        if isinstance(code, int) and code == 130:  # typer turns Ctrl-C inside a command into Exit(130)
+            _interrupted()
+        if isinstance(code, int) and code:
+            sys.exit(code)
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+
+def _fail(message: str) -> NoReturn:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _interrupted() -> NoReturn:
+    print(INTERRUPTED, file=sys.stderr)
+    sys.exit(130)
+
+
+def _usage_error(exc: typer.TyperException) -> NoReturn:
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:  # `audit` / `audit data` alone
+        print(ctx.get_help())
+        _fail(f"no command given; see the list above or '{ctx.command_path} --help'")
+    where = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
+    _fail(f"{exc.format_message().rstrip('.')}{where}")
+
+
+def _internal_error(exc: BaseException) -> NoReturn:
+    """One line naming the bug and the file holding its traceback; exit 1."""
+    if os.environ.get("AUDIT_DEBUG"):
+        raise exc
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    saved = save_traceback(text)
+    where = f"traceback saved to {saved}" if saved else "the traceback could not be saved"
+    summary = " ".join(f"{type(exc).__name__}: {exc}".split())
+    print(f"error: internal error (a bug): {summary}; {where}", file=sys.stderr)
+    sys.exit(1)
+
+
+def save_traceback(text: str) -> Path | None:
+    """Write ``text`` to $AUDIT_TRACEBACK_DIR, else ~/.cache/datamodel-audit/tracebacks, else the temp dir."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "datamodel-audit" / "tracebacks"
+    folders = [Path(os.environ["AUDIT_TRACEBACK_DIR"])] if os.environ.get("AUDIT_TRACEBACK_DIR") else []
+    stamp = f"{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}"
+    for folder in [*folders, cache, Path(tempfile.gettempdir())]:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"audit-traceback-{stamp}.txt"
+            path.write_text(f"audit {' '.join(sys.argv[1:])}\n\n{text}", encoding="utf-8")
+            return path
+        except OSError:
+            continue
+    return None
 
 
 if __name__ == "__main__":

@@ -44,16 +44,17 @@ STEPS_DIR = "steps"  # RUN/steps/<name>.json: what each step last computed, from
 
 # ----- settings ------------------------------------------------------------------------------
 def setting(default: Any, flag: str, help: str, *, aliases: Sequence[str] = (), command_only: bool = False,
-            parse: str | None = None, volatile: bool = False) -> Any:
+            parse: str | None = None, volatile: bool = False, minimum: float | None = None) -> Any:
     """A field of a step's settings: its default, its command-line ``flag`` (plus ``aliases``) and help.
 
     ``parse``: how the command line spells it when it is not a scalar ("names": comma-separated
     words, "ints" / "floats": comma-separated numbers, "options": repeated NAME=VALUE).
     ``command_only``: shown by the step's own command but not by `audit run`. ``volatile``:
     does not change the result (where it runs, e.g. the Ray address), so not part of the digest.
+    ``minimum``: the smallest value the command line accepts (a usage error below it).
     """
     meta = {"flag": flag, "help": help, "aliases": tuple(aliases), "command_only": command_only, "parse": parse,
-            "volatile": volatile}
+            "volatile": volatile, "minimum": minimum}
     if isinstance(default, (list, dict, set)):
         raise TypeError("settings are frozen: use a tuple for a sequence default")
     return field(default=default, metadata=meta)

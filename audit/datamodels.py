@@ -31,7 +31,6 @@ Library code: no printing; long loops report through ``audit.progress``.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,8 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import torch
 
-from audit.errors import AuditError
+from audit.errors import AuditError, InternalError
+from audit.jsonio import save_npz
 from audit.progress import SILENT, Progress
 
 __all__ = [
@@ -59,7 +59,7 @@ def target_rows(masks: np.ndarray, n_targets: int) -> np.ndarray:
     masks = np.asarray(masks, dtype=bool)
     m, n_train = masks.shape
     if n_targets < n_train:
-        raise AuditError(f"{n_targets} targets but {n_train} training examples; train targets come first")
+        raise InternalError(f"{n_targets} targets but {n_train} training examples; train targets come first")
     rows = np.ones((m, n_targets), dtype=bool)
     rows[:, :n_train] = ~masks
     return rows
@@ -380,7 +380,7 @@ def _problem_from_numpy(X: np.ndarray, Y: np.ndarray, D: np.ndarray | None, devi
     Xt = torch.as_tensor(np.asarray(X, dtype=np.float32), device=dev)
     Y = np.asarray(Y, dtype=np.float32)
     if Y.ndim != 2 or Y.shape[0] != Xt.shape[0] or (D is not None and np.shape(D) != Y.shape):
-        raise AuditError(f"shape mismatch: X {tuple(Xt.shape)}, Y {Y.shape}, D {None if D is None else np.shape(D)}")
+        raise InternalError(f"shape mismatch: X {tuple(Xt.shape)}, Y {Y.shape}, D {None if D is None else np.shape(D)}")
     Yt = torch.as_tensor(np.ascontiguousarray(Y.T), device=dev)
     Dt = None
     if D is not None and not np.all(D):
@@ -483,12 +483,9 @@ class Datamodels:
     def save(self, path: str | Path) -> None:
         """Write an .npz: weights, bias, lam, val_mse, lam_ratio, lam_max, n_rows, ratios, val_mse_path, meta."""
         meta = {"n_models_fit": int(self.n_models_fit), "n_train": int(self.n_train), "info": self.info}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, weights=self.weights, bias=self.bias, lam=self.lam, val_mse=self.val_mse,
+        save_npz(path, weights=self.weights, bias=self.bias, lam=self.lam, val_mse=self.val_mse,
                  lam_ratio=self.lam_ratio, lam_max=self.lam_max, n_rows=self.n_rows, ratios=self.ratios,
                  val_mse_path=self.val_mse_path, meta=np.array(json.dumps(meta)))
-        tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Datamodels":

@@ -1,14 +1,19 @@
-"""Atomic JSON/CSV writing: a temp file in the same folder, then os.replace."""
+"""Every file the tool writes goes through here: JSON, CSV (one writer, formulas neutralised),
+npz and text, atomically (a temp file in the same folder, then os.replace; see ``output_file``)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import io
 import json
 import math
 import os
+import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -34,17 +39,59 @@ def _clean(value: Any, non_finite: str = "string") -> Any:
     return value
 
 
-def atomic_write_text(path: Path | str, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def output_file(path: Path | str, binary: bool = False) -> Iterator[IO]:
+    """Open ``path`` for writing an output, so that a reader never sees half a file.
+
+    * a new path or a regular file: written to a temporary file in the same folder, then
+      ``os.replace``-d over it; the mode is the old file's, or the umask's for a new file
+      (``0666 & ~umask``, as ``open`` would give), never mkstemp's 0600;
+    * a symlink is followed on purpose: its target is written (by the rule above) and the
+      link stays a link;
+    * a device or FIFO (``/dev/stdout``, ``/dev/full``, a named pipe) is written through,
+      never replaced by a regular file; a folder is refused (IsADirectoryError).
+    On any failure the temporary file is removed and the old file is left as it was.
+    """
+    path = Path(path)
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    if target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    mode = "wb" if binary else "w"
+    text = {} if binary else {"encoding": "utf-8", "newline": ""}
+    if target.exists() and not target.is_file():  # device, FIFO, socket: write through
+        with open(target, mode, **text) as fh:
+            yield fh
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    perms = stat.S_IMODE(target.stat().st_mode) if target.exists() else 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, perms)
+        with os.fdopen(fd, mode, **text) as fh:
+            yield fh
+        os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` by the rules of :func:`output_file`."""
+    with output_file(path) as fh:
+        fh.write(text)
 
 
 def write_json(path: Path | str, data: Any) -> None:
@@ -56,27 +103,36 @@ def read_json(path: Path | str) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def write_csv(path: Path | str, rows: Iterable[dict], columns: Sequence[str]) -> None:
-    """Write dict rows as CSV (quoted by the csv module), atomically."""
-    import io
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
+
+def csv_cell(value: Any) -> Any:
+    """A value as a CSV cell that a spreadsheet will not run: a string starting with
+    ``= + - @``, tab or CR gets a leading single quote (OWASP's CSV-injection rule).
+    Numbers we write stay numbers (``-0.5`` is a number, not a formula)."""
+    value = _clean(value, "none")  # non-finite numbers: empty cells
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def csv_text(rows: Iterable[Sequence[Any]], header: Sequence[str], lineterminator: str = "\r\n") -> str:
+    """Rows (sequences of cells) as CSV text, every cell through :func:`csv_cell`."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
-    writer.writeheader()
+    writer = csv.writer(buf, lineterminator=lineterminator)
+    writer.writerow([csv_cell(c) for c in header])
     for row in rows:
-        writer.writerow({k: _clean(v, "none") for k, v in row.items()})
-    atomic_write_text(path, buf.getvalue())
+        writer.writerow([csv_cell(c) for c in row])
+    return buf.getvalue()
+
+
+def write_csv(path: Path | str, rows: Iterable[dict], columns: Sequence[str]) -> None:
+    """Write dict rows as CSV (quoted by the csv module, formulas neutralised), atomically."""
+    columns = list(columns)
+    atomic_write_text(path, csv_text(([row.get(k, "") for k in columns] for row in rows), columns))
 
 
 def save_npz(path: Path | str, **arrays: np.ndarray) -> None:
-    """np.savez atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """np.savez by the rules of :func:`output_file` (atomic for regular files)."""
+    with output_file(path, binary=True) as fh:
+        np.savez(fh, **arrays)

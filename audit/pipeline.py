@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 import zipfile
 from dataclasses import asdict, dataclass
@@ -36,7 +37,7 @@ from audit.datamodels import Datamodels, difference_of_means, fit_datamodels
 from audit.datamodels import evaluate as score
 from audit.errors import AuditError
 from audit.execution import train_local, train_ray
-from audit.jsonio import read_json, write_json
+from audit.jsonio import read_json, save_npz, write_json
 from audit.progress import SILENT, Progress
 from audit.store import RUN_JSON, STREAM_EVAL, RunConfig, RunStore
 from audit.training.registry import (
@@ -60,7 +61,7 @@ class TrainConfig:
     n_models: int = setting(5000, "--n-models", "subset models in the run", aliases=("-m",))
     alpha: float = setting(0.5, "--alpha", "fraction of the training set each model sees")
     seed: int = setting(0, "--seed", "seed of the subsets, initialisations and data orders (and of the audits' "
-                                     "target samples)")
+                                     "target samples; >= 0)", minimum=0)
     trainer: str | None = setting(None, "--trainer", "mlp, resnet9 or resnet18 (default per dataset)")
     options: tuple[str, ...] = setting((), "--option", "trainer setting NAME=VALUE (repeatable)", aliases=("-o",),
                                        parse="options")
@@ -88,6 +89,7 @@ class EvaluateConfig:
 
     n_subsets: int = setting(200, "--n-subsets", "held-out subsets to train", aliases=("--eval-subsets",))
     repeats: int = setting(1, "--repeats", "models per held-out subset, margins averaged", aliases=("-r",))
+PATH_KINDS = ("npz", "cifar10", "fmow", "folder", "csv")  # dataset specs whose argument is a file or folder
 
 
 def default_run_dir(spec: str, runs_root: Path | str = "runs") -> Path:
@@ -106,9 +108,25 @@ def resolve_run(target: str, run: Path | None = None) -> Path:
     return default_run_dir(target)
 
 
+def absolute_spec(spec: str) -> str:
+    """``kind:PATH`` with PATH made absolute, so run.json finds the data from any folder."""
+    kind, sep, arg = spec.partition(":")
+    if kind not in PATH_KINDS or not arg:
+        return spec
+    path, q, options = arg.partition("?")  # folder:DIR?size=32x32: the options stay as they are
+    return f"{kind}:{Path(path).expanduser().absolute()}{q}{options}"
+
+
 def dataset_of(store: RunStore) -> Dataset:
     """Reload the run's dataset and refuse one whose contents changed."""
-    ds = load_dataset(store.config.dataset, **store.config.dataset_options)
+    spec = store.config.dataset
+    kind, _, arg = spec.partition(":")
+    arg = arg.partition("?")[0]
+    if kind in PATH_KINDS and arg and not Path(arg).expanduser().exists():
+        relative = "" if Path(arg).expanduser().is_absolute() else f" (relative to {Path.cwd()})"
+        raise AuditError(f"{store.path} was trained on {spec}, but {arg}{relative} does not exist any more; put the "
+                         f"data back there, or set \"dataset\" in {store.path}/{RUN_JSON} to where it is now")
+    ds = load_dataset(spec, **store.config.dataset_options)
     if ds.fingerprint() != store.config.fingerprint:
         raise AuditError(f"{store.config.dataset} no longer matches the data {store.path} was trained on "
                          f"(fingerprint {ds.fingerprint()} vs {store.config.fingerprint}); use a new --run")
@@ -122,6 +140,9 @@ def train(spec: str, run_dir: Path, *, n_models: int = TrainConfig.n_models, alp
           engine: str = "local", address: str | None = None, dataset_options: dict | None = None,
           dataset: Dataset | None = None, progress: Progress = SILENT) -> dict:
     """Create or resume a run and train its pending models. Returns the run summary."""
+    spec = absolute_spec(spec)
+    if block_size is not None and block_size < 1:
+        raise AuditError(f"--block-size must be at least 1 (got {block_size})")
     ds = dataset or load_dataset(spec, progress=progress, **(dataset_options or {}))
     name = trainer or DEFAULT_TRAINER[dataset_kind(spec)]
     if engine == "local":  # fail fast (resnet9/18 without CUDA) before the run directory exists
@@ -129,7 +150,7 @@ def train(spec: str, run_dir: Path, *, n_models: int = TrainConfig.n_models, alp
     tconfig = trainer_config(name, **(trainer_options or {}))  # builds nothing: a CPU-only Ray driver can send it
     config = RunConfig(dataset=spec, fingerprint=ds.fingerprint(), n_train=ds.n_train, n_test=ds.n_test,
                        alpha=alpha, n_models=n_models, seed=seed, trainer=tconfig,
-                       block_size=block_size or default_block_size(name),
+                       block_size=default_block_size(name) if block_size is None else block_size,
                        dataset_options=dataset_options or {})
     store = RunStore.open_or_create(run_dir, config)
     return _train_store(store, ds, engine=engine, address=address, progress=progress)
@@ -145,7 +166,12 @@ def _train_store(store: RunStore, ds: Dataset, *, engine: str = "local", address
     else:
         raise AuditError(f"unknown engine '{engine}': use local or ray")
     seconds = time.perf_counter() - start
-    summary = {**store.summary(), "trained_now": trained, "seconds": round(seconds, 2),
+    counts = store.summary()
+    if counts["trained"] and counts["diverged"] == counts["trained"]:
+        raise AuditError(f"{store.path}: all {counts['trained']} models trained so far diverged (non-finite "
+                         f"margins); lower the learning rate (-o lr=...) or check the data (a single class?), "
+                         f"then train into a new --run")
+    summary = {**counts, "trained_now": trained, "seconds": round(seconds, 2),
                "models_per_second": round(trained / seconds, 2) if trained and seconds > 0 else None,
                "alpha": store.config.alpha, "dataset": store.config.dataset, "trainer": store.config.trainer}
     _merge_json(store.path / TRAIN_JSON, summary, key=f"{store.path.name}")
@@ -181,6 +207,8 @@ def fit(run_dir: Path, *, device: str = "cpu", progress: Progress = SILENT, **op
 
 
 def _device(device: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise AuditError(f"unknown device '{device}': use cpu, cuda, cuda:N or auto")
     if device == "auto":
         import torch
 
@@ -255,12 +283,13 @@ def evaluate(run_dir: Path, *, n_subsets: int = EvaluateConfig.n_subsets, repeat
                             dataset_options=c.dataset_options)
     eval_store = RunStore.open_or_create(eval_run_dir(store.path, repeats), eval_config)
     _train_store(eval_store, ds, progress=progress)
-    done = np.asarray(eval_store.done).reshape(n_subsets, repeats)
-    margins = np.asarray(eval_store.margins).reshape(n_subsets, repeats, c.n_targets)
+    n_eval = n_subsets * repeats  # an earlier, larger evaluation: reuse its first n_eval models
+    done = np.asarray(eval_store.done[:n_eval]).reshape(n_subsets, repeats)
+    margins = np.asarray(eval_store.margins[:n_eval]).reshape(n_subsets, repeats, c.n_targets)
     keep = done.all(1) & np.isfinite(margins).all(axis=(1, 2))
     if keep.sum() < 5:
         raise AuditError(f"only {int(keep.sum())} held-out subsets trained without diverging; evaluation needs 5+")
-    masks_eval = np.asarray(eval_store.masks).reshape(n_subsets, repeats, c.n_train)[keep, 0]
+    masks_eval = np.asarray(eval_store.masks[:n_eval]).reshape(n_subsets, repeats, c.n_train)[keep, 0]
     rows = store.finished_rows()
     baseline = difference_of_means(np.asarray(store.masks[rows]), np.asarray(store.margins[rows]), c.n_train)
     result, per_target = score(dm, masks_eval, margins[keep].mean(1), c.n_train, baseline_weights=baseline,
@@ -269,7 +298,7 @@ def evaluate(run_dir: Path, *, n_subsets: int = EvaluateConfig.n_subsets, repeat
                    "n_fit_models": int(len(rows))})
     per_target.update(_scatter_sample(dm, masks_eval, margins[keep].mean(1), c.n_train, c.n_targets))
     write_json(store.path / EVALUATION_JSON, result)
-    np.savez(store.path / EVALUATION_TARGETS, **per_target)
+    save_npz(store.path / EVALUATION_TARGETS, **per_target)
     return result
 
 

@@ -56,8 +56,15 @@ class RichProgress:
 
     @contextlib.contextmanager
     def task(self, description: str, total: float | None, unit: str = "", completed: float = 0) -> Iterator[ProgressTask]:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as _Bar, TaskProgressColumn,
-                                   TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as _Bar
 
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
                    TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn()]

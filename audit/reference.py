@@ -9,6 +9,7 @@ audit uses to pick each target's most likely wrong class. Saved as RUN/reference
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +53,9 @@ def reference_models(store: RunStore, dataset: Dataset, n_models: int = 3, progr
     """Load RUN/reference.npz, or train ``n_models`` full-data models and save it."""
     path = store.path / REFERENCE_FILE
     if path.exists():
-        with np.load(path) as z:
-            if int(z["n_models"]) >= n_models:
-                return Reference(features=z["features"], mean_logits=z["mean_logits"], n_models=int(z["n_models"]))
+        ref = _read(path)
+        if ref.n_models >= n_models:
+            return ref
     trainer = trainer_from_config(store.config.trainer)
     seeds = [model_seed(store.config.seed, STREAM_REFERENCE, i) for i in range(n_models)]
     masks = np.ones((n_models, dataset.n_train), dtype=bool)
@@ -77,5 +78,19 @@ def load_reference(run_dir: Path) -> Reference | None:
     path = Path(run_dir) / REFERENCE_FILE
     if not path.exists():
         return None
-    with np.load(path) as z:
-        return Reference(features=z["features"], mean_logits=z["mean_logits"], n_models=int(z["n_models"]))
+    return _read(path)
+
+
+def _read(path: Path) -> Reference:
+    """RUN/reference.npz, or one line naming the file and the fix when it is damaged."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ref = Reference(features=np.asarray(z["features"], np.float32),
+                            mean_logits=np.asarray(z["mean_logits"], np.float32), n_models=int(z["n_models"]))
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as exc:
+        raise AuditError(f"{path} is unreadable ({type(exc).__name__}: {exc}); delete that file (it only caches the "
+                         f"reference models) and run the command again to retrain them") from None
+    if ref.features.ndim != 2 or ref.mean_logits.ndim != 2 or len(ref.features) != len(ref.mean_logits):
+        raise AuditError(f"{path} has arrays of shapes {ref.features.shape} and {ref.mean_logits.shape}; delete that "
+                         f"file (it only caches the reference models) and run the command again")
+    return ref

@@ -30,12 +30,12 @@ from typing import ContextManager, Sequence
 import numpy as np
 
 from audit.data.dataset import Dataset
-from audit.errors import AuditError
+from audit.errors import AuditError, InternalError
 from audit.execution import BlockTask, run_blocks
 from audit.jsonio import read_json, save_npz, write_json
 from audit.progress import SILENT, Progress
 from audit.seeding import STREAM_RETRAIN, model_seed
-from audit.store import claim_block, flush_then_done
+from audit.store import NOT_WRITABLE, check_free_space, claim_block, flush_then_done, new_array, not_writable, npy_bytes
 from audit.training.base import Trainer
 
 PLAN_JSON = "plan.json"
@@ -71,11 +71,11 @@ class RetrainPlan:
         row_list, row_k, row_rep, row_target = (np.asarray(a, dtype=np.int32).ravel()
                                                 for a in (row_list, row_k, row_rep, row_target))
         if not (len(row_list) == len(row_k) == len(row_rep) == len(row_target)):
-            raise AuditError("retraining rows need the same number of lists, ks, replicates and targets")
+            raise InternalError("retraining rows need the same number of lists, ks, replicates and targets")
         if len(list_label) != len(lists):
-            raise AuditError("every candidate list needs a label (REMOVE or a class)")
+            raise InternalError("every candidate list needs a label (REMOVE or a class)")
         if len(row_k) and (row_k.min() < 0 or row_k.max() > lists.shape[1]):
-            raise AuditError(f"k must lie in 0..{lists.shape[1]} (the candidate lists' length)")
+            raise InternalError(f"k must lie in 0..{lists.shape[1]} (the candidate lists' length)")
         keys: dict[tuple, int] = {}
         job_list, job_k, job_rep, row_job = [], [], [], np.empty(len(row_k), dtype=np.int32)
         for i, (l, k, r) in enumerate(zip(row_list.tolist(), row_k.tolist(), row_rep.tolist())):
@@ -130,9 +130,16 @@ class RetrainStore:
         try:
             self.margins = np.load(self.path / "margins.npy", mmap_mode=mode)
             self.done = np.load(self.path / "done.npy", mmap_mode=mode)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            if exc.errno in NOT_WRITABLE:
+                raise not_writable(self.path, exc) from None
             raise AuditError(f"{self.path}: the retraining arrays are missing or corrupted ({exc}); "
-                             f"delete the folder and run the audit again") from None
+                             f"delete this retraining folder (only its retrained models are lost) and run the "
+                             f"audit again") from None
+        except ValueError as exc:
+            raise AuditError(f"{self.path}: the retraining arrays are missing or corrupted ({exc}); "
+                             f"delete this retraining folder (only its retrained models are lost) and run the "
+                             f"audit again") from None
         if self.margins.shape != (plan.n_rows,) or self.done.shape != (plan.n_jobs,):
             raise AuditError(f"{self.path}: arrays do not match plan.json; delete the folder and run again")
 
@@ -153,14 +160,20 @@ class RetrainStore:
             raise AuditError(f"retraining block size must be at least 1 (got {block_size})")
         meta = {**determined_by, "hash": digest, "n_jobs": plan.n_jobs, "n_rows": plan.n_rows,
                 "options": options or {}}
+        arrays = [("margins", np.float32, (plan.n_rows,), np.nan), ("done", bool, (plan.n_jobs,), 0)]
+        plan_bytes = sum(a.nbytes for a in plan.arrays().values())
+        check_free_space(path, plan_bytes + sum(npy_bytes(d, shape) for _, d, shape, _ in arrays),
+                         f"{plan.n_jobs} retraining jobs")
         path.mkdir(parents=True, exist_ok=True)
-        save_npz(path / "plan.npz", **plan.arrays())
-        margins = np.lib.format.open_memmap(path / "margins.npy", mode="w+", dtype=np.float32, shape=(plan.n_rows,))
-        margins[:] = np.nan
-        margins.flush()
-        del margins
-        np.lib.format.open_memmap(path / "done.npy", mode="w+", dtype=bool, shape=(plan.n_jobs,)).flush()
-        write_json(path / PLAN_JSON, meta)  # written last: its presence means "complete"
+        try:
+            save_npz(path / "plan.npz", **plan.arrays())
+            for name, dtype, shape, fill in arrays:
+                new_array(path / f"{name}.npy", dtype, shape, fill)
+            write_json(path / PLAN_JSON, meta)  # written last: its presence means "complete"
+        except BaseException:
+            for name in ("plan.npz", "margins.npy", "done.npy"):
+                (path / name).unlink(missing_ok=True)
+            raise
         return cls(path, plan, meta)
 
     # ----- blocks ----------------------------------------------------------------------

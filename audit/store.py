@@ -10,6 +10,7 @@ process dies), writes its rows, flushes them, and only then marks them done.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import platform
 import shutil
@@ -23,7 +24,7 @@ from filelock import FileLock, Timeout
 
 from audit import __version__
 from audit.data.dataset import Dataset
-from audit.errors import AuditError
+from audit.errors import AuditError, is_disk_full
 from audit.execution import BlockTask
 from audit.jsonio import read_json, write_json
 from audit.seeding import STREAM_EVAL, STREAM_MAIN, model_seed, subset_mask  # noqa: F401  (STREAM_EVAL re-exported)
@@ -35,6 +36,65 @@ class RunExistsError(AuditError):
     """``RunStore.create`` found a run in the folder (possibly made meanwhile by another process)."""
 
 
+
+
+def _existing_parent(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_free_space(folder: Path | str, need: int, what: str) -> None:
+    """Refuse (one line) before writing ``need`` bytes into ``folder`` when the disk has less free."""
+    free = shutil.disk_usage(_existing_parent(Path(folder))).free
+    if need > free:
+        raise AuditError(f"{what} need {need / 2**30:.1f} GiB in {folder} but only {free / 2**30:.1f} GiB is free; "
+                         f"ask for fewer models or use another disk")
+
+
+def npy_bytes(dtype, shape: tuple) -> int:
+    return int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize + 4096  # + header
+
+
+def new_array(path: Path, dtype, shape: tuple, fill) -> None:
+    """Create an .npy file of ``shape`` filled with ``fill``, its blocks reserved on disk first.
+
+    A memory-mapped write to a sparse file on a full disk kills the process with SIGBUS;
+    reserving the space (``posix_fallocate``) turns that into an ENOSPC error here, before
+    any row is written. The file is removed if anything fails.
+    """
+    try:
+        arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        size = os.path.getsize(path)
+        if hasattr(os, "posix_fallocate") and size:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+            finally:
+                os.close(fd)
+        if fill:
+            arr[:] = fill
+        arr.flush()
+        del arr
+    except BaseException as exc:
+        Path(path).unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise AuditError(f"{path}: no space left on the device for a {'x'.join(map(str, shape))} array; free "
+                             f"some space or ask for fewer models (finished work is kept)") from None
+        raise
+
+
+def not_writable(path: Path, exc: OSError) -> AuditError:
+    return AuditError(f"{path} is not writable ({exc.strerror or exc}); fix its permissions or write to another "
+                      f"folder (commands that only read a run, such as report --out, check and leakage, work "
+                      f"on read-only runs)")
+
+
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 @dataclass
@@ -67,6 +127,8 @@ class RunConfig:
             raise AuditError(f"the number of models must be at least 1 (got {self.n_models})")
         if self.repeats < 1 or self.n_models % self.repeats:
             raise AuditError(f"n_models ({self.n_models}) must be a multiple of repeats ({self.repeats})")
+        if not 0 <= self.seed < 2**63:
+            raise AuditError(f"seed must be a whole number from 0 to 2**63-1 (got {self.seed})")
         if self.block_size < 1:
             raise AuditError(f"block size must be at least 1 (got {self.block_size})")
         if int(np.floor(self.alpha * self.n_train)) < 1:
@@ -95,16 +157,21 @@ class RunStore:
             self.masks = np.load(self.path / "masks.npy", mmap_mode=mode)
             self.margins = np.load(self.path / "margins.npy", mmap_mode=mode)
             self.done = np.load(self.path / "done.npy", mmap_mode=mode)
-        except (OSError, ValueError) as exc:
-            raise AuditError(f"{self.path}: the run's arrays are missing or corrupted ({exc}); "
-                             f"delete the folder and train again") from None
+        except OSError as exc:
+            if exc.errno in NOT_WRITABLE:
+                raise not_writable(self.path, exc) from None
+            raise AuditError(f"{self.path}: the run's arrays are missing or corrupted ({exc}); restore them from a "
+                             f"copy, or train into a new --run") from None
+        except ValueError as exc:
+            raise AuditError(f"{self.path}: the run's arrays are corrupted ({exc}); restore them from a copy, or "
+                             f"train into a new --run") from None
         self._inode = os.stat(self.path / "done.npy").st_ino  # os.replace by grow() changes it
         expect = {"masks": (config.n_models, config.n_train), "margins": (config.n_models, config.n_targets),
                   "done": (config.n_models,)}
         for name, shape in expect.items():
             if getattr(self, name).shape != shape:
                 raise AuditError(f"{self.path}/{name}.npy has shape {getattr(self, name).shape}, run.json says "
-                                 f"{shape}; the run directory is corrupted: delete it and train again")
+                                 f"{shape}; the run directory is corrupted: restore it from a copy, or train into a new --run")
 
     # ----- creation and opening -------------------------------------------------------
     @classmethod
@@ -112,29 +179,42 @@ class RunStore:
         """Make a new run directory (refuses to overwrite one)."""
         config.check()
         path = Path(path)
+        if path.exists() and not path.is_dir():
+            raise AuditError(f"{path} is a file, not a run directory; give --run a folder (new or existing run)")
         if (path / RUN_JSON).exists():
             raise RunExistsError(f"{path} already holds a run; open it instead of creating it")
-        need = config.n_models * (config.n_train + 4 * config.n_targets + 1)
+        check_free_space(path, cls.bytes_needed(config), f"{config.n_models} models")
+        made = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(path).free
-        if need > free:
-            raise AuditError(f"{config.n_models} models need {need / 2**30:.1f} GiB in {path} but only "
-                             f"{free / 2**30:.1f} GiB is free; ask for fewer models or use another disk")
         config.created = config.created or datetime.now(timezone.utc).isoformat(timespec="seconds")
         config.versions = config.versions or _versions()
         with FileLock(str(path / "run.lock")):
             if (path / RUN_JSON).exists():  # another process created it while we waited for the lock
                 raise RunExistsError(f"{path} already holds a run; open it instead of creating it")
-            np.lib.format.open_memmap(path / "masks.npy", mode="w+", dtype=bool,
-                                      shape=(config.n_models, config.n_train)).flush()
-            margins = np.lib.format.open_memmap(path / "margins.npy", mode="w+", dtype=np.float32,
-                                                shape=(config.n_models, config.n_targets))
-            margins[:] = np.nan
-            margins.flush()
-            del margins
-            np.lib.format.open_memmap(path / "done.npy", mode="w+", dtype=bool, shape=(config.n_models,)).flush()
-            write_json(path / RUN_JSON, asdict(config))  # written last: its presence means "complete"
+            try:
+                for name, dtype, shape, fill in cls._arrays(config):
+                    new_array(path / f"{name}.npy", dtype, shape, fill)
+                write_json(path / RUN_JSON, asdict(config))  # written last: its presence means "complete"
+            except BaseException:
+                for name, *_ in cls._arrays(config):
+                    (path / f"{name}.npy").unlink(missing_ok=True)
+                if made:
+                    (path / "run.lock").unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
+                raise
         return cls(path, config)
+
+    @staticmethod
+    def _arrays(config: RunConfig) -> list[tuple]:
+        """(name, dtype, shape, fill) of the run's arrays."""
+        return [("masks", bool, (config.n_models, config.n_train), 0),
+                ("margins", np.float32, (config.n_models, config.n_targets), np.nan),
+                ("done", bool, (config.n_models,), 0)]
+
+    @classmethod
+    def bytes_needed(cls, config: RunConfig) -> int:
+        return sum(npy_bytes(dtype, shape) for _, dtype, shape, _ in cls._arrays(config))
 
     @classmethod
     def open(cls, path: Path | str, writable: bool = True) -> "RunStore":
@@ -179,16 +259,25 @@ class RunStore:
                 return current
             new = RunConfig(**{**asdict(current.config), "n_models": n_models})
             new.check()
-            for name, dtype, fill in (("masks", bool, False), ("margins", np.float32, np.nan), ("done", bool, False)):
-                old = getattr(current, name)
-                tmp = self.path / f".{name}.grow.npy"
-                arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n_models,) + old.shape[1:])
-                arr[: len(old)] = old
-                arr[len(old):] = fill
-                arr.flush()
-                del arr
-            for name in ("masks", "margins", "done"):
-                os.replace(self.path / f".{name}.grow.npy", self.path / f"{name}.npy")
+            tmps = {name: self.path / f".{name}.grow.npy" for name, *_ in self._arrays(new)}
+            for tmp in tmps.values():  # left by a process killed while growing: never part of the run
+                tmp.unlink(missing_ok=True)
+            check_free_space(self.path, self.bytes_needed(new), f"{n_models} models")
+            try:
+                for name, dtype, shape, fill in self._arrays(new):
+                    old = getattr(current, name)
+                    new_array(tmps[name], dtype, shape, 0)
+                    arr = np.load(tmps[name], mmap_mode="r+")
+                    arr[: len(old)] = old
+                    arr[len(old):] = fill
+                    arr.flush()
+                    del arr
+            except BaseException:
+                for tmp in tmps.values():
+                    tmp.unlink(missing_ok=True)
+                raise
+            for name in tmps:
+                os.replace(tmps[name], self.path / f"{name}.npy")
             write_json(self.path / RUN_JSON, asdict(new))
         return RunStore(self.path, new)
 

@@ -34,13 +34,20 @@ def small_digits_run(tmp_path_factory, digits):
     return run_dir
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600):
-    """Run the installed CLI in a subprocess; returns CompletedProcess with text output."""
-    import subprocess
+def audit_command() -> list[str]:
+    """The installed console script (what a user runs), or ``python -m audit`` where none is installed."""
     import sys
 
-    env = {**os.environ, "AUDIT_QUIET": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "audit", *args], cwd=cwd or ROOT, env=env, capture_output=True,
+    script = Path(sys.executable).parent / "audit"
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "audit"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
+    """Run the installed CLI in a subprocess; returns CompletedProcess with text output."""
+    import subprocess
+
+    env = {**os.environ, "AUDIT_QUIET": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([*audit_command(), *map(str, args)], cwd=cwd or ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -356,6 +356,136 @@ CASES: dict[str, Case] = {
 }
 
 
+REVIEWED = set(CASES)  # the cases above; those below came from the reliability review (issue 15)
+
+# --- every command: no arguments, an unknown option, a non-numeric value (typer's usage errors, one line)
+COMMANDS = {  # command -> (a numeric option, the positional arguments it needs)
+    "train": ("--n-models", ["digits"]), "fit": ("--n-lambdas", ["RUN"]), "evaluate": ("--n-subsets", ["RUN"]),
+    "run": ("--n-models", ["digits"]), "brittleness": ("--n", ["RUN"]), "mislabel": ("--T", ["RUN"]),
+    "check": ("--min-lds", ["RUN"]), "leakage": ("--k", ["RUN"]), "report": ("--examples", ["RUN"]),
+    "data prepare": ("--jpeg-quality", ["digits"]),
+}
+
+
+def _usage(words: list[str]) -> Case:
+    return Case(lambda w: [str(w / "run") if a == "RUN" else a for a in words], "--help")
+
+
+for _cmd, (_opt, _pos) in COMMANDS.items():
+    if _cmd != "run":  # `audit run` alone is a valid command: it audits digits, its default dataset
+        CASES[f"{_cmd}: no arguments"] = _usage(_cmd.split())
+    CASES[f"{_cmd}: unknown option"] = _usage([*_cmd.split(), *_pos, "--bogus"])
+    CASES[f"{_cmd}: non-numeric value"] = _usage([*_cmd.split(), *_pos, _opt, "abc"])
+CASES.update({
+    "no command": _usage([]),
+    "unknown command": _usage(["frobnicate"]),
+    "data: no subcommand": _usage(["data"]),
+    "report --examples 0": _usage(["report", "RUN", "--examples", "0"]),
+})
+
+
+# --- the hostile cases of the reliability review (issue 15), one per promise
+def _labels_u64(w):
+    y = _digits_like(w)["y_train"].astype(np.uint64)
+    y[0] = np.uint64(2**64 - 3)
+    return y
+
+
+def _pixel(value):
+    def make(w):
+        x = _digits_like(w)["x_train"].astype(np.float32)
+        x[3, 1, 1] = value
+        return x
+    return make
+
+
+def _big_header(w: Path, path: Path) -> None:
+    """good.npz with an x_train whose header claims 100 GB (and holds 64 bytes)."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10**8, 1000)})
+    with zipfile.ZipFile(path, "w") as zf:
+        for key, value in _digits_like(w).items():
+            if key == "x_train":
+                zf.writestr("x_train.npy", header.getvalue() + bytes(64))
+            else:
+                buf = io.BytesIO()
+                np.save(buf, value)
+                zf.writestr(f"{key}.npy", buf.getvalue())
+
+
+def _npz_lambda(name, needle, make, key):
+    return Case(lambda w: train(f"npz:{npz_from_good(w, name, **{key: make(w)})}", w), needle)
+
+
+def _grow(n_models: int) -> Callable[[Path], list[str]]:
+    """`audit train` on the run's own data and settings, asking for n_models."""
+    return lambda run: ["train", f"npz:{run.parent.parent / 'good.npz'}", "--run", str(run), "-m", str(n_models),
+                        "--block-size", "12"] + [a for k, v in FAST.items() for a in ("-o", f"{k}={v}")]
+
+
+def _support_json(max_k: int, size) -> Callable[[Path], None]:
+    """A brittleness.json whose grid ended at max_k, with one certified target of support ``size``."""
+    def damage(run):
+        rec = {"target": 0, "methods": {"datamodels": {"certified": True, "certified_support": size,
+                                                       "curve": {str(k): 1.0 for k in range(max_k + 1)}}}}
+        (run / "audits" / "brittleness.json").write_text(json.dumps({"summary": {"max_k": max_k},
+                                                                     "targets": [rec]}))
+    return damage
+
+
+def _dataset_path(value: str) -> Callable[[Path], None]:
+    def damage(run):
+        cfg = json.loads((run / "run.json").read_text())
+        cfg["dataset"] = value
+        (run / "run.json").write_text(json.dumps(cfg))
+    return damage
+
+
+CASES.update({
+    "huge label, no class_names (OOM)": _npz("hugelabel", "at most the 360 examples",
+                                             y_train=np.r_[10**9, np.zeros(299, np.int64)],
+                                             class_names=None),
+    "uint64 label prints its real value": _npz_lambda("u64", "18446744073709551613", _labels_u64, "y_train"),
+    "3e38 pixel": _npz_lambda("px", "3e+38", _pixel(3e38), "x_train"),
+    "infinite pixel": _npz_lambda("inf", "NaN or infinite", _pixel(np.inf), "x_train"),
+    "one class only": _npz("oneclass", "at least 2", y_train=np.zeros(300, np.int64), y_test=np.zeros(60, np.int64),
+                           class_names=None),
+    "zero-width images": _npz("zw", "at least 1", x_train=np.zeros((300, 8, 0), np.uint8),
+                              x_test=np.zeros((60, 8, 0), np.uint8)),
+    "npz header claims 100 GB": _raw_npz("bighdr", "truncated or corrupt", _big_header),
+    "train --seed -1": Case(lambda w: train("digits", w, "--seed", "-1"), "--seed"),
+    "brittleness --seed -1": Case(lambda w: ["brittleness", str(w / "run"), "--seed", "-1"], "--seed"),
+    "-o hidden=-1": Case(lambda w: train("digits", w, "-o", "hidden=-1"), "hidden"),
+    "-o hidden=abc": Case(lambda w: train("digits", w, "-o", "hidden=abc"), "hidden"),
+    "-o batch_size=0": Case(lambda w: train("digits", w, "-o", "batch_size=0"), "batch_size"),
+    "-o epochs=0": Case(lambda w: train("digits", w, "-o", "epochs=0"), "epochs"),
+    "-o lr=nan": Case(lambda w: train("digits", w, "-o", "lr=nan"), "lr"),
+    "--block-size 0": Case(lambda w: train("digits", w, "--block-size", "0"), "block-size"),
+    "--device tpu": Case(lambda w: ["fit", str(copy_run(w, "dev")), "--device", "tpu"], "unknown device"),
+    "--run is a regular file": Case(lambda w: train("digits", w)[:2] + ["--run", str(w / "good.npz"), "-m", "4"],
+                                    "is a file"),
+    "grow a run beyond the disk": _run("r-grow", "GiB", lambda r: None, _grow(10**12)),
+    "evaluate beyond the disk": Case(lambda w: ["evaluate", str(copy_run(w, "r-eval")), "--n-subsets",
+                                                str(10**11)], "GiB"),
+    "corrupted reference.npz (leakage)": _run("r-ref", "reference.npz", _write_garbage(Path("reference.npz"), b"PK junk"),
+                                              lambda r: ["leakage", str(r)]),
+    "corrupted reference.npz (brittleness)": _run(
+        "r-ref2", "reference.npz", _write_garbage(Path("reference.npz"), b"PK junk"),
+        lambda r: ["brittleness", str(r), "--n", "2", "--T", "1", "--k-grid", "1,2", "--methods", "representation"]),
+    "check k beyond the audit's grid": _check("t-grid", "beyond the largest k", options=("--max-brittle-fraction", "0.5"),
+                                              damage=_support_json(8, 3)),
+    "check non-numeric support": _check("t-num", "not a number", damage=_support_json(8, "small"),
+                                        options=("--max-brittle-fraction", "0.5", "--support-k", "8")),
+    "data moved away": _run("r-moved", "does not exist any more", _dataset_path("npz:/nonexistent/good.npz"),
+                            lambda r: ["evaluate", str(r), "--n-subsets", "10"]),
+    "relative data path from another folder": _run("r-rel", "relative to", _dataset_path("npz:data/good.npz"),
+                                                   lambda r: ["evaluate", str(r), "--n-subsets", "10"]),
+})
+
+
 def snapshot(root: Path) -> dict[str, str]:
     """sha256 of every file under root (lock files, which the locking library leaves, excepted)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -386,7 +516,7 @@ def _params(names):
 
 
 def test_the_matrix_is_large_enough():
-    assert len(CASES) >= 25
+    assert len(CASES) >= 100
 
 
 @pytest.mark.parametrize("name", _params(CASES))
@@ -402,7 +532,37 @@ def test_bad_input_in_a_real_process(world, name, tmp_path):
     run_case(world, name, run_cli)
 
 
+USAGE = [n for n in CASES if CASES[n].needle == "--help"]
+REVIEW_SAMPLE = ["grow a run beyond the disk", "huge label, no class_names (OOM)", "-o lr=nan",
+                 "corrupted reference.npz (leakage)", "check k beyond the audit's grid", "data moved away",
+                 "--run is a regular file", "npz header claims 100 GB"]
+
+
+def test_usage_errors_and_review_sample_in_real_processes(world):
+    """Every usage case and a sample of the review's cases through the installed console script,
+    four processes at a time: one `error:` line, exit 2, and not one file of the world changed
+    (all of them, one by one, under ``-m slow``)."""
+    from multiprocessing.pool import ThreadPool
+
+    names = USAGE + REVIEW_SAMPLE
+    shutil.rmtree(world / "cases", ignore_errors=True)
+    (world / "cases").mkdir()
+    args = {name: CASES[name].setup(world) for name in names}  # every case damages its own copy
+    before = snapshot(world)
+    with ThreadPool(4) as pool:
+        procs = dict(zip(names, pool.map(lambda n: run_cli(*args[n]), names)))
+    wrong = {}
+    for name, proc in procs.items():
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        if proc.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: ") \
+                or CASES[name].needle.lower() not in proc.stderr.lower():
+            wrong[name] = (proc.returncode, proc.stderr[-300:])
+    assert not wrong, wrong
+    after = snapshot(world)
+    assert before == after, sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", _params([n for n in CASES if n not in SUBPROCESS_SAMPLE]))
+@pytest.mark.parametrize("name", _params([n for n in CASES if n not in SUBPROCESS_SAMPLE + USAGE + REVIEW_SAMPLE]))
 def test_bad_input_in_a_real_process_all(world, name):
     run_case(world, name, run_cli)

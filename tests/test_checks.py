@@ -48,11 +48,11 @@ def support_record(target: int, certified: bool, size: int | None, method: str =
             "heuristic_k": 3, "methods": {method: res}}
 
 
-def write_support(run: Path, name: str, sizes: list, method: str = "datamodels") -> None:
-    """sizes: certified support per target, None = not certified."""
+def write_support(run: Path, name: str, sizes: list, method: str = "datamodels", max_k: int = 100) -> None:
+    """sizes: certified support per target, None = not certified; max_k: the last k of the audit's grid."""
     recs = [support_record(t, s is not None, s, method) for t, s in enumerate(sizes)]
-    write_json(run / "audits" / f"{name}.json", {"summary": {"mode": "remove", "n_targets": len(recs)},
-                                                  "targets": recs})
+    write_json(run / "audits" / f"{name}.json", {"summary": {"mode": "remove", "n_targets": len(recs),
+                                                              "max_k": max_k}, "targets": recs})
 
 
 def write_geo(run: Path, csv_too: bool = True) -> tuple[list, dict]:
@@ -189,6 +189,28 @@ def test_support_fraction_counts_certified_at_most_k(tmp_path, name, key, k_key)
         assert c["details"]["n_at_most_k"] == round(expected * 5)
     with pytest.raises(AuditError, match="--methods random"):  # the audit did not run this ranking
         checks.run_checks(run, {key: 0.5, "support_method": "random"}, save=False)
+
+
+@pytest.mark.parametrize("name,key,k_key", [("brittleness", "max_brittle_fraction", "support_k"),
+                                            ("mislabel", "max_mislabel_fraction", "mislabel_k")])
+def test_a_support_check_its_data_cannot_decide_is_an_error_not_a_pass(tmp_path, name, key, k_key):
+    run = make_run(tmp_path / "r")
+    write_support(run, name, [None, None, 3], max_k=8)  # the grid ended at k=8
+    assert checks.run_checks(run, {key: 0.5, k_key: 8}, save=False)["checks"][0]["status"] == "pass"
+    with pytest.raises(AuditError, match="beyond the largest k the audit tried"):
+        checks.run_checks(run, {key: 0.5, k_key: 20}, save=False)  # the default k=20: undecidable
+    data = json.loads((run / "audits" / f"{name}.json").read_text())
+    data["targets"][2]["methods"]["datamodels"]["certified_support"] = "small"
+    (run / "audits" / f"{name}.json").write_text(json.dumps(data))
+    with pytest.raises(AuditError, match="not a number"):
+        checks.run_checks(run, {key: 0.5, k_key: 8}, save=False)
+    data["summary"].pop("max_k")  # no summary.max_k: the targets' curves say which k were tried
+    data["targets"][2]["methods"]["datamodels"]["certified_support"] = 3
+    (run / "audits" / f"{name}.json").write_text(json.dumps(data))
+    tried = max(int(k) for k in data["targets"][0]["methods"]["datamodels"]["curve"])
+    assert checks.run_checks(run, {key: 0.5, k_key: tried}, save=False)["checks"][0]["status"] == "pass"
+    with pytest.raises(AuditError, match=f"beyond the largest k the audit tried \\({tried} "):
+        checks.run_checks(run, {key: 0.5, k_key: tried + 1}, save=False)
 
 
 def test_geo_leak_fraction_from_csv_any_d_and_from_json_grid_only(tmp_path):

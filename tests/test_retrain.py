@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from audit.errors import AuditError
+from audit.errors import AuditError, InternalError
 from audit.retrain import REMOVE, RetrainPlan, RetrainStore, job_dir, run_plan, train_pending
 from audit.training.mlp import MLPTrainer
 from tests.conftest import FAST_MLP
@@ -38,7 +38,7 @@ def test_plan_shares_jobs_between_identical_models():
 def test_padding_and_bad_rows():
     plan = RetrainPlan.build(np.array([[4, -1, -1]]), np.array([REMOVE]), [0, 0, 0], [1, 2, 3], [0, 0, 0], [0, 0, 0])
     assert plan.n_jobs == 1  # -1 padding edits nothing more: k=1,2,3 are one model
-    with pytest.raises(AuditError, match="k must"):
+    with pytest.raises(InternalError, match="k must"):  # plans are built by the audits: a bad one is a bug
         RetrainPlan.build(np.array([[4, 1]]), np.array([REMOVE]), [0], [3], [0], [0])
 
 

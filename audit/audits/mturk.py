@@ -28,6 +28,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from audit.errors import AuditError
+from audit.jsonio import csv_text
 
 CROWD_JS = "https://assets.crowd.aws/crowd-html-elements.js"
 USABLE_STATUSES = {"submitted", "approved"}
@@ -262,15 +263,13 @@ def export_batch(out_dir: Path | str, test_ids, cand_idx, images_test, images_tr
 
         k = cand.shape[1]
         columns = _columns(k, labels)
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\r\n")
-        writer.writerow(columns)
+        rows = []
         for r, t in enumerate(ids.tolist()):
             row: list[Any] = [t, url(f"test_{t}.png")] + ([html.escape(label(y_test, t))] if labels else [])
             for j in cand[r].tolist():
                 row += [j, url(f"train_{j}.png")] + ([html.escape(label(y_train, j))] if labels else [])
-            writer.writerow(row)
-        (tmp / "batch_input.csv").write_text(buf.getvalue(), encoding="utf-8", newline="")
+            rows.append(row)
+        (tmp / "batch_input.csv").write_text(csv_text(rows, columns), encoding="utf-8", newline="")
         (tmp / "hit_template.html").write_text(render_template(k, title, instructions, labels), encoding="utf-8")
         (tmp / "README.txt").write_text(_README.format(n_images=len(written), upscale=int(upscale), n_rows=len(ids),
                                                        last=k - 1, base_url=base), encoding="utf-8")

@@ -30,9 +30,9 @@ from audit.errors import AuditError
 from audit.execution import ENGINES
 from audit.jsonio import write_csv, write_json
 from audit.progress import SILENT, Progress
-from audit.seeding import STREAM_TARGETS, sample_rng
 from audit.reference import reference_models
 from audit.retrain import REMOVE, RetrainPlan, run_plan
+from audit.seeding import STREAM_TARGETS, sample_rng
 from audit.training.registry import trainer_from_config
 
 MODES = ("remove", "relabel")
@@ -261,7 +261,7 @@ class SupportConfig:
     all_heuristic: bool = setting(False, "--all-heuristic", "also the heuristic support of every test example",
                                   command_only=True)
     seed: int = setting(0, "--seed", "seed of the subsets, initialisations and data orders (and of the audits' "
-                                     "target samples)")
+                                     "target samples; >= 0)", minimum=0)
     engine: str = setting("local", "--engine", "local or ray (a Ray cluster trains the blocks)", volatile=True)
     address: str | None = setting(None, "--address", "Ray cluster address (auto, ray://HOST:PORT; default: a "
                                                      "local Ray instance)", volatile=True)

@@ -11,7 +11,9 @@ import typer
 from rich.table import Table
 
 from audit import checks
-from audit.commands.common import console
+from audit.commands.common import console, err_console
+from audit.jsonio import write_json
+from audit.store import NOT_WRITABLE
 
 _KIND_TYPE = {"count": Optional[int], "fraction": Optional[float], "miles": Optional[float], "lds": Optional[float],
               "choice": Optional[str]}
@@ -41,14 +43,29 @@ def check(
 ) -> None:
     """Check a run against thresholds (audit.toml, pyproject.toml tool.audit, or options); for CI."""
     thresholds, source = checks.resolve_thresholds(config, {k: v for k, v in options.items() if k in checks.KNOWN_KEYS})
-    result = checks.run_checks(run_dir, thresholds, source=source)
+    result = checks.run_checks(run_dir, thresholds, source=source, save=False)
+    saved = save_if_writable(checks.check_path(run_dir), result)
     if junit is not None:
         checks.write_junit(result, junit)
+        saved.append(str(junit))
     print_checks(result)
-    console.print(f"saved {checks.check_path(run_dir)}" + (f" and {junit}" if junit else ""))
+    if saved:
+        console.print(f"saved {' and '.join(saved)}")
     code = checks.exit_code(result)
     if code:
         sys.exit(code)  # SystemExit passes through the CLI wrapper unchanged (typer.Exit would not)
+
+
+def save_if_writable(path: Path, result: dict) -> list[str]:
+    """Save the result in the run (a read-only run is still checked: the verdict is the exit code)."""
+    try:
+        write_json(path, result)
+    except OSError as exc:
+        if exc.errno not in NOT_WRITABLE:
+            raise
+        err_console.print(f"note: {path.parent} is not writable; the result was not saved there")
+        return []
+    return [str(path)]
 
 
 _own = list(inspect.signature(check).parameters.values())[:-1]

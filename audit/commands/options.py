@@ -60,8 +60,9 @@ def parameters(config_types: Sequence[type], include_command_only: bool = True) 
             default = None if f.default is None else ",".join(str(v) for v in f.default)
         else:
             annotation, default = _plain_type(tp), f.default
+        bounds = {"min": m["minimum"]} if m.get("minimum") is not None and m["parse"] is None else {}
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                        default=typer.Option(default, *decls, help=m["help"])))
+                                        default=typer.Option(default, *decls, help=m["help"], **bounds)))
     return params
 
 

@@ -9,7 +9,9 @@ import typer
 
 from audit import pipeline
 from audit.commands.common import console, progress
+from audit.errors import AuditError
 from audit.reports.render import render_report
+from audit.store import NOT_WRITABLE
 
 
 def report(
@@ -20,5 +22,11 @@ def report(
 ) -> None:
     """Render the run's HTML report (opens offline; images and plots inlined)."""
     run_dir = pipeline.resolve_run(target, run)
-    path = render_report(run_dir, progress=progress(), n_examples=examples, out=out)
+    try:
+        path = render_report(run_dir, progress=progress(), n_examples=examples, out=out)
+    except OSError as exc:
+        if out is not None or exc.errno not in NOT_WRITABLE:
+            raise
+        raise AuditError(f"{run_dir} is not writable ({exc.strerror}); write the report elsewhere with "
+                         f"--out FILE") from None
     console.print(f"saved {path}")

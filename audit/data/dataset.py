@@ -80,8 +80,32 @@ class Dataset:
         return h.hexdigest()[:16]
 
 
+MAX_ABS_VALUE = 1e12  # beyond this, float32 standardisation (sums of squares) overflows
+
+
+def check_values(x: np.ndarray, where: str) -> None:
+    """Pixels/features must be finite and within +-MAX_ABS_VALUE; the message names the first bad example
+    and its real value (checked in the array's own dtype, before any conversion)."""
+    if not np.issubdtype(x.dtype, np.number) or x.size == 0:
+        return
+    flat = x.reshape(len(x), -1)
+    if np.issubdtype(x.dtype, np.floating):
+        bad = ~np.isfinite(flat) | (np.abs(flat) > MAX_ABS_VALUE)
+    elif np.iinfo(x.dtype).max > MAX_ABS_VALUE:
+        bad = (flat > MAX_ABS_VALUE) | (flat < -MAX_ABS_VALUE) if np.iinfo(x.dtype).min < 0 else flat > MAX_ABS_VALUE
+    else:
+        return
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        raise AuditError(f"{where}[{i}] has the value {flat[i, j].item():.6g} (NaN or infinite values, and values "
+                         f"beyond +-{MAX_ABS_VALUE:g}, are refused); clean, rescale or drop that example")
+
+
 def validate(ds: Dataset) -> Dataset:
     """Check shapes, labels and values; raise AuditError naming the first problem."""
+    if len(ds.classes) < 2:
+        raise AuditError(f"{ds.spec}: the data has {len(ds.classes)} class; a classifier needs at least 2 "
+                         "(give class_names, or labels of two or more classes)")
     for part in ("train", "test"):
         x, y = getattr(ds, f"x_{part}"), getattr(ds, f"y_{part}")
         if len(x) == 0:
@@ -92,9 +116,7 @@ def validate(ds: Dataset) -> Dataset:
             raise AuditError(f"{ds.spec}: x_{part} has shape {x.shape}; expected [N, H, W, C] images or [N, D] features")
         if not np.issubdtype(x.dtype, np.number):
             raise AuditError(f"{ds.spec}: x_{part} has dtype {x.dtype}; expected numbers")
-        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-            bad = int(np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0, 0])
-            raise AuditError(f"{ds.spec}: x_{part}[{bad}] has NaN or infinite values; clean or drop that example")
+        check_values(x, f"{ds.spec}: x_{part}")
         if not np.issubdtype(y.dtype, np.integer):
             raise AuditError(f"{ds.spec}: y_{part} has dtype {y.dtype}; expected integer class labels")
         if y.ndim != 1:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audit.data.dataset import Dataset
+from audit.data.dataset import Dataset, check_values
 from audit.errors import AuditError
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -15,9 +15,31 @@ GEO_KEYS = ("lat_train", "lon_train", "lat_test", "lon_test")
 HOW_TO_MAKE = "write it with numpy.savez(PATH, x_train=..., y_train=..., x_test=..., y_test=...)"
 
 
+def _check_header(npz: np.lib.npyio.NpzFile, key: str, path: Path, spec: str) -> None:
+    """Refuse a member whose header claims more bytes than the archive holds (before allocating them)."""
+    try:
+        info = npz.zip.getinfo(f"{key}.npy")
+        with npz.zip.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            have = info.file_size - fh.tell()
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError):
+        return  # reading the member reports these properly
+    if dtype.hasobject:
+        return
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > have:
+        raise AuditError(f"{spec}: {path} key {key!r} claims shape {shape} ({need / 2**30:.3g} GiB) but holds only "
+                         f"{have} bytes; the file is truncated or corrupt")
+
+
 def _get(npz: np.lib.npyio.NpzFile, key: str, path: Path, spec: str) -> np.ndarray:
+    _check_header(npz, key, path, spec)
     try:
         return npz[key]
+    except MemoryError:
+        raise AuditError(f"{spec}: {path} key {key!r} does not fit in memory; use a smaller dataset") from None
     except ValueError as e:  # object arrays need pickle, which is refused
         raise AuditError(f"{spec}: {path} key {key!r} holds pickled Python objects; store plain numeric "
                          "(or string) arrays") from e
@@ -32,6 +54,12 @@ def _features(x: np.ndarray, key: str, path: Path, spec: str) -> np.ndarray:
         x = x[..., None]
     if x.ndim not in (2, 4):
         raise AuditError(f"{spec}: {path} {key} has shape {x.shape}; expected [N, H, W], [N, H, W, C] or [N, D]")
+    if x.ndim == 4 and 0 in x.shape[1:]:
+        raise AuditError(f"{spec}: {path} {key} has shape {x.shape}; images need a height, width and channels of at "
+                         f"least 1")
+    if x.ndim == 2 and x.shape[1] == 0:
+        raise AuditError(f"{spec}: {path} {key} has shape {x.shape}; each example needs at least one feature")
+    check_values(x, f"{spec}: {path} {key}")
     if x.dtype == np.bool_:
         return x.astype(np.uint8)
     if np.issubdtype(x.dtype, np.floating):
@@ -45,8 +73,12 @@ def _labels(y: np.ndarray, key: str, path: Path, spec: str) -> np.ndarray:
     if y.ndim != 1:
         raise AuditError(f"{spec}: {path} {key} has shape {y.shape}; expected one label per example")
     if np.issubdtype(y.dtype, np.integer):
+        if len(y) and np.iinfo(y.dtype).max > np.iinfo(np.int64).max and y.max() > np.iinfo(np.int64).max:
+            i = int(np.argmax(y))
+            raise AuditError(f"{spec}: {path} {key}[{i}] = {int(y[i])}; class labels must be 0..C-1")
         y = y.astype(np.int64)
-    elif np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all():
+    elif np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all() \
+            and np.abs(y).max(initial=0) < 2.0**62:
         y = y.astype(np.int64)
     else:
         raise AuditError(f"{spec}: {path} {key} has dtype {y.dtype}; expected integer class labels")
@@ -90,6 +122,13 @@ def load_npz(path: str, spec: str | None = None) -> Dataset:
                 raise AuditError(f"{spec}: {file} {which} has label {n_labels - 1} but class_names lists only "
                                  f"{len(classes)} classes (0..{len(classes) - 1})")
         else:
+            n_examples = len(y_train) + len(y_test)
+            if n_labels > n_examples:
+                which, y = ("y_train", y_train) if y_train.max(initial=-1) == n_labels - 1 else ("y_test", y_test)
+                i = int(np.argmax(y))
+                raise AuditError(f"{spec}: {file} {which}[{i}] = {int(y[i])}, but without class_names labels must "
+                                 f"be 0..C-1 with C at most the {n_examples} examples; renumber the labels or give "
+                                 f"class_names")
             classes = tuple(str(c) for c in range(max(n_labels, 1)))
         meta: dict[str, np.ndarray] = {}
         present = [k for k in GEO_KEYS if k in keys]

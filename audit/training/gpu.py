@@ -132,7 +132,7 @@ def _check(name: str, cfg: GPUConfig) -> None:
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "width": cfg.width,
                 "concurrent": cfg.concurrent, "eval_batch": cfg.eval_batch}
     for key, value in positive.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
             raise AuditError(f"{name} option {key} must be a positive number (got {value!r})")
     for key in ("epochs", "batch_size", "width", "concurrent", "eval_batch", "translate", "cutout"):
         if not isinstance(getattr(cfg, key), int) or isinstance(getattr(cfg, key), bool):

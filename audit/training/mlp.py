@@ -50,6 +50,21 @@ def subset_statistics(x: torch.Tensor, masks: np.ndarray) -> tuple[torch.Tensor,
     overall = var.mean(1, keepdim=True).sqrt()  # the subset's overall spread (root mean variance)
     std = (var + (STD_FLOOR * overall) ** 2).sqrt() + 1e-6
     return mean.float(), std.float()
+def check_mlp_config(cfg: MLPConfig) -> None:
+    """Every setting in its range, with one line naming the first that is not."""
+    for key in ("hidden", "epochs", "batch_size"):
+        value = getattr(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise AuditError(f"mlp option {key} must be a whole number >= 1 (got {value!r})")
+    ranges = {"lr": (0.0, math.inf, False), "momentum": (0.0, 1.0, True), "weight_decay": (0.0, math.inf, True),
+              "label_smoothing": (0.0, 1.0, True)}
+    for key, (low, high, low_ok) in ranges.items():
+        value = getattr(cfg, key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+            and (value >= low if low_ok else value > low) and value < high
+        if not ok:
+            bound = f"{'>=' if low_ok else '>'} {low:g}" + (f" and < {high:g}" if math.isfinite(high) else "")
+            raise AuditError(f"mlp option {key} must be a finite number {bound} (got {value!r})")
 
 
 class BatchedMLP:
@@ -90,6 +105,7 @@ class MLPTrainer:
             self.cfg = MLPConfig(**options)
         except TypeError as exc:
             raise AuditError(f"unknown option for the mlp trainer: {exc}") from None
+        check_mlp_config(self.cfg)
 
     def config(self) -> dict:
         return {"name": self.name, **asdict(self.cfg)}
