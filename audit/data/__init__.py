@@ -22,11 +22,15 @@ def load_dataset(spec: str, **options) -> Dataset:
     """Load and validate the dataset a spec names. Options go to the loader (e.g. fmow year).
 
     ``plant=N`` (with ``plant_seed``, ``plant_noise``, ``plant_shift``) appends perturbed
-    copies of N test images to the training set (audit.data.planting), for any kind.
+    copies of N test images to the training set (audit.data.planting), for any kind;
+    ``plant_labels=FRACTION`` (with ``plant_labels_seed``) flips that fraction of the
+    training labels to another class, recording which.
     """
-    from audit.data.planting import apply_planting, split_plant_options
+    from audit.data.planting import (apply_label_planting, apply_planting, split_label_plant_options,
+                                     split_plant_options)
 
     options, plant = split_plant_options(options)
+    options, label_plant = split_label_plant_options(options)
     kind = dataset_kind(spec)
     arg = spec.partition(":")[2] or None
     if kind == "digits":
@@ -50,4 +54,6 @@ def load_dataset(spec: str, **options) -> Dataset:
     ds = validate(ds)
     if plant.get("plant"):
         ds = validate(apply_planting(ds, **plant))
+    if label_plant.get("plant_labels"):
+        ds = validate(apply_label_planting(ds, **label_plant))
     return ds
