@@ -24,6 +24,7 @@ each method's flagged set. Writes $OUT/label_errors_vs_cleanlab.json (or --json)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -45,6 +46,7 @@ from audit.store import RunStore  # noqa: E402
 from audit.training.registry import make_trainer  # noqa: E402
 
 FOLDS = 5
+print = functools.partial(print, flush=True)  # noqa: A001 - progress shows when piped to a log
 
 
 def load() -> str:

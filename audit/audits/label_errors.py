@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -346,6 +346,8 @@ def find_label_errors(store: RunStore, dataset: Dataset, datamodels: Datamodels 
     from audit.data.planting import planted_label_errors
 
     check_rule(rule)
+    if not 0.0 <= float(likely_test_share) <= 1.0:
+        raise AuditError(f"likely_test_share = {likely_test_share}; give a share between 0 and 1, like 0.01")
     c = store.config
     if dataset.fingerprint() != c.fingerprint:
         raise AuditError(f"the dataset passed does not match the one {store.path} was trained on")
@@ -374,8 +376,8 @@ def find_label_errors(store: RunStore, dataset: Dataset, datamodels: Datamodels 
                   else (np.zeros(0, np.int64), np.zeros(0)))
         findings.append(LabelErrorFinding(
             index=int(j), given_label=int(y[j]), predicted_label=pred, score=float(scores[j]), rank=int(rank_of[j]),
-            flagged=bool(flags[j]), likely=bool(likely[j]), test_share=float(shares[j]), mean_margin=float(stats.mean[j]), frac_wrong=float(stats.frac_wrong[j]),
-            n_models=int(stats.n_oos[j]), predicted_probability=prob, evidence=tuple(int(i) for i in ev),
+            flagged=bool(flags[j]), likely=bool(likely[j]), test_share=float(shares[j]),
+            mean_margin=float(stats.mean[j]), frac_wrong=float(stats.frac_wrong[j]), n_models=int(stats.n_oos[j]), predicted_probability=prob, evidence=tuple(int(i) for i in ev),
             evidence_weights=tuple(float(w) for w in ew), evidence_labels=tuple(int(y[i]) for i in ev)))
     planted = planted_label_errors(dataset)
     planted_summary = None
@@ -400,9 +402,3 @@ def run_label_errors(run_dir: Path | str, *, progress: Progress = SILENT, **opti
     result.save(Path(run_dir) / "audits" / LABEL_ERRORS_JSON)
     return result
 
-
-def ranks_of(order: np.ndarray, indices: Sequence[int]) -> np.ndarray:
-    """1-based ranks of ``indices`` in ``order``."""
-    pos = np.empty(len(order), np.int64)
-    pos[np.asarray(order)] = np.arange(1, len(order) + 1)
-    return pos[np.asarray(indices, dtype=np.int64)]

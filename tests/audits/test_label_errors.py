@@ -43,6 +43,7 @@ def test_label_planting_is_seeded_and_records_the_truth(digits):
     assert a.fingerprint() == b.fingerprint() != c.fingerprint() != digits.fingerprint()
     assert not np.array_equal(planted_label_errors(c)[0], idx)
     assert planted_label_errors(digits) is None
+    assert (a.meta[PLANTED_LABEL_META] >= 0).sum() == len(idx)
     new_classes = a.y_train[idx]
     assert len(np.unique(new_classes)) > 3  # flips go to every other class, not one fixed offset
 
