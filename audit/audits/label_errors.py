@@ -8,7 +8,8 @@ another class, so those margins are negative: the models that never saw it predi
 different class.
 
 - **Score** (ranking, higher = more likely wrong), by ``rule``:
-  ``margin`` −mean out-of-sample margin; ``fraction`` the share of out-of-sample models
+  ``margin`` −mean out-of-sample margin (the default: the best of the three on digits with
+  planted flips, benchmarks/README.md); ``fraction`` the share of out-of-sample models
   whose margin is negative (ties broken by the mean margin); ``zscore`` −mean / std.
   ``benchmarks/label_errors_vs_cleanlab.py`` measures them against each other and cleanlab.
 - **Flag** (the verdict): the mean out-of-sample margin is negative, over at least
@@ -56,7 +57,7 @@ DEFAULT_MIN_MODELS = 20
 DEFAULT_REPLAY = 32
 DEFAULT_EVIDENCE = 10
 DEFAULT_LIMIT = 200
-BLOCK_ELEMENTS = 1 << 24  # margins read per block: 16M float32 = 64 MiB
+BLOCK_ELEMENTS = 1 << 22  # margins per block: 4M (16 MiB float32, a few float64 temporaries of 32 MiB)
 LABEL_ERRORS_JSON = "label_errors.json"
 LIKELY_TEST_SHARE = 0.01
 FLAG_RULE = ("flagged when the mean out-of-sample margin of the given label is below 0 over at least "
