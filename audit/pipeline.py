@@ -26,6 +26,7 @@ from audit.contract import (
     Step,
     Table,
     digest_of,
+    file_stamp,
     finite,
     read_result,
     require,
@@ -446,6 +447,15 @@ class FitStep(Step[FitConfig, FitResult]):
         except (OSError, ValueError, AttributeError):
             options = {}
         return FitConfig(**{k: v for k, v in options.items() if k in names})
+
+    def current_digest(self, run_dir: Path) -> str | None:
+        """As for every step; an older run's datamodels (no record, but fitted on the run's finished
+        models) are identified by their fit.json, so the audits after them can be current too."""
+        digest = super().current_digest(run_dir)
+        if digest is None and self.record(run_dir) is None and self.path(run_dir).exists() \
+                and self.legacy_current(Path(run_dir), self.config_of(run_dir)):
+            return digest_of("fitted before step records", file_stamp(self.path(run_dir)))
+        return digest
 
     def legacy_current(self, run_dir: Path, config: FitConfig) -> bool:
         """An older run's datamodels count when fit.json says they were fitted on the run's finished models."""

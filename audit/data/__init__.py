@@ -15,7 +15,7 @@ from audit.data.folder import load_folder
 from audit.data.hf import load_hf
 from audit.data.manifest import load_manifest
 from audit.data.npz import load_npz
-from audit.data.planting import apply_planting, split_plant_options
+from audit.data.planting import apply_label_planting, apply_planting, split_label_plant_options, split_plant_options
 from audit.data.spec import KINDS, SPEC_HELP, dataset_name, kind_of, parse_spec
 from audit.errors import AuditError
 from audit.progress import SILENT, Progress
@@ -32,10 +32,13 @@ def load_dataset(spec: str, progress: Progress = SILENT, **options) -> Dataset:
     """Load and validate the dataset a spec names. Options go to the loader (e.g. fmow year).
 
     ``plant=N`` (with ``plant_seed``, ``plant_noise``, ``plant_shift``) appends perturbed
-    copies of N test images to the training set (audit.data.planting), for any kind.
-    ``progress`` shows hashing and decoding of ``folder``/``csv``/``hf`` images.
+    copies of N test images to the training set (audit.data.planting), for any kind;
+    ``plant_labels=FRACTION`` (with ``plant_labels_seed``) flips that fraction of the
+    training labels to another class, recording which. ``progress`` shows hashing and
+    decoding of ``folder``/``csv``/``hf`` images.
     """
     options, plant = split_plant_options(options)
+    options, label_plant = split_label_plant_options(options)
     parsed = parse_spec(spec)
     kind = parsed.kind
     arg = spec.partition(":")[2] or None
@@ -58,4 +61,6 @@ def load_dataset(spec: str, progress: Progress = SILENT, **options) -> Dataset:
     ds = validate(ds)
     if plant.get("plant"):
         ds = validate(apply_planting(ds, **plant))
+    if label_plant.get("plant_labels"):
+        ds = validate(apply_label_planting(ds, **label_plant))
     return ds

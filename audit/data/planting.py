@@ -1,4 +1,4 @@
-"""Planted duplicates as a dataset option: a known answer for the leakage audit.
+"""Planted duplicates and planted label errors as dataset options: known answers for the audits.
 
 ``load_dataset(spec, plant=N, plant_seed=S, plant_noise=f, plant_shift=None)`` appends
 slightly perturbed copies of N test images (chosen with ``plant_seed``) to the training
@@ -9,6 +9,11 @@ same data (same fingerprint). The copies are recorded in ``meta["planted_test_of
 (one value per training example: the test index it copies, -1 for an original training
 example); other ``<name>_train`` metadata with a
 matching ``<name>_test`` array (FMoW lat/lon) gets the test image's value.
+
+``load_dataset(spec, plant_labels=f, plant_labels_seed=S)`` flips a seeded fraction ``f``
+of the training labels to another class (uniformly), for the label-error finding
+(audit.audits.label_errors); the flipped examples and their original classes are recorded
+in ``meta["planted_label_of_train"]`` (-1 for an untouched example).
 """
 
 from __future__ import annotations
@@ -130,3 +135,75 @@ def planted_pairs(ds: Dataset) -> np.ndarray | None:
         return None
     train = np.flatnonzero(np.asarray(marks) >= 0)
     return np.column_stack([np.asarray(marks)[train], train]).astype(np.int64)
+
+
+# ----- planted label errors: a known answer for the label-error finding -------------------
+LABEL_PLANT_OPTIONS = ("plant_labels", "plant_labels_seed")
+PLANTED_LABEL_META = "planted_label_of_train"  # per training example: its original class if flipped, else -1
+
+
+def split_label_plant_options(options: dict) -> tuple[dict, dict]:
+    """``(other options, label-planting options)``: the ``plant_labels*`` keys are taken out."""
+    other = {k: v for k, v in options.items() if k not in LABEL_PLANT_OPTIONS}
+    plant = {k: v for k, v in options.items() if k in LABEL_PLANT_OPTIONS}
+    return other, plant
+
+
+def label_plant_options(fraction: float, seed: int = 0) -> dict:
+    """The ``dataset_options`` entries for a run with planted label errors (explicit, so run.json says so)."""
+    return {"plant_labels": float(fraction), "plant_labels_seed": int(seed)}
+
+
+def flip_labels(y: np.ndarray, n_classes: int, fraction: float, seed: int = 0,
+                eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Flip ``round(fraction × n)`` labels (at least 1) to another class, uniformly: ``(new y, flipped indices)``.
+
+    The examples are drawn without replacement from ``eligible`` (bool mask; default all) with
+    ``seed``; each gets a class drawn uniformly from the other ``n_classes - 1`` (symmetric noise).
+    Deterministic in ``(y, n_classes, fraction, seed, eligible)``.
+    """
+    try:
+        frac = float(fraction)
+    except (TypeError, ValueError):
+        raise AuditError(f"plant_labels = {fraction!r}; give the fraction of training labels to flip, like 0.05") from None
+    if not 0.0 < frac < 1.0:
+        raise AuditError(f"plant_labels = {frac}; give a fraction strictly between 0 and 1, like 0.05")
+    if n_classes < 2:
+        raise AuditError("flipping labels needs at least two classes")
+    y = np.asarray(y, dtype=np.int64)
+    pool = np.flatnonzero(np.ones(len(y), bool) if eligible is None else np.asarray(eligible, bool))
+    n = max(1, int(round(frac * len(pool))))
+    if n > len(pool):
+        raise AuditError(f"plant_labels = {frac} asks for {n} flips but only {len(pool)} examples can be flipped")
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(0xF11,)))
+    flipped = np.sort(rng.choice(pool, size=n, replace=False))
+    new_y = y.copy()
+    new_y[flipped] = (y[flipped] + rng.integers(1, n_classes, size=n)) % n_classes
+    return new_y, flipped.astype(np.int64)
+
+
+def apply_label_planting(ds: Dataset, plant_labels: float = 0.0, plant_labels_seed: int = 0) -> Dataset:
+    """``ds`` with a seeded ``plant_labels`` fraction of its training labels flipped to another class.
+
+    Planted duplicates (``plant=N``) keep their labels: only original training examples are
+    flipped, so the two plantings can be measured side by side. The truth is recorded in
+    ``meta["planted_label_of_train"]`` (the original class of a flipped example, -1 elsewhere).
+    """
+    if PLANTED_LABEL_META in ds.meta:
+        raise AuditError(f"{ds.spec} already has planted label errors; plant once")
+    copies = ds.meta.get(PLANTED_META)
+    eligible = None if copies is None else np.asarray(copies) < 0
+    y_new, flipped = flip_labels(ds.y_train, ds.n_classes, plant_labels, int(plant_labels_seed), eligible=eligible)
+    original = np.full(ds.n_train, -1, np.int64)
+    original[flipped] = ds.y_train[flipped]
+    return dataclasses.replace(ds, y_train=y_new, meta={**ds.meta, PLANTED_LABEL_META: original})
+
+
+def planted_label_errors(ds: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(flipped training indices, their original classes)``, or None without planted label errors."""
+    marks = ds.meta.get(PLANTED_LABEL_META)
+    if marks is None:
+        return None
+    marks = np.asarray(marks)
+    idx = np.flatnonzero(marks >= 0)
+    return idx.astype(np.int64), marks[idx].astype(np.int64)
