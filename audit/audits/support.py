@@ -644,19 +644,22 @@ def _median(x: float) -> str:
     return "none" if not np.isfinite(x) else f"{x:g}"
 
 
+def _support_metric(key: str, name: str, k_key: str, k_help: str, measure: str, command: str) -> Metric:
+    """The check of a support audit: the share of targets whose certified support is at most k."""
+    return Metric(key, name, "max", "fraction",
+                  lambda run_dir, path, p: _support_fraction(run_dir, path, p[k_key], p["support_method"], command),
+                  {k_key: Param("count", 20, k_help), "support_method": _SUPPORT_METHOD},
+                  lambda p: f"test targets {measure} <= {p[k_key]} ({p['support_method']})", f"audit {command} RUN")
+
+
 class BrittlenessStep(SupportStep):
     """Smallest training sets whose removal flips test predictions (certified by retraining)."""
 
     name, title, mode = "brittleness", "Brittleness: data support", "remove"
     files = {"result": "audits/brittleness.json", "table": "audits/brittleness.csv", "retrain": "retrain"}
-    metrics = (Metric("max_brittle_fraction", "brittle predictions", "max", "fraction",
-                      lambda run_dir, path, p: _support_fraction(run_dir, path, p["support_k"], p["support_method"],
-                                                                 "brittleness"),
-                      {"support_k": Param("count", 20, "k for max_brittle_fraction: support of at most k examples "
-                                                       "counts as brittle"),
-                       "support_method": _SUPPORT_METHOD},
-                      lambda p: f"test targets with certified support <= {p['support_k']} ({p['support_method']})",
-                      "audit brittleness RUN"),)
+    metrics = (_support_metric("max_brittle_fraction", "brittle predictions", "support_k",
+                               "k for max_brittle_fraction: support of at most k examples counts as brittle",
+                               "with certified support", "brittleness"),)
 
 
 class MislabelStep(SupportStep):
@@ -664,13 +667,8 @@ class MislabelStep(SupportStep):
 
     name, title, mode = "mislabel", "Mislabel sensitivity: label-flip support", "relabel"
     files = {"result": "audits/mislabel.json", "table": "audits/mislabel.csv", "retrain": "retrain"}
-    metrics = (Metric("max_mislabel_fraction", "label-flip sensitivity", "max", "fraction",
-                      lambda run_dir, path, p: _support_fraction(run_dir, path, p["mislabel_k"], p["support_method"],
-                                                                 "mislabel"),
-                      {"mislabel_k": Param("count", 20, "k for max_mislabel_fraction"),
-                       "support_method": _SUPPORT_METHOD},
-                      lambda p: f"test targets flipped by relabelling <= {p['mislabel_k']} ({p['support_method']})",
-                      "audit mislabel RUN"),)
+    metrics = (_support_metric("max_mislabel_fraction", "label-flip sensitivity", "mislabel_k",
+                               "k for max_mislabel_fraction", "flipped by relabelling", "mislabel"),)
 
 
 BRITTLENESS, MISLABEL = BrittlenessStep(), MislabelStep()
