@@ -488,8 +488,8 @@ class SupportResult(Result):
     models_trained_now: int
     models_in_plan: int
     seconds: float
-    json_path: str = Field(alias="json")
-    csv_path: str = Field(alias="csv")
+    json_path: str = Field("", alias="json")
+    csv_path: str = Field("", alias="csv")
 
 
 class MethodOutcome(Result):
@@ -508,8 +508,8 @@ class SupportRecord(Result):
     """One audited test target (``targets[i]`` of brittleness.json / mislabel.json)."""
 
     target: int
-    label: int
-    label_name: str
+    label: int | None = None
+    label_name: str | None = None
     full_margin: float | None = None
     predicted_full_margin: float | None = None
     heuristic_k: int | None = None

@@ -395,7 +395,7 @@ def support_section(ctx: Context, name: str = "brittleness", n_show: int = 6, n_
     try:
         s, records = read_records(step.path(ctx.path), f"audit {name} {ctx.path}")
     except AuditError as exc:
-        ctx.files.notes.append(f"the {step.title.lower()} section is left out: {exc}")
+        ctx.files.notes.append(f"the {step.title.lower()} section could not be drawn ({exc})")
         return None
     methods_table = []
     for method, r in s.per_method.items():
