@@ -263,8 +263,8 @@ class Step(Generic[C, R]):
         inputs = self.input_digests(run_dir)  # before computing: what the result is computed from
         start = time.perf_counter()
         result = self.compute(run_dir, config, dataset=dataset, progress=progress)
-        self.note(run_dir, config, seconds=time.perf_counter() - start,
-                  inputs=None if self.name in inputs else inputs)  # a root step's own state is read after the work
+        root = self.state(run_dir) is not None  # a root step's own state (its models) is read after the work
+        self.note(run_dir, config, seconds=time.perf_counter() - start, inputs=None if root else inputs)
         return result
 
     def note(self, run_dir: Path | str, config: C | None = None, *, seconds: float = 0.0,

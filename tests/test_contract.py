@@ -163,4 +163,5 @@ def test_a_new_audit_is_picked_up_by_run_report_and_check(tmp_path):
     assert again.returncode == 0, again.stderr
     steps = json.loads((run / "run_summary.json").read_text())["steps"]
     assert steps["fit"]["skipped"] and steps["evaluate"]["skipped"] and not steps["influence"].get("skipped")
+    assert steps["train"]["skipped"] and steps["train"]["trained_now"] == 0  # a new run's train is current at once
     assert Path(run / "steps" / "influence.json").exists()
