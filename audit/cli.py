@@ -22,6 +22,7 @@ from audit.commands import report as report_cmd
 from audit.commands import run as run_cmd
 from audit.commands import step as step_cmd
 from audit.commands import train as train_cmd
+from audit import interrupt
 from audit.errors import AuditError, environment_error
 from audit.steps import REGISTRY
 
@@ -52,8 +53,10 @@ def main() -> None:
     user-fixable environment (full disk, no permission), as one ``error:`` line; 130 on
     Ctrl-C; 1 with one line and a saved traceback for an internal error (a bug).
     """
+    interrupt.install()
     try:
         code = app(standalone_mode=False)
+        interrupt.check()  # a Ctrl-C swallowed by a finaliser still ends as an interrupt
     except AuditError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

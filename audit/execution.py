@@ -20,6 +20,7 @@ from typing import ContextManager, Protocol
 
 import numpy as np
 
+from audit import interrupt
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.progress import SILENT, Progress, Within
@@ -98,6 +99,7 @@ def _run_local(store: BlockStore, dataset: Dataset, trainer: Trainer, *, progres
     total = store.total_models()
     with progress.task(description, total=total, unit="models", completed=total - todo) as bar:
         for block in pending:
+            interrupt.check()  # between blocks: a Ctrl-C lost in a finaliser stops here
             inner = Within(bar, store.block_models(block))  # the block's epochs move the bar as they go
             with store.claim(block) as mine:
                 if mine and not store.block_done(block):
