@@ -55,6 +55,13 @@ def main() -> None:
     """
     interrupt.install()
     try:
+        _run()
+    finally:
+        interrupt.uninstall()  # an in-process caller (tests, scripts) gets its own handler back
+
+
+def _run() -> None:
+    try:
         code = app(standalone_mode=False)
         interrupt.check()  # a Ctrl-C swallowed by a finaliser still ends as an interrupt
     except AuditError as exc:

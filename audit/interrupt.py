@@ -21,11 +21,26 @@ def _handler(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+_previous = None
+
+
 def install() -> None:
     """Route SIGINT through the remembering handler (main thread only, as signal requires)."""
-    global _requested
+    global _requested, _previous
     _requested = False
-    signal.signal(signal.SIGINT, _handler)
+    try:
+        _previous = signal.signal(signal.SIGINT, _handler)
+    except ValueError:  # not the main thread (an embedding program): keep its handling
+        _previous = None
+
+
+def uninstall() -> None:
+    """Put back the handler that was there before :func:`install` and forget any request."""
+    global _requested, _previous
+    _requested = False
+    if _previous is not None:
+        signal.signal(signal.SIGINT, _previous)
+        _previous = None
 
 
 def requested() -> bool:
