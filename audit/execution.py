@@ -67,11 +67,6 @@ def train_task(dataset: Dataset, trainer: Trainer, task: BlockTask, progress: Pr
     return correct_class_margins(models.logits(x), y)
 
 
-def train_block_margins(dataset: Dataset, trainer: Trainer, masks: np.ndarray, seeds: list[int]) -> np.ndarray:
-    """Train one block of subset models and return margins on every target (train first, then test)."""
-    return train_task(dataset, trainer, BlockTask(masks=masks, seeds=list(seeds)))
-
-
 def run_blocks(store: BlockStore, dataset: Dataset, trainer: Trainer | dict, *, engine: str = "local",
                address: str | None = None, progress: Progress = SILENT, description: str = "training models",
                max_blocks: int | None = None) -> int:

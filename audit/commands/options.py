@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types
 import typing
 from typing import Any, Callable, Optional, Sequence
 
@@ -22,7 +23,7 @@ from audit.errors import AuditError
 def _plain_type(tp: Any) -> Any:
     """``int | None`` -> ``Optional[int]`` (what typer understands); tuples are handled by ``parse``."""
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
         return Optional[args[0]]
     return tp
 
