@@ -1,7 +1,8 @@
 """One executor for every kind of training: blocks of models, run locally or as Ray tasks.
 
 Everything the tool trains — subset models (``audit.store.RunStore``), held-out evaluation
-models, retraining plans of the support audits (``audit.retrain.RetrainStore``) — is a
+models, retraining plans of the support audits (``audit.retrain.RetrainStore``), full-data
+reference models (``audit.reference.ReferenceStore``) — is a
 *block store*: fixed blocks of models, each described by a picklable :class:`BlockTask`
 (masks, seeds, optional edited labels, which targets to score) and written back with the
 store's flush-then-done discipline. :func:`run_blocks` trains the pending blocks with the
@@ -21,6 +22,7 @@ from typing import ContextManager, Protocol
 import numpy as np
 
 from audit import interrupt
+from audit.contract import setting
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.progress import SILENT, Progress, Within
@@ -28,6 +30,17 @@ from audit.training.base import Trainer, correct_class_margins
 from audit.training.registry import GPU_TRAINERS, trainer_from_config
 
 ENGINES = ("local", "ray")
+
+
+def engine_setting():
+    """The ``--engine`` setting of every step that trains models (one name and help everywhere)."""
+    return setting("local", "--engine", "local or ray (a Ray cluster trains the blocks)", volatile=True)
+
+
+def address_setting():
+    """The ``--address`` setting that goes with :func:`engine_setting`."""
+    return setting(None, "--address", "Ray cluster address (auto, ray://HOST:PORT; default: a local Ray instance)",
+                   volatile=True)
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,7 @@ class BlockTask:
     seeds: list[int]
     labels: np.ndarray | None = None  # int [B, n_train] edited labels, or None for the dataset's
     targets: np.ndarray | None = None  # target indices to score (train first, then test); None = all
+    outputs: str = "margins"  # "margins" [B, T] or "reference": logits and penultimate features [B, T, C + F]
 
 
 class BlockStore(Protocol):
@@ -59,11 +73,14 @@ class BlockStore(Protocol):
 
 
 def train_task(dataset: Dataset, trainer: Trainer, task: BlockTask, progress: Progress = SILENT) -> np.ndarray:
-    """Train one block and return its margins ``[B, n_targets]`` (or ``[B, len(task.targets)]``)."""
+    """Train one block and return its margins ``[B, n_targets]`` (or ``[B, len(task.targets)]``);
+    for ``outputs="reference"`` each target's logits then penultimate features ``[B, n_targets, C + F]``."""
     models = trainer.train_block(dataset, task.masks, task.seeds, task.labels, progress=progress)
     x, y = dataset.targets_x(), dataset.targets_y()
     if task.targets is not None:
         x, y = x[task.targets], y[task.targets]
+    if task.outputs == "reference":
+        return np.concatenate([models.logits(x), models.features(x)], axis=-1).astype(np.float32)
     return correct_class_margins(models.logits(x), y)
 
 
@@ -117,7 +134,8 @@ _WORKER_TRAINERS: dict[str, Trainer] = {}
 
 
 def _ray_block(dataset: Dataset, trainer_config: dict, masks: np.ndarray, seeds: list[int], threads: int | None,
-               labels: np.ndarray | None = None, targets: np.ndarray | None = None) -> np.ndarray:
+               labels: np.ndarray | None = None, targets: np.ndarray | None = None,
+               outputs: str = "margins") -> np.ndarray:
     """Body of one Ray task: rebuild the trainer (kept per worker process, so a GPU worker
     keeps its resident data and compiled steps across blocks) and train the block."""
     if threads:
@@ -128,7 +146,7 @@ def _ray_block(dataset: Dataset, trainer_config: dict, masks: np.ndarray, seeds:
     if key not in _WORKER_TRAINERS:
         _WORKER_TRAINERS.clear()
         _WORKER_TRAINERS[key] = trainer_from_config(trainer_config)
-    task = BlockTask(masks=masks, seeds=list(seeds), labels=labels, targets=targets)
+    task = BlockTask(masks=masks, seeds=list(seeds), labels=labels, targets=targets, outputs=outputs)
     return train_task(dataset, _WORKER_TRAINERS[key], task)
 
 
@@ -193,7 +211,8 @@ def train_ray(store: BlockStore, dataset: Dataset, trainer: Trainer | dict, addr
         pending = {}
         for block in store.pending_blocks():
             task = store.block_task(block, dataset)
-            ref = remote.remote(data_ref, config, task.masks, task.seeds, cpus_per_task, task.labels, task.targets)
+            ref = remote.remote(data_ref, config, task.masks, task.seeds, cpus_per_task, task.labels, task.targets,
+                                task.outputs)
             pending[ref] = (block, task)
         trained = 0
         with progress.task(description, total=sum(len(t.seeds) for _, t in pending.values()), unit="models") as bar:

@@ -37,7 +37,7 @@ from audit.data import Dataset, dataset_kind, dataset_name, load_dataset
 from audit.datamodels import Datamodels, difference_of_means, fit_datamodels
 from audit.datamodels import evaluate as score
 from audit.errors import AuditError
-from audit.execution import train_local, train_ray
+from audit.execution import address_setting, engine_setting, train_local, train_ray
 from audit.jsonio import read_json, save_npz, write_json
 from audit.progress import SILENT, Progress
 from audit.store import RUN_JSON, STREAM_EVAL, RunConfig, RunStore
@@ -67,9 +67,8 @@ class TrainConfig:
     options: tuple[str, ...] = setting((), "--option", "trainer setting NAME=VALUE (repeatable)", aliases=("-o",),
                                        parse="options")
     block_size: int | None = setting(None, "--block-size", "models trained together")
-    engine: str = setting("local", "--engine", "local or ray (a Ray cluster trains the blocks)", volatile=True)
-    address: str | None = setting(None, "--address", "Ray cluster address (auto, ray://HOST:PORT; default: a "
-                                                     "local Ray instance)", volatile=True)
+    engine: str = engine_setting()
+    address: str | None = address_setting()
     year: int | None = setting(None, "--year", "FMoW: keep images from this year (default 2012)")
 
 

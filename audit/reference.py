@@ -5,25 +5,34 @@ each model, L2-normalised per model and concatenated / sqrt(K), so an inner prod
 mean cosine similarity over the K models (features of separately trained models are not
 aligned, so they are not averaged elementwise) — and (2) the mean logits the mislabel
 audit uses to pick each target's most likely wrong class. Saved as RUN/reference.npz.
+
+They are trained like every other model, by the executor (``audit.execution``): a
+:class:`ReferenceStore` is a block store whose blocks (of the run's block size) write each
+model's logits and features to RUN/reference_models/, so training resumes after an
+interruption and ``engine="ray"`` trains the blocks on a cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ContextManager
 
 import numpy as np
 
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
-from audit.jsonio import save_npz
+from audit.execution import BlockTask, run_blocks
+from audit.jsonio import output_file, read_json, save_npz, write_json
 from audit.progress import SILENT, Progress
 from audit.seeding import STREAM_REFERENCE, model_seed
-from audit.store import RunStore
-from audit.training.registry import trainer_from_config
+from audit.store import RunStore, claim_block
 
 REFERENCE_FILE = "reference.npz"
+REFERENCE_DIR = "reference_models"  # blocks of reference models while they are trained
 
 
 @dataclass(frozen=True)
@@ -49,28 +58,94 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def reference_models(store: RunStore, dataset: Dataset, n_models: int = 3, progress: Progress = SILENT) -> Reference:
-    """Load RUN/reference.npz, or train ``n_models`` full-data models and save it."""
+class ReferenceStore:
+    """RUN/reference_models/: the blocks of full-data models, one ``block_N.npy`` each
+    (float32 [models, targets, classes + features]), written atomically; a block whose file
+    exists is done. ``meta.json`` says what the blocks were trained for; blocks made for other
+    settings are discarded (the folder only caches models)."""
+
+    def __init__(self, store: RunStore, n_models: int) -> None:
+        c = store.config
+        self.path = store.path / REFERENCE_DIR
+        self.n_models, self.block_size = n_models, max(1, min(n_models, c.block_size))
+        self.seeds = [model_seed(c.seed, STREAM_REFERENCE, i) for i in range(n_models)]
+        self.meta = {"n_models": n_models, "block_size": self.block_size, "seed": c.seed, "trainer": c.trainer,
+                     "fingerprint": c.fingerprint}
+        meta_path = self.path / "meta.json"
+        try:
+            same = read_json(meta_path) == self.meta
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_json(meta_path, self.meta)
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.n_models // self.block_size)
+
+    def _file(self, block: int) -> Path:
+        return self.path / f"block_{block}.npy"
+
+    def block_rows(self, block: int) -> range:
+        return range(block * self.block_size, min((block + 1) * self.block_size, self.n_models))
+
+    def pending_blocks(self) -> list[int]:
+        return [b for b in range(self.n_blocks) if not self.block_done(b)]
+
+    def total_models(self) -> int:
+        return self.n_models
+
+    def block_models(self, block: int) -> int:
+        return len(self.block_rows(block))
+
+    def block_done(self, block: int) -> bool:
+        return self._file(block).is_file()
+
+    def claim(self, block: int) -> ContextManager[bool]:
+        return claim_block(self.path, block)
+
+    def block_task(self, block: int, dataset: Dataset) -> BlockTask:
+        rows = self.block_rows(block)
+        return BlockTask(masks=np.ones((len(rows), dataset.n_train), dtype=bool),
+                         seeds=[self.seeds[i] for i in rows], outputs="reference")
+
+    def write_block(self, block: int, task: BlockTask, outputs: np.ndarray) -> None:
+        with output_file(self._file(block), binary=True) as fh:
+            np.save(fh, np.asarray(outputs, dtype=np.float32))
+
+    def outputs(self) -> np.ndarray:
+        """Every model's outputs, ``[n_models, targets, classes + features]`` (all blocks done)."""
+        return np.concatenate([np.load(self._file(b)) for b in range(self.n_blocks)], axis=0)
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.path)
+
+
+def reference_models(store: RunStore, dataset: Dataset, n_models: int = 3, progress: Progress = SILENT, *,
+                     engine: str = "local", address: str | None = None) -> Reference:
+    """Load RUN/reference.npz, or train ``n_models`` full-data models (resuming finished blocks) and save it."""
     path = store.path / REFERENCE_FILE
     if path.exists():
         ref = _read(path)
         if ref.n_models >= n_models:
             return ref
-    trainer = trainer_from_config(store.config.trainer)
-    seeds = [model_seed(store.config.seed, STREAM_REFERENCE, i) for i in range(n_models)]
-    masks = np.ones((n_models, dataset.n_train), dtype=bool)
-    with progress.task("reference models (full training set)", total=1, unit="blocks") as bar:
-        models = trainer.train_block(dataset, masks, seeds)
-        x = dataset.targets_x()
-        logits = models.logits(x)
-        feats = models.features(x)
-        bar.advance(1)
+    blocks = ReferenceStore(store, n_models)
+    trainer = store.config.trainer  # the executor builds it (locally) or sends it to the Ray workers
+    run_blocks(blocks, dataset, trainer, engine=engine, address=address, progress=progress,
+               description="reference models (full training set)")
+    outputs = blocks.outputs()
+    logits, feats = outputs[..., :dataset.n_classes], outputs[..., dataset.n_classes:]
     if not np.isfinite(logits).all():
+        blocks.remove()
         raise AuditError("a full-data reference model diverged; check the trainer settings in run.json")
     features = np.concatenate([unit_rows(f) for f in feats], axis=1) / np.sqrt(n_models)
     ref = Reference(features=features.astype(np.float32), mean_logits=logits.mean(0).astype(np.float32),
                     n_models=n_models)
     save_npz(path, features=ref.features, mean_logits=ref.mean_logits, n_models=np.array(n_models))
+    blocks.remove()  # reference.npz holds everything the audits read
     return ref
 
 

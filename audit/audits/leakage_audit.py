@@ -39,6 +39,7 @@ from audit.data import load_dataset
 from audit.data.dataset import Dataset
 from audit.data.planting import DEFAULT_PLANT_NOISE, plant_options, planted_pairs
 from audit.errors import AuditError
+from audit.execution import ENGINES, address_setting, engine_setting
 from audit.jsonio import read_json, write_csv, write_json
 from audit.progress import SILENT, Progress
 from audit.reference import reference_models
@@ -174,7 +175,7 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
                 mturk_export: Path | str | None = None, image_base_url: str | None = None,
                 mturk_results: Path | str | None = None, mturk_sample: int | None = None,
                 upscale: int | None = None, n_reference: int = N_REFERENCE, dataset=None,
-                progress: Progress = SILENT) -> dict:
+                engine: str = "local", address: str | None = None, progress: Progress = SILENT) -> dict:
     """Leakage audit of a fitted run; writes RUN/audits/leakage.json + leakage_candidates.csv.
 
     Returns the summary (also leakage.json's "summary"): overlap of datamodel and FAISS
@@ -182,7 +183,7 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     the MTurk export (``mturk_export`` folder, needs ``image_base_url``; ``mturk_sample``
     class-balanced test images instead of all) and the imported MTurk scores
     (``mturk_results`` CSV; the manifest comes from ``mturk_export`` if given, else from
-    the run's last export).
+    the run's last export). ``engine='ray'`` trains the reference models as Ray tasks.
     """
     start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -194,6 +195,8 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     grid = check_d_grid(d_grid)
     if n_reference < 1:
         raise AuditError(f"n_reference = {n_reference}; use at least one full-data reference model")
+    if engine not in ENGINES:
+        raise AuditError(f"unknown engine '{engine}': use local or ray")
     # cheap checks before any computing. With results and no URL, --mturk-export names the
     # folder of an earlier export to read the candidates from instead of a folder to write.
     write_export = mturk_export is not None and (mturk_results is None or bool((image_base_url or "").strip()))
@@ -219,7 +222,7 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
         if mturk_export is None:  # the export exists already: read the results now, before writing anything
             import_results(mturk_results, *_saved_manifest(run_dir))
 
-    ref = reference_models(store, ds, n_models=n_reference, progress=progress)
+    ref = reference_models(store, ds, n_models=n_reference, progress=progress, engine=engine, address=address)
     test_ids = np.arange(n_test, dtype=np.int64)
     test_rows = n_train + test_ids
     n_annot = min(N_ANNOT, n_train // 2)
@@ -394,7 +397,7 @@ def planted_run_dir(run_dir: Path | str, n: int) -> Path:
 
 def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_models: int | None = None,
                       seed: int = 0, noise: float | None = None, shift: bool | None = None,
-                      planted_run: Path | None = None,
+                      planted_run: Path | None = None, engine: str = "local", address: str | None = None,
                       progress: Progress = SILENT) -> dict:
     """Plant perturbed copies of ``n`` test images, train + fit a twin run, and measure recall@k.
 
@@ -402,6 +405,7 @@ def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_mode
     α and seed, with ``n_models`` models (default: 1,000 or the run's count if smaller). Resumable: a rerun
     trains only what is missing and refits only when models were added. The result (also in
     the twin's own leakage.json) is saved as "planted_check" in the run's leakage.json.
+    ``engine``/``address`` train the twin's models (and its reference models) as Ray tasks.
     """
     start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -423,13 +427,13 @@ def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_mode
     name = trainer.pop("name")
     t = pipeline.train(c.dataset, twin, n_models=n_models, alpha=c.alpha, seed=c.seed, trainer=name,
                        trainer_options=trainer, block_size=c.block_size, dataset_options=options, dataset=ds,
-                       progress=progress)
+                       engine=engine, address=address, progress=progress)
     pipeline.TRAIN.note(twin)  # the twin's models as they are now
     fit_config = pipeline.FIT.config_of(run_dir)  # fit the twin as the run was fitted
     fitted = pipeline.FIT.is_current(twin, fit_config)
     if not fitted:
         pipeline.FIT.run(twin, fit_config, progress=progress)
-    s = run_leakage(twin, k=k, dataset=ds, progress=progress)
+    s = run_leakage(twin, k=k, dataset=ds, engine=engine, address=address, progress=progress)
     planted = read_json(twin / "audits" / LEAKAGE_JSON)["planted"]
     result = {"run": str(twin), "n_planted": int(n), "n_models": n_models, "k": int(k),
               "plant_options": options, "models_trained_now": t["trained_now"], "refitted": not fitted,
@@ -464,6 +468,8 @@ class LeakageConfig:
     plant: int | None = setting(None, "--plant", "also plant copies of N test images in a twin run <run>-plantN, "
                                 "train + fit it, and report recall@k (CPU-sized data)", command_only=True,
                                 volatile=True)
+    engine: str = engine_setting()
+    address: str | None = address_setting()
     plant_models: int | None = setting(None, "--plant-models", "models in the planted run (default 1000, at most "
                                        "the run's)", command_only=True, volatile=True)
 
@@ -611,9 +617,11 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
         s = run_leakage(run_dir, k=config.k, d_grid=config.d_grid, mturk_export=config.mturk_export,
                         image_base_url=config.image_base_url, mturk_results=config.mturk_results,
                         mturk_sample=config.mturk_sample, n_reference=config.n_reference, dataset=dataset,
+                        engine=config.engine, address=config.address,
                         progress=progress)
         if config.plant is not None:
-            p = run_planted_check(run_dir, config.plant, k=config.k, n_models=config.plant_models, progress=progress)
+            p = run_planted_check(run_dir, config.plant, k=config.k, n_models=config.plant_models, engine=config.engine,
+                                  address=config.address, progress=progress)
             s["planted_check"] = _brief("planted_check", p)
         return LeakageResult.from_json(s)
 

@@ -27,7 +27,7 @@ from audit.audits import baselines
 from audit.contract import Block, Line, Metric, Param, Result, Step, Table, read_result, require, setting
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
-from audit.execution import ENGINES
+from audit.execution import ENGINES, address_setting, engine_setting
 from audit.jsonio import write_csv, write_json
 from audit.progress import SILENT, Progress
 from audit.reference import reference_models
@@ -262,9 +262,8 @@ class SupportConfig:
                                   command_only=True)
     seed: int = setting(0, "--seed", "seed of the subsets, initialisations and data orders (and of the audits' "
                                      "target samples; >= 0)", minimum=0)
-    engine: str = setting("local", "--engine", "local or ray (a Ray cluster trains the blocks)", volatile=True)
-    address: str | None = setting(None, "--address", "Ray cluster address (auto, ray://HOST:PORT; default: a "
-                                                     "local Ray instance)", volatile=True)
+    engine: str = engine_setting()
+    address: str | None = address_setting()
 
 
 # ----- the search ------------------------------------------------------------------------
@@ -303,7 +302,7 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
 
     # rankings, one candidate list per (target, method)
     need_ref = "representation" in methods or mode == "relabel"
-    ref = reference_models(store, ds, progress=progress) if need_ref else None
+    ref = reference_models(store, ds, progress=progress, engine=engine, address=address) if need_ref else None
     lists = np.full((n_t, n_m, K), -1, dtype=np.int64)
     for mi, method in enumerate(methods):
         lists[:, mi] = _ranking(method, weights, ref, ds, tgt, K, seed)
