@@ -21,9 +21,9 @@ from typing import Any, Mapping
 
 import tomllib
 
-from audit.contract import Metric, Param, Step
+from audit.contract import Metric, Param, Result, Step, unreadable
 from audit.errors import AuditError
-from audit.jsonio import atomic_write_text, write_json
+from audit.jsonio import atomic_write_text, read_json, write_json
 from audit.steps import REGISTRY
 from audit.store import RUN_JSON
 
@@ -245,6 +245,40 @@ def _producer(metric: Metric, run_dir: Path) -> str:
 def check_path(run_dir: Path | str) -> Path:
     """RUN/audits/check.json: the gate's last result (the report shows it)."""
     return Path(run_dir) / "audits" / CHECK_JSON
+
+
+class CheckOutcome(Result):
+    """One check of check.json."""
+
+    key: str
+    name: str
+    measure: str = ""
+    direction: str
+    threshold: float | None = None
+    value: float | None = None
+    status: str  # pass | fail | info
+    file: str = ""
+
+
+class CheckReport(Result):
+    """RUN/audits/check.json as written by :func:`run_checks`."""
+
+    passed: bool
+    n_checks: int
+    n_failed: int
+    source: str = ""
+    checks: list[CheckOutcome]
+
+
+def read_check_report(run_dir: Path | str) -> CheckReport | None:
+    """The gate's last result (None when `audit check` has not run); AuditError when unreadable."""
+    path = check_path(run_dir)
+    if not path.is_file():
+        return None
+    try:
+        return CheckReport.from_json(read_json(path))  # type: ignore[return-value]
+    except (OSError, ValueError, TypeError) as exc:
+        raise unreadable(path, "audit check", exc) from None
 
 
 def exit_code(result: Mapping[str, Any]) -> int:

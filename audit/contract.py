@@ -160,6 +160,11 @@ def read_result(path: Path, what: str) -> Any:
         raise AuditError(f"{path} is unreadable ({type(exc).__name__}); run `{what}` again") from None
 
 
+def unreadable(path: Path, command: str, exc: BaseException) -> AuditError:
+    """The one wording for a result file that exists but cannot be read as what its step wrote."""
+    return AuditError(f"{path} could not be read ({type(exc).__name__}); run `{command}` again")
+
+
 def require(data: Any, keys: tuple, path: Path, what: str) -> Any:
     """``data[k1][k2]...``; AuditError naming the missing key and the command to run again."""
     node = data
@@ -226,6 +231,7 @@ def digest_of(*parts: Any) -> str:
 # ----- the step --------------------------------------------------------------------------------
 C = TypeVar("C")
 R = TypeVar("R", bound=Result)
+M = TypeVar("M", bound=Result)
 
 
 class Step(Generic[C, R]):
@@ -331,16 +337,21 @@ class Step(Generic[C, R]):
     # ----- reading -------------------------------------------------------------------------
     def load(self, run_dir: Path | str) -> R | None:
         """The saved result, or None when the step has not run; AuditError when it is unreadable."""
-        path = self.path(run_dir)
+        return self.read(run_dir, "result", self.result_type, self.result_key)  # type: ignore[return-value]
+
+    def read(self, run_dir: Path | str, role: str, model: type[M], key: str | None = None) -> M | None:
+        """The step's JSON file of ``role`` (its ``key`` when given) as ``model``; None when the file
+        does not exist; AuditError naming the file and the command to run again when it cannot be read."""
+        path = self.path(run_dir, role)
         if not path.is_file():
             return None
         try:
             data = read_json(path)
-            if self.result_key is not None:
-                data = data[self.result_key]
-            return self.result_type.from_json(data)  # type: ignore[return-value]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise AuditError(f"{path} is unreadable ({type(exc).__name__}); run `audit {self.name}` again") from None
+            if key is not None:
+                data = data[key]
+            return model.from_json(data)  # type: ignore[return-value]
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            raise unreadable(path, f"audit {self.name}", exc) from None
 
     def record(self, run_dir: Path | str) -> StepRecord | None:
         return StepRecord.read(run_dir, self.name)
@@ -350,6 +361,18 @@ class Step(Generic[C, R]):
         """Lines and tables for the terminal and the report's generic section."""
         return [Line(f"{self.name}: " + ", ".join(f"{k} {v}" for k, v in result.to_json().items()
                                                    if isinstance(v, (int, float, str))))]
+
+    def seconds(self, result: R) -> float | None:
+        """What computing the saved result took, from the result itself (used when no step record has it)."""
+        return finite(result.get("seconds"))
+
+    def cost_detail(self, result: R) -> str:
+        """A few words on the work behind the cost (e.g. models retrained), for the timings table."""
+        return ""
+
+    def skipped(self, result: R) -> R:
+        """The saved result as a run that skipped this step reports it (nothing done now)."""
+        return result
 
     def skip_line(self) -> str:
         return f"{self.name}: already current, skipped"

@@ -32,6 +32,7 @@ from audit.contract import (
     require,
     setting,
     settings_of,
+    unreadable,
 )
 from audit.data import Dataset, dataset_kind, dataset_name, load_dataset
 from audit.datamodels import Datamodels, difference_of_means, fit_datamodels
@@ -376,6 +377,16 @@ class TrainStep(Step[TrainConfig, TrainResult]):
                      + (f", test accuracy at α={result.alpha} {acc:.3f}" if acc is not None else ""))]
 
 
+    def seconds(self, result: TrainResult) -> float | None:
+        return result.total_seconds
+
+    def skipped(self, result: TrainResult) -> TrainResult:
+        return result.model_copy(update={"trained_now": 0})
+
+    def cost_detail(self, result: TrainResult) -> str:
+        rate = result.models_per_second
+        return f"{rate:,.2f} models/s in the last session" if rate else ""
+
 TRAIN = TrainStep()
 
 
@@ -469,6 +480,9 @@ class FitStep(Step[FitConfig, FitResult]):
         return n == len(RunStore.open(run_dir, writable=False).finished_rows())
 
 
+    def cost_detail(self, result: FitResult) -> str:
+        return f"on {result.device}, {result.n_models:,} models"
+
 FIT = FitStep()
 
 
@@ -477,7 +491,30 @@ class GroupQuality(Result):
     lds_mean: float | None = None
     lds_median: float | None = None
     mse_mean: float | None = None
+    n_lds: int | None = None  # targets with a defined LDS (a constant margin has none)
     baseline_lds_mean: float | None = None
+    baseline_lds_median: float | None = None
+    baseline_n_lds: int | None = None
+
+
+@dataclass(frozen=True)
+class Scatter:
+    """Predicted vs measured margins on the held-out models for a few targets (evaluation_targets.npz)."""
+
+    targets: np.ndarray  # int [k] target indices (train first, then test)
+    pred: np.ndarray  # [m, k]
+    measured: np.ndarray  # [m, k]
+    valid: np.ndarray  # bool [m, k]: a train target's dots are the models whose subset left it out
+
+
+@dataclass(frozen=True)
+class TargetQuality:
+    """evaluation_targets.npz: per-target LDS (datamodels, difference of means) and MSE, and the scatter sample."""
+
+    lds: np.ndarray | None
+    baseline_lds: np.ndarray | None
+    mse: np.ndarray | None
+    scatter: Scatter | None
 
 
 class EvaluateResult(Result):
@@ -522,6 +559,26 @@ class EvaluateStep(Step[EvaluateConfig, EvaluateResult]):
             out.append(Line(f"noise floor (OPT) MSE with {r.repeats} repeats: {r.noise_floor_mse:.3f}"))
         return out
 
+    def targets(self, run_dir: Path | str) -> TargetQuality | None:
+        """The per-target scores (None when not evaluated); AuditError when the file is unreadable or inconsistent."""
+        path = self.path(run_dir, "targets")
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: np.asarray(z[k]) for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise unreadable(path, "audit evaluate", exc) from None
+        scatter = None
+        if all(f"scatter_{k}" in arrays for k in ("targets", "pred", "measured")):
+            pred = arrays["scatter_pred"]
+            valid = arrays.get("scatter_valid", np.ones(pred.shape, bool)).astype(bool)
+            scatter = Scatter(arrays["scatter_targets"].astype(np.int64), pred, arrays["scatter_measured"], valid)
+            if pred.ndim != 2 or pred.shape != scatter.measured.shape or pred.shape != valid.shape \
+                    or pred.shape[1] != len(scatter.targets):
+                raise AuditError(f"{path} has scatter arrays of mismatched shapes; run `audit evaluate` again")
+        return TargetQuality(arrays.get("lds"), arrays.get("baseline_lds"), arrays.get("mse"), scatter)
+
     def legacy_current(self, run_dir: Path, config: EvaluateConfig) -> bool:
         """An older run's evaluation counts when it scores the current datamodels on as many subsets."""
         path, dm = self.path(run_dir), FIT.path(run_dir, "datamodels")
@@ -535,6 +592,12 @@ class EvaluateStep(Step[EvaluateConfig, EvaluateResult]):
         return (ev.get("n_fit_models") == fit_models
                 and ev.get("n_subsets_requested", config.n_subsets) == config.n_subsets)
 
+
+    def seconds(self, result: EvaluateResult) -> float | None:
+        return None  # the evaluation's cost is in its step record only
+
+    def cost_detail(self, result: EvaluateResult) -> str:
+        return f"{result.n_subsets:,} held-out subsets"
 
 EVALUATE = EvaluateStep()
 

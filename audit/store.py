@@ -218,15 +218,18 @@ class RunStore:
 
     @classmethod
     def open(cls, path: Path | str, writable: bool = True) -> "RunStore":
+        return cls(Path(path), cls.read_config(path), writable=writable)
+
+    @staticmethod
+    def read_config(path: Path | str) -> RunConfig:
+        """The run's run.json (without opening its arrays); AuditError when there is none or it is unreadable."""
         path = Path(path)
         if not (path / RUN_JSON).exists():
             raise AuditError(f"{path} is not a run directory (no {RUN_JSON}); run `audit train` first")
         try:
-            raw = read_json(path / RUN_JSON)
-            config = RunConfig(**raw)
-        except (ValueError, TypeError) as exc:
+            return RunConfig(**read_json(path / RUN_JSON))
+        except (OSError, ValueError, TypeError) as exc:
             raise AuditError(f"{path}/{RUN_JSON} is unreadable ({exc}); restore it or train a new run") from None
-        return cls(path, config, writable=writable)
 
     @classmethod
     def open_or_create(cls, path: Path | str, config: RunConfig) -> "RunStore":

@@ -127,10 +127,7 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
 
 def skipped_summary(step: Step, result: Result) -> dict:
     """A skipped step's summary: its saved result, with nothing done now."""
-    data = result.to_json()
-    if step.name == pipeline.TRAIN.name:  # the runner may be TRAIN.for_dataset(spec), another instance
-        data["trained_now"] = 0
-    return data
+    return step.skipped(result).to_json()
 
 
 def fit_is_current(run_dir: Path | str) -> bool:

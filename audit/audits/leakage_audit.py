@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from pydantic import Field
 
 from audit import pipeline
 from audit.audits.baselines import nearest_neighbours
@@ -34,7 +35,8 @@ from audit.audits.geo import leakage_efficacy, nearest_train_distance_miles
 from audit.audits.leakage import candidate_overlap, candidates_table, datamodel_candidates, planted_recall
 from audit.audits.mturk import export_batch, import_results, read_manifest
 from audit.audits.support import sample_targets
-from audit.contract import Block, Line, Metric, Param, Result, Step, Table, finite, read_result, require, setting
+from audit.contract import (Block, Line, Metric, Param, Result, Step, Table, finite, read_result, require, setting,
+                            unreadable)
 from audit.data import load_dataset
 from audit.data.dataset import Dataset
 from audit.data.planting import DEFAULT_PLANT_NOISE, plant_options, planted_pairs
@@ -511,6 +513,148 @@ class LeakageResult(Result):
     seconds: float = 0.0
 
 
+# ----- typed reads of the audit's files (what the report and other readers use) ---------------
+class PlantedMethod(Result):
+    recall_at_k: dict[str, float | None]
+    median_full_rank: float | None = None
+
+
+class PlantedRecall(Result):
+    """A "planted" (this run's planted copies) or "planted_check" (the twin run) section."""
+
+    n_planted: int
+    methods: dict[str, PlantedMethod]
+    pairs: list[tuple[int, int]] = []
+    run: str | None = None
+
+
+class GeoCdf(Result):
+    d_miles: list[float]
+    fraction_within: list[float]
+
+
+class GeoCheck(Result):
+    """The geodesic check (datasets with coordinates): efficacy per d and method, distance CDF."""
+
+    d_miles: list[float]
+    efficacy: dict[str, list[float | None]]
+    cdf: GeoCdf | None = None
+
+
+class LeakageFile(Result):
+    """audits/leakage.json as a whole: the summary and the sections behind it."""
+
+    summary: LeakageResult
+    geo: GeoCheck | None = None
+    planted: PlantedRecall | None = None
+    planted_check: PlantedRecall | None = None
+
+
+class Histogram(Result):
+    bin_edges: list[float]
+    counts: list[int]
+
+
+class LeakageScores(Result):
+    mean: float | None = None
+    n_at_least_half: int | None = Field(None, alias="n_at_least_0.5")
+    hist: Histogram | None = None
+
+
+class MTurkSummary(Result):
+    n_assignments_used: int | None = None
+    n_workers: int | None = None
+    n_tests_answered: int | None = None
+    leakage_score: LeakageScores | None = None
+    pair_score_hist: Histogram | None = None
+
+
+class MTurkTest(Result):
+    test_id: int
+    leakage_score: float | None = None
+
+
+class MTurkPair(Result):
+    test_id: int
+    train_id: int
+    score: float | None = None
+
+
+class MTurkScores(Result):
+    """audits/leakage_mturk.json: imported annotations."""
+
+    summary: MTurkSummary
+    tests: list[MTurkTest] = []
+    pairs: list[MTurkPair] = []
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of leakage_candidates.csv."""
+
+    test: int
+    train: int
+    rank: int
+    score: float | None  # datamodel weight, or cosine similarity for "representation"
+
+
+@dataclass(frozen=True)
+class GeoTable:
+    """leakage_geo.csv: per test image, the nearest training image and nearest candidate per method (miles)."""
+
+    test_index: list[int]
+    nearest_train_miles: list[float | None]
+    nearest_candidate_miles: dict[str, list[float | None]]
+
+
+def _number(raw: Any) -> float | None:
+    try:
+        v = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _csv_rows(path: Path) -> list[dict] | None:
+    if not path.is_file():
+        return None
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise unreadable(path, "audit leakage", exc) from None
+
+
+def read_candidates(path: Path) -> dict[str, dict[int, list[Candidate]]] | None:
+    """leakage_candidates.csv as ``{method: {test index: candidates by rank}}`` (None when missing)."""
+    rows = _csv_rows(path)
+    if rows is None:
+        return None
+    out: dict[str, dict[int, list[Candidate]]] = {}
+    for r in rows:
+        t, j, rank = _number(r.get("test_index")), _number(r.get("train_index")), _number(r.get("rank"))
+        if t is None or j is None:
+            continue
+        out.setdefault(str(r.get("method") or "datamodels"), {}).setdefault(int(t), []).append(
+            Candidate(int(t), int(j), int(rank or 0), _number(r.get("weight"))))
+    for lists in out.values():
+        for v in lists.values():
+            v.sort(key=lambda c: (c.rank, c.train))
+    return out
+
+
+def read_geo_table(path: Path) -> GeoTable | None:
+    """leakage_geo.csv (None when missing or empty)."""
+    rows = _csv_rows(path)
+    if not rows:
+        return None
+    suffix = "_nearest_candidate_miles"
+    methods = [col[: -len(suffix)] for col in rows[0] if col.endswith(suffix)]
+    return GeoTable(test_index=[int(_number(r.get("test_index")) or 0) for r in rows],
+                    nearest_train_miles=[_number(r.get("nearest_train_miles")) for r in rows],
+                    nearest_candidate_miles={m: [_number(r.get(m + suffix)) for r in rows] for m in methods})
+
+
 def geo_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | None, dict]:
     """Fraction of test images with a leakage candidate within ``leak_miles`` (FMoW geodesic check).
 
@@ -519,21 +663,13 @@ def geo_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | 
     """
     what = f"audit leakage {run_dir}"
     d, method = float(p["leak_miles"]), p["leak_method"]
-    column = f"{method}_nearest_candidate_miles"
     if path.name.endswith(".csv"):
-        try:
-            with open(path, newline="", encoding="utf-8") as fh:
-                reader = csv.DictReader(fh)
-                if column not in (reader.fieldnames or []):
-                    raise AuditError(f"{path} has no column {column}; run `{what}` again")
-                dist = []
-                for row in reader:
-                    raw = (row.get(column) or "").strip()
-                    dist.append(float(raw) if raw else math.inf)
-        except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
-            raise AuditError(f"{path} is unreadable ({type(exc).__name__}); run `{what}` again") from None
-        if not dist:
+        table = read_geo_table(path)
+        if table is None:
             raise AuditError(f"{path} lists no test images; run `{what}` again")
+        if method not in table.nearest_candidate_miles:
+            raise AuditError(f"{path} has no column {method}_nearest_candidate_miles; run `{what}` again")
+        dist = [math.inf if x is None else x for x in table.nearest_candidate_miles[method]]
         n = sum(x <= d for x in dist)
         return n / len(dist), {"d_miles": d, "method": method, "n_test": len(dist), "n_within": n}
     data = read_result(path, what)
@@ -624,6 +760,21 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
                                   address=config.address, progress=progress)
             s["planted_check"] = _brief("planted_check", p)
         return LeakageResult.from_json(s)
+
+    # ----- typed reads of the files behind the summary (None: not written) -----------------
+    def details(self, run_dir: Path | str) -> LeakageFile | None:
+        """audits/leakage.json with its geodesic and planted sections."""
+        return self.read(run_dir, "result", LeakageFile)
+
+    def mturk_scores(self, run_dir: Path | str) -> MTurkScores | None:
+        """audits/leakage_mturk.json: imported MTurk annotations."""
+        return self.read(run_dir, "mturk", MTurkScores)
+
+    def candidates(self, run_dir: Path | str) -> dict[str, dict[int, list[Candidate]]] | None:
+        return read_candidates(self.path(run_dir, "candidates"))
+
+    def geo_table(self, run_dir: Path | str) -> GeoTable | None:
+        return read_geo_table(self.path(run_dir, "geo"))
 
     def summary(self, s: LeakageResult) -> list[Block]:
         o, dc = s.overlap, s.datamodel_candidates

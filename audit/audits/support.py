@@ -452,6 +452,13 @@ def _csv_rows(records: list[dict], methods: Sequence[str], relabel: bool) -> tup
 
 
 # ----- the steps (audit.contract) --------------------------------------------------------------
+class CdfPoint(Result):
+    """Share of targets whose support is at most ``k``."""
+
+    k: int
+    fraction: float | None = None
+
+
 class MethodSupport(Result):
     n_targets: int
     fraction_certified: float | None = None
@@ -460,14 +467,14 @@ class MethodSupport(Result):
     median_k_star: float
     median_k_star_label: str
     fraction_no_crossing: float | None = None
-    cdf: list[dict]
+    cdf: list[CdfPoint]
 
 
 class HeuristicSupport(Result):
     n: int
     median: float
     fraction_not_found: float | None = None
-    cdf: list[dict]
+    cdf: list[CdfPoint]
 
 
 class SupportResult(Result):
@@ -611,6 +618,9 @@ class SupportStep(Step[SupportConfig, SupportResult]):
                             all_heuristic=config.all_heuristic, engine=config.engine, address=config.address,
                             dataset=dataset, progress=progress)
         return SupportResult.from_json(s)
+
+    def cost_detail(self, result: SupportResult) -> str:
+        return f"{result.models_trained_now:,} models retrained"
 
     def summary(self, s: SupportResult) -> list[Block]:
         what = "removal support (brittleness)" if s.mode == "remove" else "label-flip support (mislabel)"

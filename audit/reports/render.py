@@ -12,16 +12,16 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 from rich.text import Text
 
 from audit import pipeline
 from audit.audits.geo import haversine_miles
-from audit.audits.leakage_audit import LEAKAGE
+from audit.audits.leakage_audit import LEAKAGE, Candidate, GeoTable, LeakageFile, MTurkScores
 from audit.audits.support import SupportRecord, read_records
-from audit.checks import check_path
+from audit.checks import read_check_report
 from audit.contract import Line, Step
 from audit.errors import AuditError
 from audit.jsonio import atomic_write_text
@@ -30,9 +30,10 @@ from audit.reports import plots
 from audit.reports.data import DatamodelRows, RunFiles, num
 from audit.reports.images import ImageSource
 from audit.steps import REGISTRY
-from audit.store import RUN_JSON, RunStore
+from audit.store import RUN_JSON, RunConfig, RunStore
 
 REPORT_FILE = "report.html"
+T = TypeVar("T")
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -42,7 +43,7 @@ class Context:
     """What the section functions share: the run's files, its config, lazily its dataset and datamodels."""
 
     files: RunFiles
-    run: dict
+    run: RunConfig
     n_examples: int = 8
     n_neighbours: int = 5
     _dataset: Any = None
@@ -58,11 +59,19 @@ class Context:
 
     @property
     def n_train(self) -> int:
-        return int(self.run.get("n_train", 0))
+        return self.run.n_train
 
     @property
     def n_test(self) -> int:
-        return int(self.run.get("n_test", 0))
+        return self.run.n_test
+
+    def read(self, reader: Callable[[Path], T | None]) -> T | None:
+        """``reader(run_dir)`` (a step's typed read); None plus a note when the file is unreadable."""
+        try:
+            return reader(self.path)
+        except AuditError as exc:
+            self.files.notes.append(f"{exc}; its section is left out")
+            return None
 
     @property
     def dataset(self):
@@ -149,97 +158,80 @@ def cell(value: Any, digits: int = 3) -> dict:
 
 # ----- sections ---------------------------------------------------------------------------
 def summary_section(ctx: Context) -> dict | None:
-    """run.json, train.json, fit.json: what was trained, how well, and how long it took."""
-    run, train, fit = ctx.run, ctx.files.json(_rel(pipeline.TRAIN)) or {}, ctx.files.json(_rel(pipeline.FIT)) or {}
-    trainer = run.get("trainer") or {}
+    """run.json, the train and fit results: what was trained, how well, and how long it took."""
+    run = ctx.run
+    train, fit = ctx.read(pipeline.TRAIN.load), ctx.read(pipeline.FIT.load)
     facts = [
-        ("dataset", run.get("dataset")),
-        ("training / test examples", f"{fmt(run.get('n_train'))} / {fmt(run.get('n_test'))}"),
-        ("subset fraction α", fmt(num(run.get("alpha")), 2)),
-        ("models planned", fmt(run.get("n_models"))),
+        ("dataset", run.dataset),
+        ("training / test examples", f"{fmt(run.n_train)} / {fmt(run.n_test)}"),
+        ("subset fraction α", fmt(run.alpha, 2)),
+        ("models planned", fmt(run.n_models)),
     ]
-    if train:
-        facts += [("models trained", fmt(train.get("trained"))), ("diverged", fmt(train.get("diverged"))),
-                  ("pending", fmt(train.get("pending"))),
-                  ("test accuracy of a model trained at α", pct(train.get("test_accuracy")))]
-    facts.append(("trainer", ", ".join(f"{k}={v}" for k, v in trainer.items()) if trainer else None))
-    if fit:
-        facts += [("models used to fit", fmt(fit.get("n_models"))), ("datamodels (targets)", fmt(fit.get("n_targets"))),
-                  ("mean non-zero weights per datamodel", fmt(num(fit.get("mean_nonzero_weights")), 1)),
-                  ("median λ / λmax", fmt(num(fit.get("median_lambda_ratio")), 4))]
-    facts += [("seed", run.get("seed")), ("created", run.get("created")),
-              ("versions", ", ".join(f"{k} {v}" for k, v in (run.get("versions") or {}).items()) or None)]
+    if train is not None:
+        facts += [("models trained", fmt(train.trained)), ("diverged", fmt(train.diverged)),
+                  ("pending", fmt(train.pending)),
+                  ("test accuracy of a model trained at α", pct(train.test_accuracy))]
+    facts.append(("trainer", ", ".join(f"{k}={v}" for k, v in run.trainer.items()) if run.trainer else None))
+    if fit is not None:
+        facts += [("models used to fit", fmt(fit.n_models)), ("datamodels (targets)", fmt(fit.n_targets)),
+                  ("mean non-zero weights per datamodel", fmt(fit.mean_nonzero_weights, 1)),
+                  ("median λ / λmax", fmt(fit.median_lambda_ratio, 4))]
+    facts += [("seed", run.seed), ("created", run.created),
+              ("versions", ", ".join(f"{k} {v}" for k, v in run.versions.items()) or None)]
     timings = []
     for step in REGISTRY:  # the cost each step had when it last ran (RUN/steps/*.json), or its saved seconds
-        data = ctx.files.json(_rel(step))
-        summary = data.get(step.result_key) if isinstance(data, dict) and step.result_key else data
-        summary = summary if isinstance(summary, dict) else {}
-        rec = step.record(ctx.path)
-        seconds = rec.seconds if rec else num(summary.get("total_seconds", summary.get("seconds")))
-        if seconds is None or not summary:
+        result = ctx.read(step.load)
+        if result is None:
             continue
-        timings.append({"step": step.name, "seconds": seconds, "detail": _timing_detail(step.name, summary)})
-    for t in timings:
-        t["text"] = fmt(t["seconds"], 1)
+        rec = step.record(ctx.path)
+        seconds = rec.seconds if rec else step.seconds(result)
+        if seconds is None:
+            continue
+        timings.append({"step": step.name, "seconds": seconds, "text": fmt(seconds, 1),
+                        "detail": step.cost_detail(result)})
     return {"facts": [(k, v) for k, v in facts if v not in (None, "")], "timings": timings}
 
 
-def _timing_detail(name: str, s: dict) -> str:
-    if name == "train":
-        rate = num(s.get("models_per_second"))
-        return f"{fmt(rate, 2)} models/s in the last session" if rate else ""
-    if name == "fit":
-        return f"on {s.get('device', '?')}, {fmt(s.get('n_models'))} models"
-    if name == "evaluate":
-        return f"{fmt(s.get('n_subsets'))} held-out subsets"
-    trained = s.get("models_trained_now")
-    return f"{fmt(trained)} models retrained" if trained is not None else ""
-
-
 def _rel(step: Step, role: str = "result") -> str:
-    """A step's file, relative to the run directory (what RunFiles reads)."""
+    """A step's file, relative to the run directory (for links on the page)."""
     return step.files[role]
 
 
 def quality_section(ctx: Context) -> dict | None:
-    """evaluation.json (+ evaluation_targets.npz): LDS/MSE on held-out models vs difference of means."""
-    ev = ctx.files.json(_rel(pipeline.EVALUATE))
-    if not isinstance(ev, dict):
+    """The evaluate step's result (+ its per-target scores): LDS/MSE on held-out models vs difference of means."""
+    ev = ctx.read(pipeline.EVALUATE.load)
+    if ev is None:
         return None
     rows = []
     for group in ("test", "train", "all"):
-        g = ev.get(group)
-        if not isinstance(g, dict):
-            continue
-        rows.append({"estimator": "datamodels (LASSO)", "group": group, "n": cell(g.get("n_targets")),
-                     "lds_mean": cell(num(g.get("lds_mean"))), "lds_median": cell(num(g.get("lds_median"))),
-                     "mse_mean": cell(num(g.get("mse_mean"))), "n_lds": cell(g.get("n_lds"))})
-        if num(g.get("baseline_lds_mean")) is not None:
-            rows.append({"estimator": "difference of means", "group": group, "n": cell(g.get("n_targets")),
-                         "lds_mean": cell(num(g.get("baseline_lds_mean"))),
-                         "lds_median": cell(num(g.get("baseline_lds_median"))), "mse_mean": cell(None),
-                         "n_lds": cell(g.get("baseline_n_lds"))})
-    facts = [("held-out subsets", fmt(ev.get("n_subsets"))), ("models per subset (margins averaged)", fmt(ev.get("repeats"))),
-             ("models the datamodels were fitted on", fmt(ev.get("n_fit_models")))]
-    if num(ev.get("noise_floor_mse")) is not None:
-        facts.append(("noise floor MSE (a perfect predictor of the mean margin)", fmt(num(ev.get("noise_floor_mse")))))
+        g: pipeline.GroupQuality = getattr(ev, group)
+        rows.append({"estimator": "datamodels (LASSO)", "group": group, "n": cell(g.n_targets),
+                     "lds_mean": cell(g.lds_mean), "lds_median": cell(g.lds_median),
+                     "mse_mean": cell(g.mse_mean), "n_lds": cell(g.n_lds)})
+        if num(g.baseline_lds_mean) is not None:
+            rows.append({"estimator": "difference of means", "group": group, "n": cell(g.n_targets),
+                         "lds_mean": cell(g.baseline_lds_mean), "lds_median": cell(g.baseline_lds_median),
+                         "mse_mean": cell(None), "n_lds": cell(g.baseline_n_lds)})
+    facts = [("held-out subsets", fmt(ev.n_subsets)), ("models per subset (margins averaged)", fmt(ev.repeats)),
+             ("models the datamodels were fitted on", fmt(ev.n_fit_models))]
+    if num(ev.noise_floor_mse) is not None:
+        facts.append(("noise floor MSE (a perfect predictor of the mean margin)", fmt(ev.noise_floor_mse)))
     figures = []
-    per = ctx.files.npz(_rel(pipeline.EVALUATE, "targets"))
-    if per:
+    per = ctx.read(pipeline.EVALUATE.targets)
+    if per is not None:
         n_train = ctx.n_train
-        groups = [("test", slice(n_train, None)), ("train", slice(0, n_train))]
-        for gname, sl in groups:
-            if "lds" in per and per["lds"][sl].size:
-                series = {"datamodels": per["lds"][sl]}
-                if "baseline_lds" in per:
-                    series["difference of means"] = per["baseline_lds"][sl]
+        for gname, sl in (("test", slice(n_train, None)), ("train", slice(0, n_train))):
+            if per.lds is not None and per.lds[sl].size:
+                series = {"datamodels": per.lds[sl]}
+                if per.baseline_lds is not None:
+                    series["difference of means"] = per.baseline_lds[sl]
                 uri = plots.histograms(series, "LDS (Spearman, predicted vs actual margin)",
                                        f"LDS per {gname} target", vline=0.0)
                 if uri:
                     figures.append({"uri": uri, "caption": f"Linear datamodeling score of each {gname} target over "
                                                            "the held-out models; higher is better."})
-        if "mse" in per and per["mse"].size:
-            series = {"test targets": per["mse"][n_train:], "train targets": per["mse"][:n_train]}
+        if per.mse is not None and per.mse.size:
+            series = {"test targets": per.mse[n_train:], "train targets": per.mse[:n_train]}
             uri = plots.histograms(series, "MSE of the predicted margin (log scale)", "MSE per target", log_x=True)
             if uri:
                 figures.append({"uri": uri, "caption": "Mean squared error of each datamodel on the held-out models."})
@@ -248,33 +240,27 @@ def quality_section(ctx: Context) -> dict | None:
     return {"rows": rows, "facts": facts, "figures": figures}
 
 
-def _scatter_saved(ctx: Context, per: dict | None) -> list[dict]:
-    """Predicted vs measured margins saved by ``audit evaluate`` (evaluation_targets.npz ``scatter_*``).
+def _scatter_saved(ctx: Context, per: pipeline.TargetQuality | None) -> list[dict]:
+    """Predicted vs measured margins saved by ``audit evaluate`` (its scatter sample).
 
     One figure for the test targets and one for the train targets; a train target's dots are
-    only the held-out models whose subset excluded it (``scatter_valid``).
+    only the held-out models whose subset excluded it.
     """
-    keys = ("scatter_targets", "scatter_pred", "scatter_measured")
-    if not per or any(k not in per for k in keys):
+    sc = per.scatter if per is not None else None
+    if sc is None:
         return []
-    targets = np.asarray(per["scatter_targets"], dtype=np.int64)
-    pred, meas = np.asarray(per["scatter_pred"]), np.asarray(per["scatter_measured"])
-    valid = np.asarray(per["scatter_valid"], dtype=bool) if "scatter_valid" in per else np.ones(pred.shape, bool)
-    if pred.ndim != 2 or pred.shape != meas.shape or pred.shape != valid.shape or pred.shape[1] != len(targets):
-        ctx.files.notes.append(f"{_rel(pipeline.EVALUATE, 'targets')} has scatter arrays of mismatched shapes; the scatter is left out")
-        return []
-    lds = per.get("lds")
+    lds = per.lds
     out = []
-    for group, is_group in (("test", targets >= ctx.n_train), ("train", targets < ctx.n_train)):
+    for group, is_group in (("test", sc.targets >= ctx.n_train), ("train", sc.targets < ctx.n_train)):
         groups = []
         for j in np.flatnonzero(is_group):
-            t = int(targets[j])
+            t = int(sc.targets[j])
             index = t - ctx.n_train if group == "test" else t
             label = ctx.images.label(group, index)
             score = f", LDS {float(lds[t]):.2f}" if lds is not None and t < len(lds) and np.isfinite(lds[t]) else ""
-            groups.append({"pred": pred[valid[:, j], j], "actual": meas[valid[:, j], j],
+            groups.append({"pred": sc.pred[sc.valid[:, j], j], "actual": sc.measured[sc.valid[:, j], j],
                            "label": f"{group} {index}" + (f" ({label})" if label else "") + score})
-        n_models = int(valid[:, is_group].any(axis=1).sum()) if is_group.any() else 0
+        n_models = int(sc.valid[:, is_group].any(axis=1).sum()) if is_group.any() else 0
         uri = plots.scatter_predicted(groups, f"{group} targets: {n_models} held-out models")
         if uri:
             why = (" For a train target, only the models whose subset left it out." if group == "train" else "")
@@ -284,10 +270,12 @@ def _scatter_saved(ctx: Context, per: dict | None) -> list[dict]:
     return out
 
 
-def _scatter_predicted(ctx: Context, ev: dict, per: dict | None, n_targets: int = 6) -> dict | None:
-    """Predicted vs actual margins on the held-out models for a few test targets (paper Fig. 2)."""
+def _scatter_predicted(ctx: Context, ev: pipeline.EvaluateResult, per: pipeline.TargetQuality | None,
+                       n_targets: int = 6) -> dict | None:
+    """Predicted vs actual margins on the held-out models for a few test targets (paper Fig. 2);
+    for evaluations saved without a scatter sample."""
     dm = ctx.datamodels
-    repeats = int(ev.get("repeats") or 1)
+    repeats = int(ev.repeats or 1)
     eval_dir = pipeline.eval_run_dir(ctx.path, repeats)
     if dm is None or not (eval_dir / RUN_JSON).exists() or ctx.n_test == 0:
         return None
@@ -307,8 +295,10 @@ def _scatter_predicted(ctx: Context, ev: dict, per: dict | None, n_targets: int 
         return None
     rng = np.random.default_rng(0)
     candidates = np.arange(ctx.n_test)
-    if per and "lds" in per and len(per["lds"]) == ctx.n_train + ctx.n_test:
-        finite = np.isfinite(per["lds"][ctx.n_train:])
+    lds_all = per.lds if per is not None and per.lds is not None and len(per.lds) == ctx.n_train + ctx.n_test \
+        else None
+    if lds_all is not None:
+        finite = np.isfinite(lds_all[ctx.n_train:])
         candidates = candidates[finite] if finite.any() else candidates
     picks = np.sort(rng.choice(candidates, size=min(n_targets, len(candidates)), replace=False))
     rows = ctx.n_train + picks
@@ -316,7 +306,7 @@ def _scatter_predicted(ctx: Context, ev: dict, per: dict | None, n_targets: int 
     pred = masks.astype(np.float32) @ w.T + dm.bias[rows][None, :]
     groups = []
     for j, t in enumerate(picks):
-        lds = per["lds"][ctx.n_train + t] if per and "lds" in per else np.nan
+        lds = lds_all[ctx.n_train + t] if lds_all is not None else np.nan
         label = ctx.images.label("test", int(t))
         groups.append({"pred": pred[:, j], "actual": actual[:, ctx.n_train + t],
                        "label": f"test {t}" + (f" ({label})" if label else "") + f", LDS {lds:.2f}"})
@@ -405,12 +395,12 @@ def support_section(ctx: Context, name: str = "brittleness", n_show: int = 6, n_
                                                  "sort": r.median_certified_support},
                               "median_kstar": {"text": r.median_k_star_label, "sort": r.median_k_star},
                               "no_crossing": {"text": pct(r.fraction_no_crossing), "sort": num(r.fraction_no_crossing)}})
-    curves = {m: [(c.get("k"), c.get("fraction")) for c in r.cdf] for m, r in s.per_method.items()}
+    curves = {m: [(c.k, c.fraction) for c in r.cdf] for m, r in s.per_method.items()}
     dashed = []
     for h, label in ((s.heuristic, "heuristic (datamodel sum, no retraining)"),
                      (s.heuristic_all, "heuristic, all test images")):
         if h is not None and h.cdf:
-            curves[label] = [(c.get("k"), c.get("fraction")) for c in h.cdf]
+            curves[label] = [(c.k, c.fraction) for c in h.cdf]
             dashed.append(label)
     what = "removed" if s.mode == "remove" else "relabelled"
     cdf = plots.step_cdfs(curves, f"training examples {what} (k)", "support size: fraction of targets ≤ k",
@@ -463,134 +453,106 @@ def _most_brittle(ctx: Context, records: list[SupportRecord], n_show: int, n_sup
 
 
 def leakage_section(ctx: Context, n_show: int = 8, n_cand: int = 5) -> dict | None:
-    """RUN/audits/leakage.json (+ leakage_candidates.csv, leakage_geo.csv, leakage_mturk.json).
+    """The leakage step's files: summary, candidates, geodesic table, MTurk scores.
 
     Shows the candidate summary and the overlap of datamodel and representation (FAISS)
     candidates, planted-duplicate recall, FMoW efficacy vs distance per method and the
     distance CDF, MTurk score distributions, and test images with their candidates.
     """
-    data = ctx.files.json(_rel(LEAKAGE))
-    rows = ctx.files.csv(_rel(LEAKAGE, "candidates"))
-    if not isinstance(data, dict) and rows is None:
+    data = ctx.read(LEAKAGE.details)
+    cands = ctx.read(LEAKAGE.candidates)
+    if data is None and cands is None:
         return None
-    data = data if isinstance(data, dict) else {}
-    s = data.get("summary") if isinstance(data.get("summary"), dict) else {}
-    dc = s.get("datamodel_candidates") if isinstance(s.get("datamodel_candidates"), dict) else {}
-    facts = [("candidates per test image (k)", fmt(s.get("k"))),
-             ("test images", fmt(s.get("n_test"))),
-             ("mean positive-weight candidates", fmt(num(dc.get("mean_positive")), 2)),
-             ("test images with no positive weight", fmt(dc.get("n_tests_none"))),
-             ("datamodel candidates of the test image's class", pct(dc.get("same_class_fraction"))),
-             ("full-data reference models (representation baseline)", fmt(s.get("n_reference_models"))),
-             ("their test accuracy", pct(s.get("reference_test_accuracy")))]
-    facts = [(k, v) for k, v in facts if v != "–"]
+    s = data.summary if data is not None else None
+    facts = []
+    if s is not None:
+        dc = s.datamodel_candidates
+        facts = [("candidates per test image (k)", fmt(s.k)), ("test images", fmt(s.n_test)),
+                 ("mean positive-weight candidates", fmt(dc.mean_positive, 2)),
+                 ("test images with no positive weight", fmt(dc.n_tests_none)),
+                 ("datamodel candidates of the test image's class", pct(dc.same_class_fraction)),
+                 ("full-data reference models (representation baseline)", fmt(s.n_reference_models)),
+                 ("their test accuracy", pct(s.reference_test_accuracy))]
+        facts = [(k, v) for k, v in facts if v != "–"]
     overlap = []
-    ov = s.get("overlap")
-    if isinstance(ov, dict) and "mean_jaccard" in ov:
-        overlap.append({"which": "datamodels vs representation", "k": fmt(ov.get("k")),
-                        "jaccard": fmt(num(ov.get("mean_jaccard"))), "at_k": fmt(num(ov.get("mean_overlap_at_k"))),
-                        "chance": fmt(num(ov.get("chance_overlap_at_k"))), "any": pct(ov.get("frac_any_overlap"))})
+    ov = s.overlap if s is not None else None
+    if ov is not None and ov.mean_jaccard is not None:
+        overlap.append({"which": "datamodels vs representation", "k": fmt(ov.k), "jaccard": fmt(ov.mean_jaccard),
+                        "at_k": fmt(ov.mean_overlap_at_k), "chance": fmt(ov.chance_overlap_at_k),
+                        "any": pct(ov.frac_any_overlap)})
     planted = []
-    for key, label in (("planted", "this run's planted copies"), ("planted_check", "planted twin run")):
-        sec = data.get(key)
-        if not isinstance(sec, dict):
-            continue
-        for method, r in (sec.get("methods") or {}).items():
-            rec = r.get("recall_at_k") or {}
-            planted.append({"where": label, "method": method, "n": fmt(sec.get("n_planted")),
-                            "recall": ", ".join(f"@{k}: {pct(v)}" for k, v in rec.items()),
-                            "median_rank": fmt(num(r.get("median_full_rank")), 1)})
+    for sec, label in ((data.planted if data else None, "this run's planted copies"),
+                       (data.planted_check if data else None, "planted twin run")):
+        for method, r in (sec.methods.items() if sec is not None else ()):
+            planted.append({"where": label, "method": method, "n": fmt(sec.n_planted),
+                            "recall": ", ".join(f"@{k}: {pct(v)}" for k, v in r.recall_at_k.items()),
+                            "median_rank": fmt(r.median_full_rank, 1)})
     figures = []
-    geo = data.get("geo") if isinstance(data.get("geo"), dict) else None
-    if geo and isinstance(geo.get("efficacy"), dict):
-        series = {m: (geo.get("d_miles") or [], v) for m, v in geo["efficacy"].items() if isinstance(v, list)}
+    geo = data.geo if data is not None else None
+    if geo is not None and geo.efficacy:
+        series = {m: (geo.d_miles, v) for m, v in geo.efficacy.items()}
         uri = plots.lines(series, "distance d (miles)", "efficacy: found / ground truth",
                           "leakage found within d miles", ylim=(-0.02, 1.02))
         if uri:
             figures.append({"uri": uri, "caption": "Of the test images whose nearest training image lies within d "
                                                    "miles, the fraction with a candidate within d, per ranking (paper Fig. 12)."})
-    geo_rows = ctx.files.csv(_rel(LEAKAGE, "geo"))
-    dists: dict[str, list] = {}
-    if geo_rows:
-        for col in geo_rows[0]:
-            if col.endswith("_miles"):
-                name = col[: -len("_miles")].replace("_", " ")
-                dists[name] = [num(r.get(col)) for r in geo_rows]
-    if dists:
+    geo_table = ctx.read(LEAKAGE.geo_table)
+    if geo_table is not None:
+        dists = {"nearest train": geo_table.nearest_train_miles}
+        dists.update({f"{m} nearest candidate": v for m, v in geo_table.nearest_candidate_miles.items()})
         uri = plots.empirical_cdf(dists, "distance (miles)", "distance from each test image")
         if uri:
             figures.append({"uri": uri, "caption": "Cumulative distribution over test images of the geodesic distance to "
                                                    "the nearest training image and to the nearest candidate (paper Fig. 40)."})
-    elif geo and isinstance(geo.get("cdf"), dict):
-        cdf = geo["cdf"]
-        uri = plots.step_cdfs({"nearest training image": list(zip(cdf.get("d_miles") or [], cdf.get("fraction_within") or []))},
+    elif geo is not None and geo.cdf is not None:
+        uri = plots.step_cdfs({"nearest training image": list(zip(geo.cdf.d_miles, geo.cdf.fraction_within))},
                               "distance d (miles)", "test images within d miles of a training image",
                               ylabel="fraction of test images")
         if uri:
             figures.append({"uri": uri, "caption": "Share of test images whose nearest training image is within d (paper Fig. 40)."})
-    mturk = ctx.files.json(_rel(LEAKAGE, "mturk"))
-    mturk = mturk if isinstance(mturk, dict) else {}
-    ms = mturk.get("summary") or ((data.get("mturk") or {}).get("summary") if isinstance(data.get("mturk"), dict) else None)
-    if isinstance(ms, dict):
+    mturk = ctx.read(LEAKAGE.mturk_scores)
+    if mturk is not None:
+        ms = mturk.summary
         hists = {}
-        ls = ms.get("leakage_score")
-        if isinstance(ls, dict) and isinstance(ls.get("hist"), dict):
-            hists["leakage score (max per test image)"] = (ls["hist"].get("bin_edges"), ls["hist"].get("counts"))
-        if isinstance(ms.get("pair_score_hist"), dict):
-            hists["annotation score (per pair)"] = (ms["pair_score_hist"].get("bin_edges"), ms["pair_score_hist"].get("counts"))
+        if ms.leakage_score is not None and ms.leakage_score.hist is not None:
+            hists["leakage score (max per test image)"] = (ms.leakage_score.hist.bin_edges, ms.leakage_score.hist.counts)
+        if ms.pair_score_hist is not None:
+            hists["annotation score (per pair)"] = (ms.pair_score_hist.bin_edges, ms.pair_score_hist.counts)
         uri = plots.binned(hists, "fraction of annotators who marked the pair", "MTurk annotation and leakage scores")
         if uri:
             figures.append({"uri": uri, "caption": "Annotation score of each (test, candidate) pair and leakage score "
                                                    "of each test image (its highest annotation score)."})
-        facts += [("MTurk assignments used", fmt(ms.get("n_assignments_used"))), ("MTurk workers", fmt(ms.get("n_workers"))),
-                  ("annotated test images", fmt(ms.get("n_tests_answered")))]
-        if isinstance(ls, dict):
-            facts += [("mean leakage score", fmt(num(ls.get("mean")))),
-                      ("test images with leakage score ≥ 0.5", fmt(ls.get("n_at_least_0.5")))]
-    pairs = _leak_pairs(ctx, data, rows or [], mturk, geo_rows, n_show, n_cand)
+        facts += [("MTurk assignments used", fmt(ms.n_assignments_used)), ("MTurk workers", fmt(ms.n_workers)),
+                  ("annotated test images", fmt(ms.n_tests_answered))]
+        if ms.leakage_score is not None:
+            facts += [("mean leakage score", fmt(ms.leakage_score.mean)),
+                      ("test images with leakage score ≥ 0.5", fmt(ms.leakage_score.n_at_least_half))]
+    pairs = _leak_pairs(ctx, data, cands or {}, mturk, geo_table, n_show, n_cand)
     return {"facts": facts, "figures": figures, "overlap": overlap, "planted": planted, "pairs": pairs["items"], "k": n_cand,
-            "order": pairs["order"], "csv": _rel(LEAKAGE, "candidates") if rows is not None else None}
+            "order": pairs["order"], "csv": _rel(LEAKAGE, "candidates") if cands is not None else None}
 
 
-def _leak_pairs(ctx: Context, data: dict, rows: list[dict], mturk: dict, geo_rows: list[dict] | None,
-                n_show: int, n_cand: int) -> dict:
+def _leak_pairs(ctx: Context, data: LeakageFile | None, by: dict[str, dict[int, list[Candidate]]],
+                mturk: MTurkScores | None, geo: GeoTable | None, n_show: int, n_cand: int) -> dict:
     """Test images with their datamodel and representation candidates.
 
     Which test images: the highest MTurk leakage scores when annotated; else planted copies;
     else the nearest datamodel candidates (geodesic); else the largest top datamodel weight.
     """
-    by: dict[str, dict[int, list[tuple[int, int, float | None]]]] = {}
-    for r in rows:
-        t, j, rank = num(r.get("test_index")), num(r.get("train_index")), num(r.get("rank"))
-        if t is None or j is None:
-            continue
-        by.setdefault(str(r.get("method") or "datamodels"), {}).setdefault(int(t), []).append(
-            (int(rank or 0), int(j), num(r.get("weight"))))
-    for lists in by.values():
-        for v in lists.values():
-            v.sort()
-    scores = {int(d["test_id"]): float(d["leakage_score"]) for d in mturk.get("tests") or []
-              if isinstance(d, dict) and num(d.get("leakage_score")) is not None and num(d.get("test_id")) is not None}
-    pair_score = {(int(p["test_id"]), int(p["train_id"])): num(p.get("score")) for p in mturk.get("pairs") or []
-                  if isinstance(p, dict) and num(p.get("test_id")) is not None and num(p.get("train_id")) is not None}
-    planted_pairs = []
-    for key in ("planted",):
-        sec = data.get(key)
-        if isinstance(sec, dict):
-            planted_pairs = [tuple(int(x) for x in p) for p in sec.get("pairs") or [] if len(p) == 2]
-    copies = {t: j for t, j in planted_pairs}
+    scores = {t.test_id: t.leakage_score for t in (mturk.tests if mturk else []) if num(t.leakage_score) is not None}
+    pair_score = {(p.test_id, p.train_id): p.score for p in (mturk.pairs if mturk else []) if num(p.score) is not None}
+    copies = {int(t): int(j) for t, j in (data.planted.pairs if data is not None and data.planted is not None else [])}
     dm_lists = by.get("datamodels", {})
+    nearest_dm = geo.nearest_candidate_miles.get("datamodels") if geo is not None else None
     if scores:
         order, why = sorted(scores, key=lambda t: (-scores[t], t)), "highest MTurk leakage score first"
     elif copies:
         order, why = sorted(copies), "test images with a planted copy in the training set (marked ★)"
-    elif geo_rows and geo_rows[0].get("datamodels_nearest_candidate_miles") is not None:
-        d = {int(r["test_index"]): num(r.get("datamodels_nearest_candidate_miles")) for r in geo_rows
-             if num(r.get("test_index")) is not None}
-        order, why = sorted((t for t in d if d[t] is not None), key=lambda t: (d[t], t)), \
-            "nearest datamodel candidate (miles) first"
+    elif nearest_dm is not None:
+        d = {t: m for t, m in zip(geo.test_index, nearest_dm) if m is not None}
+        order, why = sorted(d, key=lambda t: (d[t], t)), "nearest datamodel candidate (miles) first"
     else:
-        top = {t: v[0][2] for t, v in dm_lists.items() if v and v[0][2] is not None}
+        top = {t: v[0].score for t, v in dm_lists.items() if v and v[0].score is not None}
         order, why = sorted(top, key=lambda t: (-top[t], t)), "largest top datamodel weight first"
     meta = ctx.dataset.meta if ctx.dataset is not None else {}
     has_geo = all(k in meta for k in ("lat_train", "lon_train", "lat_test", "lon_test"))
@@ -602,9 +564,9 @@ def _leak_pairs(ctx: Context, data: dict, rows: list[dict], mturk: dict, geo_row
                               ("annotation", "shown to annotators (top and bottom weights)")):
             if method == "annotation" and not scores:
                 continue
-            cands = by.get(method, {}).get(t, [])[: n_cand if method != "annotation" else None]
             shown = []
-            for _, j, w in cands:
+            for c in by.get(method, {}).get(t, [])[: n_cand if method != "annotation" else None]:
+                w, j = c.score, c.train
                 extra: dict = {"weight": fmt(w, 3) if w is not None and method != "representation" else None,
                                "sim": fmt(w, 2) if w is not None and method == "representation" else None,
                                "score": pct(pair_score[(t, j)]) if (t, j) in pair_score else None,
@@ -622,33 +584,20 @@ def _leak_pairs(ctx: Context, data: dict, rows: list[dict], mturk: dict, geo_row
 
 def check_section(ctx: Context) -> dict | None:
     """RUN/audits/check.json (audit.checks.run_checks): each check's value, threshold and outcome."""
-    data = ctx.files.json(str(check_path(".")))
-    if not isinstance(data, dict) or not isinstance(data.get("checks"), list):
+    data = ctx.read(read_check_report)
+    if data is None or not data.checks:
         return None
     ops = {"min": "≥", "max": "≤"}
-    rows = []
-    for c in data["checks"]:
-        if not isinstance(c, dict):
-            continue
-        status = str(c.get("status") or ("pass" if c.get("passed") else "fail"))
-        rows.append({"name": str(c.get("name", c.get("key", "?"))), "key": str(c.get("key", "")),
-                     "measure": str(c.get("measure", "")), "value": cell(num(c.get("value")), 4),
-                     "op": ops.get(str(c.get("direction")), "") if c.get("threshold") is not None else "",
-                     "threshold": cell(num(c.get("threshold")), 4), "status": status,
-                     "file": str(c.get("file", ""))})
-    if not rows:
-        return None
-    return {"rows": rows, "passed": bool(data.get("passed")), "n_failed": int(data.get("n_failed") or 0),
-            "n_checks": int(data.get("n_checks") or 0), "source": data.get("source")}
+    rows = [{"name": c.name, "key": c.key, "measure": c.measure, "value": cell(c.value, 4),
+             "op": ops.get(c.direction, "") if c.threshold is not None else "", "threshold": cell(c.threshold, 4),
+             "status": c.status, "file": c.file} for c in data.checks]
+    return {"rows": rows, "passed": data.passed, "n_failed": data.n_failed, "n_checks": data.n_checks,
+            "source": data.source or None}
 
 
 def generic_section(ctx: Context, step: Step) -> dict | None:
     """Any registered step without a section of its own: its summary (lines and tables) as the terminal shows it."""
-    try:
-        result = step.load(ctx.path)
-    except AuditError as exc:
-        ctx.files.notes.append(str(exc))
-        return None
+    result = ctx.read(step.load)
     if result is None:
         return None
     lines, tables = [], []
@@ -725,12 +674,7 @@ def build_sections(run_dir: Path | str, *, n_examples: int = 8, progress: Progre
     """Run every section function; returns the context (with notes) and the sections that have data."""
     run_dir = Path(run_dir)
     files = RunFiles(run_dir)
-    if not (run_dir / RUN_JSON).exists():
-        raise AuditError(f"{run_dir} is not a run directory (no {RUN_JSON}); run `audit train` first")
-    run = files.json(RUN_JSON)
-    if not isinstance(run, dict):
-        raise AuditError(f"{run_dir}/{RUN_JSON} is unreadable; restore it or train a new run")
-    ctx = Context(files=files, run=run, n_examples=n_examples)
+    ctx = Context(files=files, run=RunStore.read_config(run_dir), n_examples=n_examples)
     sections = []
     specs = section_specs()
     with progress.task("rendering report", total=len(specs), unit="sections") as task:
@@ -753,7 +697,7 @@ def render_html(run_dir: Path | str, *, n_examples: int = 8, progress: Progress 
     """The report page as a string (nothing written)."""
     ctx, sections = build_sections(run_dir, n_examples=n_examples, progress=progress)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    title = f"datamodel audit: {ctx.run.get('dataset', Path(run_dir).name)}"
+    title = f"datamodel audit: {ctx.run.dataset}"
     return environment().get_template("report.html").render(
         title=title, run=ctx.run, run_dir=str(Path(run_dir)), generated=now, sections=sections,
         notes=ctx.files.notes, missing=_missing(sections))
