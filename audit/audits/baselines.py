@@ -153,3 +153,44 @@ def _compact_left(a: np.ndarray) -> np.ndarray:
     """Move the -1 entries of each row to the end, keeping the order of the rest."""
     order = np.argsort(a < 0, axis=1, kind="stable")
     return np.take_along_axis(a, order, axis=1)
+
+
+def centred_pixels(x) -> np.ndarray:
+    """Images (or feature vectors) as rows with each row's mean removed: float32 ``[N, D]``.
+
+    Their cosine similarity (what :func:`nearest_neighbours` computes after normalising) is the
+    Pearson correlation of two images' pixels, so a copy with changed brightness or contrast
+    scores as high as an exact one; the pixel-space leakage baseline searches these.
+    """
+    a = np.asarray(x)
+    rows = a.reshape(len(a), -1).astype(np.float32)
+    return rows - rows.mean(axis=1, keepdims=True)
+
+
+def fuse_rankings(lists: dict[str, np.ndarray], k: int, c: float = 60.0) -> tuple[np.ndarray, np.ndarray, list[list[str]]]:
+    """Reciprocal rank fusion of several top lists per query (Cormack et al. 2009).
+
+    ``lists[method]`` ``[n_q, K]`` candidate indices, best first (-1: none). A candidate's fused
+    score is the sum over methods of ``1 / (c + rank)``; one that several methods rank high
+    comes first. Returns ``idx`` ``[n_q, k]`` (-1 padded), ``scores`` and, per query, for each
+    fused candidate the methods whose list holds it (joined by "+").
+    """
+    names = list(lists)
+    n_q = len(next(iter(lists.values()))) if lists else 0
+    idx = np.full((n_q, k), -1, dtype=np.int64)
+    scores = np.zeros((n_q, k), dtype=np.float32)
+    found_by: list[list[str]] = []
+    for q in range(n_q):
+        total: dict[int, float] = {}
+        who: dict[int, list[str]] = {}
+        for m in names:
+            for rank, j in enumerate(np.asarray(lists[m][q]).tolist(), start=1):
+                if j < 0:
+                    continue
+                total[j] = total.get(j, 0.0) + 1.0 / (c + rank)
+                who.setdefault(j, []).append(m)
+        best = sorted(total, key=lambda j: (-total[j], j))[:k]
+        idx[q, :len(best)] = best
+        scores[q, :len(best)] = [total[j] for j in best]
+        found_by.append(["+".join(who[j]) for j in best])
+    return idx, scores, found_by

@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import Field
 
 from audit import pipeline
-from audit.audits.baselines import nearest_neighbours
+from audit.audits.baselines import centred_pixels, fuse_rankings, nearest_neighbours, normalise_rows
 from audit.audits.geo import leakage_efficacy, nearest_train_distance_miles
 from audit.audits.leakage import candidate_overlap, candidates_table, datamodel_candidates, planted_recall
 from audit.audits.mturk import export_batch, import_results, read_manifest
@@ -39,7 +39,8 @@ from audit.contract import (Block, Line, Metric, Param, Result, Step, Table, fin
                             unreadable)
 from audit.data import load_dataset
 from audit.data.dataset import Dataset
-from audit.data.planting import DEFAULT_PLANT_NOISE, plant_options, planted_pairs
+from audit.data.planting import (DEFAULT_PLANT_NOISE, PLANT_FAMILIES, default_families, parse_families,
+                                 plant_options, planted_families, planted_pairs)
 from audit.errors import AuditError
 from audit.execution import ENGINES, address_setting, engine_setting
 from audit.jsonio import read_json, write_csv, write_json
@@ -53,7 +54,9 @@ DEFAULT_D_GRID = tuple(round(0.25 * i, 2) for i in range(1, 13))  # 0.25 .. 3.0 
 CDF_MILES = (0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.6, 3.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0)
 PAPER_FMOW_CDF = {"0.25": 0.20, "2.6": 0.80}  # paper §4.2.2: share of test images within d miles of a train image
 RECALL_KS = (1, 5, 10)
-METHODS = ("datamodels", "representation")
+METHODS = ("datamodels", "representation", "pixels")  # the rankings that propose candidates
+COMBINED = ("union", "fused")  # any method's top k; reciprocal rank fusion of the methods' lists
+PIXEL_SIDE = 32  # the pixel baseline compares images block-averaged down to at most this many pixels a side
 N_REFERENCE = 3
 PLANT_MODELS = 1000  # planted twin run: enough for a strong signal, a few minutes on digits
 MTURK_VIEW_PIXELS = 128
@@ -65,7 +68,7 @@ MTURK_MANIFEST = "leakage_mturk_manifest.json"
 MTURK_JSON = "leakage_mturk.json"
 MTURK_PAIRS_CSV = "leakage_mturk_pairs.csv"
 MTURK_TESTS_CSV = "leakage_mturk_tests.csv"
-CANDIDATE_COLUMNS = ("test_index", "train_index", "rank", "weight", "method")
+CANDIDATE_COLUMNS = ("test_index", "train_index", "rank", "weight", "method", "found_by")
 KEPT_SECTIONS = ("mturk", "mturk_export", "planted_check")  # survive a rerun that does not recompute them
 
 
@@ -110,21 +113,98 @@ def full_rank(scores_row: np.ndarray, j: int) -> int:
     return int((s > s[j]).sum() + 1)
 
 
+def pixel_rows(x: np.ndarray) -> np.ndarray:
+    """Images as centred pixel rows for the pixel baseline; images wider than ``PIXEL_SIDE`` are
+    block-averaged down first (what a near-copy keeps is its coarse layout, and CIFAR/FMoW-sized
+    pixel rows would cost more memory than the features)."""
+    a = np.asarray(x)
+    if a.ndim == 4 and max(a.shape[1:3]) > PIXEL_SIDE:
+        f = int(math.ceil(max(a.shape[1:3]) / PIXEL_SIDE))
+        h, w = a.shape[1] // f * f, a.shape[2] // f * f
+        a = a[:, :h, :w].reshape(len(a), h // f, f, w // f, f, a.shape[3]).mean(axis=(2, 4))
+    return centred_pixels(a)
+
+
+def pixel_candidates(ds: Dataset, k: int, progress: Progress = SILENT) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS top-``k`` training images of each test image by the correlation of their pixels: ``(scores, idx)``."""
+    return nearest_neighbours(pixel_rows(ds.x_train), pixel_rows(ds.x_test), k, progress=progress)
+
+
+def combined_candidates(top: Mapping[str, np.ndarray], k: int) -> dict[str, tuple[np.ndarray, list[list[str]]]]:
+    """The union (every method's top k, by best rank) and the rank fusion of the methods' lists,
+    each with the methods that proposed every candidate."""
+    names = list(top)
+    n_q = len(next(iter(top.values())))
+    width = k * len(names)
+    union = np.full((n_q, width), -1, dtype=np.int64)
+    union_by: list[list[str]] = []
+    for q in range(n_q):
+        best: dict[int, tuple[int, int]] = {}
+        who: dict[int, list[str]] = {}
+        for mi, m in enumerate(names):
+            for rank, j in enumerate(np.asarray(top[m][q][:k]).tolist(), start=1):
+                if j >= 0:
+                    best[j] = min(best.get(j, (rank, mi)), (rank, mi))
+                    who.setdefault(j, []).append(m)
+        order = sorted(best, key=lambda j: (best[j], j))
+        union[q, :len(order)] = order
+        union_by.append(["+".join(who[j]) for j in order])
+    fused, _, fused_by = fuse_rankings({m: np.asarray(top[m])[:, :k] for m in names}, k)
+    return {"union": (union, union_by), "fused": (fused, fused_by)}
+
+
+def _method_recall(cand: np.ndarray, pairs: np.ndarray, ranks: list[int | None] | None, k: int) -> dict:
+    rec = planted_recall(cand, pairs, recall_ks(k))
+    if ranks is not None:
+        rec["full_rank"] = ranks
+        known = [r for r in ranks if r is not None]
+        rec["median_full_rank"] = float(np.median(known)) if known and len(known) == len(ranks) else None
+    else:
+        rec["median_full_rank"] = None
+    return rec
+
+
 def planted_report(pairs: np.ndarray, cands: dict[str, np.ndarray], full_scores: dict[str, np.ndarray],
-                   k: int) -> dict:
+                   k: int, families: np.ndarray | None = None) -> dict:
     """Recall@k and the copy's rank in the full ranking, per method, for planted ``(test, train)`` pairs.
 
     ``full_scores[method]`` ``[n_planted, n_train]``: each planted test image's score of every
-    training example (datamodel weight, cosine similarity).
+    training example (datamodel weight, cosine similarity). A method in ``cands`` without full
+    scores (the combined rankings) gets recall only; "union" gets the best rank of any method.
+    ``families`` (a code per pair, into ``PLANT_FAMILIES``): the same per perturbation family.
     """
-    out: dict = {"n_planted": int(len(pairs)), "pairs": pairs.tolist(), "methods": {}}
-    for method, cand in cands.items():
-        rec = planted_recall(cand, pairs, recall_ks(k))
-        ranks = [full_rank(full_scores[method][r], int(j)) for r, (_, j) in enumerate(pairs)]
-        rec["full_rank"] = ranks
-        rec["median_full_rank"] = float(np.median(ranks)) if ranks else None
-        rec["n_score_not_positive"] = int(sum(full_scores[method][r, int(j)] <= 0 for r, (_, j) in enumerate(pairs)))
-        out["methods"][method] = rec
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    ranks: dict[str, list[int | None]] = {
+        m: [full_rank(full_scores[m][r], int(j)) for r, (_, j) in enumerate(pairs)] for m in full_scores}
+    if "union" in cands and full_scores:
+        ranks["union"] = [min(ranks[m][r] for m in full_scores) for r in range(len(pairs))]
+
+    def report(rows: np.ndarray) -> dict:
+        out: dict = {}
+        for method, cand in cands.items():
+            rk = [ranks[method][r] for r in rows] if method in ranks else None
+            rec = _method_recall(cand, pairs[rows], rk, k)
+            if method == "union":  # found at k when any method has the copy in its top k
+                singles = [planted_recall(cands[m], pairs[rows], recall_ks(k))["rank"] for m in full_scores]
+                best = [min((s[i] for s in singles if s[i] is not None), default=None) for i in range(len(rows))]
+                rec["rank"] = best
+                rec["recall_at_k"] = {str(kk): (sum(b is not None and b <= kk for b in best) / len(rows)
+                                                if len(rows) else None) for kk in recall_ks(k)}
+            if method in full_scores:
+                rec["n_score_not_positive"] = int(sum(full_scores[method][r, int(pairs[r, 1])] <= 0 for r in rows))
+            out[method] = rec
+        return out
+
+    out: dict = {"n_planted": int(len(pairs)), "pairs": pairs.tolist(), "methods": report(np.arange(len(pairs)))}
+    if families is not None:
+        fam = np.asarray(families, dtype=np.int64)
+        out["families"] = fam.tolist()
+        out["by_family"] = {}
+        for code in sorted(set(fam.tolist())):
+            rows = np.flatnonzero(fam == code)
+            methods = {m: {"recall_at_k": r["recall_at_k"], "median_full_rank": r["median_full_rank"]}
+                       for m, r in report(rows).items()}
+            out["by_family"][PLANT_FAMILIES[code]] = {"n_planted": int(len(rows)), "methods": methods}
     return out
 
 
@@ -140,6 +220,16 @@ def distance_cdf(nearest_miles: np.ndarray, grid: Sequence[float]) -> dict:
 
 def _candidate_rows(ids: np.ndarray, idx: np.ndarray, w: np.ndarray, method: str) -> list[dict]:
     return [{**row, "method": method} for row in candidates_table(ids, idx, w)]
+
+
+def _combined_rows(ids: np.ndarray, combined: dict[str, tuple[np.ndarray, list[list[str]]]]) -> list[dict]:
+    """Rows of the combined rankings, each naming the methods that proposed the candidate."""
+    rows = []
+    for method, (idx, by) in combined.items():
+        for t, cands, who in zip(np.asarray(ids).tolist(), idx.tolist(), by):
+            rows += [{"test_index": t, "train_index": j, "rank": r, "weight": "", "method": method, "found_by": w}
+                     for r, (j, w) in enumerate(zip(cands, who), start=1) if j >= 0]
+    return rows
 
 
 def _old_sections(path: Path) -> dict:
@@ -166,7 +256,8 @@ def _brief(key: str, value: dict) -> dict:
     if key == "planted_check":
         return {m: {"recall_at_k": r["recall_at_k"], "median_full_rank": r.get("median_full_rank")}
                 for m, r in value.get("methods", {}).items()} | {"run": value.get("run"),
-                                                                 "n_planted": value.get("n_planted")}
+                                                                 "n_planted": value.get("n_planted")} | (
+                    {"by_family": value["by_family"]} if "by_family" in value else {})
     if key == "mturk_export":
         return {"dir": value.get("dir"), "n_hits": value.get("n_hits")}
     return value
@@ -230,7 +321,9 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     n_annot = min(N_ANNOT, n_train // 2)
     cand = datamodel_candidates(dm.weights, test_rows, k=k, n_annot=n_annot, positive_only=True)
     rep_scores, rep_idx = representation_candidates(ref, n_train, k, progress=progress)
-    top = {"datamodels": cand["top_idx"], "representation": rep_idx}
+    px_scores, px_idx = pixel_candidates(ds, k, progress=progress)
+    top = {"datamodels": cand["top_idx"], "representation": rep_idx, "pixels": px_idx}
+    combined = combined_candidates(top, k)
     n_pos = (cand["top_idx"] >= 0).sum(axis=1)
 
     chance = k / n_train
@@ -250,7 +343,11 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
                  "config": {"k": int(k), "n_annot": n_annot, "d_grid": grid, "n_reference": n_reference,
                             "methods": list(METHODS), "datamodel_candidates": "positive weights only (-1: none)",
                             "representation": "FAISS exact inner product on L2-normalised penultimate features "
-                                              "of full-data reference models"}}
+                                              "of full-data reference models",
+                            "pixels": f"FAISS exact inner product on centred, L2-normalised pixels (images "
+                                      f"block-averaged to at most {PIXEL_SIDE} pixels a side): pixel correlation",
+                            "union": "every method's top k, by the best rank any method gives",
+                            "fused": "reciprocal rank fusion (1 / (60 + rank), summed over the methods)"}}
 
     # geodesic check (FMoW and any dataset with coordinates)
     geo_rows: list[dict] | None = None
@@ -275,7 +372,8 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
         geo_rows = [{"test_index": int(t), "nearest_train_index": int(nearest_j[t]),
                      "nearest_train_miles": float(nearest[t]),
                      "datamodels_nearest_candidate_miles": eff["datamodels"]["nearest_candidate_miles"][t],
-                     "representation_nearest_candidate_miles": eff["representation"]["nearest_candidate_miles"][t]}
+                     **{f"{m}_nearest_candidate_miles": eff[m]["nearest_candidate_miles"][t]
+                        for m in METHODS if m != "datamodels"}}
                     for t in range(n_test)]
 
     # planted duplicates (a known answer)
@@ -283,15 +381,22 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     if pairs is not None and len(pairs):
         w_pl = np.asarray(dm.weights[n_train + pairs[:, 0]], dtype=np.float64)
         s_pl = ref.test_features(n_train)[pairs[:, 0]] @ ref.train_features(n_train).T
-        planted = planted_report(pairs, top, {"datamodels": w_pl, "representation": s_pl}, k)
+        px_train, px_test = normalise_rows(pixel_rows(ds.x_train)), normalise_rows(pixel_rows(ds.x_test[pairs[:, 0]]))
+        cands = {**top, **{name: idx for name, (idx, _) in combined.items()}}
+        planted = planted_report(pairs, cands, {"datamodels": w_pl, "representation": s_pl,
+                                                "pixels": px_test @ px_train.T}, k, families=planted_families(ds))
         out["planted"] = planted
         summary["planted"] = {m: {"recall_at_k": r["recall_at_k"], "median_full_rank": r["median_full_rank"]}
                               for m, r in planted["methods"].items()} | {"n_planted": planted["n_planted"]}
+        if "by_family" in planted:
+            summary["planted"]["by_family"] = planted["by_family"]
 
     # files: candidates (+ geo table), then leakage.json (keeping sections this call does not recompute)
     audits = run_dir / "audits"
     rows = (_candidate_rows(test_ids, cand["top_idx"], cand["top_w"], "datamodels")
             + _candidate_rows(test_ids, rep_idx, rep_scores, "representation")
+            + _candidate_rows(test_ids, px_idx, px_scores, "pixels")
+            + _combined_rows(test_ids, combined)
             + _candidate_rows(test_ids, cand["annot_idx"], cand["annot_w"], "annotation"))
     write_csv(audits / CANDIDATES_CSV, rows, CANDIDATE_COLUMNS)
     files = {"json": str(audits / LEAKAGE_JSON), "candidates_csv": str(audits / CANDIDATES_CSV)}
@@ -391,17 +496,26 @@ def import_mturk(run_dir: Path, results_csv: Path, export_dir: Path | None, *, w
 
 
 # ----- planted check ---------------------------------------------------------------------
-def planted_run_dir(run_dir: Path | str, n: int) -> Path:
-    """Where the planted twin of a run lives: ``<run>-plant<N>`` next to it."""
+def planted_run_dir(run_dir: Path | str, n: int, families: Sequence[str] | None = None) -> Path:
+    """Where the planted twin of a run lives: ``<run>-plant<N>`` next to it (``-plant<N>-<families>``
+    when the copies are perturbed by families, e.g. ``-plant100-noise.shift.brightness``)."""
     run_dir = Path(run_dir)
-    return run_dir.parent / f"{run_dir.name}-plant{int(n)}"
+    suffix = f"-{'.'.join(families)}" if families else ""
+    return run_dir.parent / f"{run_dir.name}-plant{int(n)}{suffix}"
 
 
 def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_models: int | None = None,
                       seed: int = 0, noise: float | None = None, shift: bool | None = None,
+                      families: Sequence[str] | None | str = None,
                       planted_run: Path | None = None, engine: str = "local", address: str | None = None,
                       progress: Progress = SILENT) -> dict:
     """Plant perturbed copies of ``n`` test images, train + fit a twin run, and measure recall@k.
+
+    ``families``: how the copies are perturbed — None for the classic copies (noise, plus a
+    shift for images of 16+ pixels), a list of families (recall is also reported per family), or
+    "default": every family that keeps the class for this dataset (noise, one-pixel shift,
+    brightness/contrast, crop-and-resize, JPEG, and a horizontal flip where classes allow it) —
+    what `audit leakage --plant N` uses.
 
     The twin (``<run>-plant<n>`` unless ``planted_run``) copies the run's dataset, trainer,
     α and seed, with ``n_models`` models (default: 1,000 or the run's count if smaller). Resumable: a rerun
@@ -422,8 +536,13 @@ def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_mode
     n_models = int(n_models or min(PLANT_MODELS, c.n_models))
     if n_models < 20:
         raise AuditError(f"--plant-models {n_models}: the planted run needs at least 20 models to fit datamodels")
-    twin = Path(planted_run) if planted_run is not None else planted_run_dir(run_dir, n)
-    options = {**c.dataset_options, **plant_options(n, seed, DEFAULT_PLANT_NOISE if noise is None else noise, shift)}
+    if families == "default":
+        fams: tuple[str, ...] | None = default_families(load_dataset(c.dataset, **c.dataset_options))
+    else:
+        fams = parse_families(families)
+    twin = Path(planted_run) if planted_run is not None else planted_run_dir(run_dir, n, fams)
+    options = {**c.dataset_options,
+               **plant_options(n, seed, DEFAULT_PLANT_NOISE if noise is None else noise, shift, families=fams)}
     ds = load_dataset(c.dataset, **options)
     trainer = dict(c.trainer)
     name = trainer.pop("name")
@@ -441,9 +560,11 @@ def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_mode
               "plant_options": options, "models_trained_now": t["trained_now"], "refitted": not fitted,
               "test_accuracy": t.get("test_accuracy"), "overlap": s["overlap"],
               "methods": {m: {key: r[key] for key in ("recall_at_k", "median_full_rank", "n_score_not_positive",
-                                                      "rank", "full_rank")}
+                                                      "rank", "full_rank") if key in r}
                           for m, r in planted["methods"].items()},
               "pairs": planted["pairs"], "seconds": round(time.perf_counter() - start, 2)}
+    if "by_family" in planted:
+        result["by_family"], result["families"] = planted["by_family"], planted["families"]
     _merge_section(run_dir, "planted_check", result)
     return result
 
@@ -472,6 +593,10 @@ class LeakageConfig:
                                 volatile=True)
     engine: str = engine_setting()
     address: str | None = address_setting()
+    plant_families: tuple[str, ...] | None = setting(
+        None, "--plant-families", "how --plant perturbs the copies: comma-separated among noise, shift, brightness, "
+        "crop, flip, jpeg (default: every family that keeps the class; 'classic': noise only)", parse="names",
+        command_only=True, volatile=True)
     plant_models: int | None = setting(None, "--plant-models", "models in the planted run (default 1000, at most "
                                        "the run's)", command_only=True, volatile=True)
 
@@ -519,6 +644,11 @@ class PlantedMethod(Result):
     median_full_rank: float | None = None
 
 
+class PlantedFamily(Result):
+    n_planted: int
+    methods: dict[str, PlantedMethod]
+
+
 class PlantedRecall(Result):
     """A "planted" (this run's planted copies) or "planted_check" (the twin run) section."""
 
@@ -526,6 +656,7 @@ class PlantedRecall(Result):
     methods: dict[str, PlantedMethod]
     pairs: list[tuple[int, int]] = []
     run: str | None = None
+    by_family: dict[str, PlantedFamily] | None = None  # copies perturbed by families: recall per family
 
 
 class GeoCdf(Result):
@@ -713,7 +844,7 @@ def planted_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[floa
     return finite(recall[key]), {"k": int(key), "method": p["planted_method"], "n_planted": section.get("n_planted")}
 
 
-_LEAK_METHOD = ("datamodels", "representation")
+_LEAK_METHOD = METHODS
 
 
 class LeakageStep(Step[LeakageConfig, LeakageResult]):
@@ -741,7 +872,7 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
         Metric("min_planted_recall", "planted duplicates found", "min", "fraction", planted_value,
                {"planted_k": Param("count", 0, "k for min_planted_recall (0: the largest k saved)"),
                 "planted_method": Param("choice", "datamodels", "candidate ranking for min_planted_recall",
-                                        _LEAK_METHOD)},
+                                        METHODS + COMBINED)},
                lambda p: f"planted copies in the top {p['planted_k'] or 'k'} candidates ({p['planted_method']})",
                "audit leakage RUN --plant N"),
     )
@@ -756,7 +887,10 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
                         engine=config.engine, address=config.address,
                         progress=progress)
         if config.plant is not None:
-            p = run_planted_check(run_dir, config.plant, k=config.k, n_models=config.plant_models, engine=config.engine,
+            fams = config.plant_families
+            families = "default" if fams is None else None if tuple(fams) == ("classic",) else fams
+            p = run_planted_check(run_dir, config.plant, k=config.k, n_models=config.plant_models, families=families,
+                                  engine=config.engine,
                                   address=config.address, progress=progress)
             s["planted_check"] = _brief("planted_check", p)
         return LeakageResult.from_json(s)
@@ -789,18 +923,21 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
                  f"{_f(o.frac_any_overlap)} of test images share at least one")]
         if s.geo is not None:
             g = s.geo
-            rows = tuple((f"{d:g}", str(g["n_ground_truth"][i]), _f(g["efficacy"]["datamodels"][i]),
-                          _f(g["efficacy"]["representation"][i])) for i, d in enumerate(g["d_miles"]))
+            shown = [m for m in METHODS if m in g["efficacy"]]
+            rows = tuple((f"{d:g}", str(g["n_ground_truth"][i]), *(_f(g["efficacy"][m][i]) for m in shown))
+                         for i, d in enumerate(g["d_miles"]))
             out.append(Table("FMoW geodesic check: efficacy = found / ground truth",
-                             ("d (miles)", "ground truth", "datamodels", "FAISS"), rows, right_aligned=True))
+                             ("d (miles)", "ground truth", *shown), rows, right_aligned=True))
             fw = g["fraction_within"]
             out.append(Line(f"test images within 0.25 / 2.6 miles of a training image: {_f(fw.get('0.25'))} / "
                             f"{_f(fw.get('2.6'))} (paper, full FMoW 2012: ~0.20 / ~0.80)"))
         if s.planted is not None:
             out += _recall_table(s.planted, f"planted duplicates in this run ({s.planted['n_planted']})")
+            out += _family_table(s.planted)
         if s.planted_check is not None:
             pc = s.planted_check
             out += _recall_table(pc, f"planted check: {pc.get('n_planted')} copies in {pc.get('run')}")
+            out += _family_table(pc)
         if s.mturk_export is not None:
             e = s.mturk_export
             out.append(Line(f"MTurk batch: {e['n_hits']} HITs in {e['dir']} (batch_input.csv, hit_template.html, "
@@ -820,6 +957,25 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
 def _f(x: Any) -> str:
     v = finite(x)
     return "-" if v is None else f"{v:.3f}"
+
+
+def _family_table(section: Mapping[str, Any]) -> list[Block]:
+    """Recall at the largest k and median full rank per perturbation family and method."""
+    fams = section.get("by_family")
+    if not isinstance(fams, dict) or not fams:
+        return []
+    methods = [m for m in METHODS + COMBINED if any(m in f["methods"] for f in fams.values())]
+    k = max((int(x) for f in fams.values() for r in f["methods"].values() for x in r["recall_at_k"]), default=0)
+    rows = []
+    for name, f in fams.items():
+        cells = []
+        for m in methods:
+            r = f["methods"].get(m) or {}
+            rank = r.get("median_full_rank")
+            cells.append(_f((r.get("recall_at_k") or {}).get(str(k))) + (f" ({rank:g})" if finite(rank) else ""))
+        rows.append((name, str(f["n_planted"]), *cells))
+    return [Table(f"recall@{k} per perturbation family (median full rank)", ("family", "copies", *methods),
+                  tuple(rows), right_aligned=True)]
 
 
 def _recall_table(p: dict, title: str) -> list[Block]:

@@ -483,10 +483,15 @@ def leakage_section(ctx: Context, n_show: int = 8, n_cand: int = 5) -> dict | No
     planted = []
     for sec, label in ((data.planted if data else None, "this run's planted copies"),
                        (data.planted_check if data else None, "planted twin run")):
-        for method, r in (sec.methods.items() if sec is not None else ()):
-            planted.append({"where": label, "method": method, "n": fmt(sec.n_planted),
-                            "recall": ", ".join(f"@{k}: {pct(v)}" for k, v in r.recall_at_k.items()),
-                            "median_rank": fmt(r.median_full_rank, 1)})
+        if sec is None:
+            continue
+        groups = [(label, sec.n_planted, sec.methods)] + [
+            (f"{label}: {family}", f.n_planted, f.methods) for family, f in (sec.by_family or {}).items()]
+        for where, n, methods in groups:
+            for method, r in methods.items():
+                planted.append({"where": where, "method": method, "n": fmt(n),
+                                "recall": ", ".join(f"@{k}: {pct(v)}" for k, v in r.recall_at_k.items()),
+                                "median_rank": fmt(r.median_full_rank, 1)})
     figures = []
     geo = data.geo if data is not None else None
     if geo is not None and geo.efficacy:
@@ -561,14 +566,16 @@ def _leak_pairs(ctx: Context, data: LeakageFile | None, by: dict[str, dict[int, 
         strips = []
         for method, label in (("datamodels", "datamodel candidates (largest weights)"),
                               ("representation", "representation neighbours (FAISS)"),
+                              ("pixels", "pixel neighbours (correlation of pixels)"),
                               ("annotation", "shown to annotators (top and bottom weights)")):
             if method == "annotation" and not scores:
                 continue
             shown = []
             for c in by.get(method, {}).get(t, [])[: n_cand if method != "annotation" else None]:
                 w, j = c.score, c.train
-                extra: dict = {"weight": fmt(w, 3) if w is not None and method != "representation" else None,
-                               "sim": fmt(w, 2) if w is not None and method == "representation" else None,
+                similarity = method in ("representation", "pixels")
+                extra: dict = {"weight": fmt(w, 3) if w is not None and not similarity else None,
+                               "sim": fmt(w, 2) if w is not None and similarity else None,
                                "score": pct(pair_score[(t, j)]) if (t, j) in pair_score else None,
                                "star": copies.get(t) == j}
                 if has_geo:

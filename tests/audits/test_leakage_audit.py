@@ -328,3 +328,23 @@ def test_cli_mturk_export_and_malformed_results_are_one_line_errors(leak_copy, t
     assert_one_line_error(proc)
     assert "unknown.csv row 3: Input.test_id '99999'" in proc.stderr
     assert not (leak_copy / "audits" / la.MTURK_JSON).exists()
+
+
+def test_planted_check_by_family_reports_each_family_and_the_union(leak_copy):
+    """Copies perturbed by families: recall per family and method, the union at least every single method."""
+    fams = ("noise", "brightness", "jpeg")
+    r = la.run_planted_check(leak_copy, 24, n_models=40, families=fams)
+    assert r["run"] == str(la.planted_run_dir(leak_copy, 24, fams)) and set(r["by_family"]) == set(fams)
+    assert [f["n_planted"] for f in r["by_family"].values()] == [8, 8, 8]
+    codes = np.array(r["families"])
+    for family, f in r["by_family"].items():
+        rows = np.flatnonzero(codes == la.PLANT_FAMILIES.index(family))
+        ranks = np.array(r["methods"]["pixels"]["full_rank"])[rows]
+        assert f["methods"]["pixels"]["median_full_rank"] == pytest.approx(float(np.median(ranks)))
+    for k in ("1", "5", "10"):
+        union = r["methods"]["union"]["recall_at_k"][k]
+        assert union >= max(r["methods"][m]["recall_at_k"][k] for m in la.METHODS)
+    # pixel correlation is blind to a brightness/contrast change: every such copy is its test image's best match
+    assert r["by_family"]["brightness"]["methods"]["pixels"]["recall_at_k"]["1"] == 1.0
+    twin_rows = candidates_of(Path(r["run"]), "fused")
+    assert twin_rows and all(len(v) <= 10 for v in twin_rows.values())

@@ -80,3 +80,50 @@ def test_plant_zero_is_refused_when_asked_for_directly(digits):
 def test_plant_once(digits):
     with pytest.raises(AuditError, match="plant once"):
         apply_planting(apply_planting(digits, plant=2), plant=2)
+
+
+# ----- perturbation families: what a real near-duplicate shows ------------------------------
+def test_each_family_changes_its_copies_as_named(digits):
+    from audit.data.planting import PLANT_FAMILIES, planted_families
+
+    fams = "noise,shift,brightness,crop,flip,jpeg"
+    ds = load_dataset("digits", plant=60, plant_seed=4, plant_families=fams)
+    pairs, codes = planted_pairs(ds), planted_families(ds)
+    assert np.bincount(codes, minlength=len(PLANT_FAMILIES)).tolist() == [10] * 6  # in turn over the copies
+    assert load_dataset("digits", plant=60, plant_seed=4, plant_families=fams).fingerprint() == ds.fingerprint()
+    for code, family in enumerate(PLANT_FAMILIES):
+        rows = np.flatnonzero(codes == code)
+        test = digits.x_test[pairs[rows, 0]].astype(np.float64)
+        copy = ds.x_train[pairs[rows, 1]].astype(np.float64)
+        assert not np.array_equal(test, copy), family
+        if family == "flip":
+            assert np.array_equal(copy, test[:, :, ::-1])
+        if family == "shift":  # the same image moved by one pixel: some shift matches away from the edges
+            inner = test[:, 1:-1, 1:-1]
+            assert all(any(np.array_equal(c[1 + dy:7 + dy, 1 + dx:7 + dx], t)
+                           for dy in (-1, 0, 1) for dx in (-1, 0, 1)) for c, t in zip(copy, inner))
+        if family == "brightness":  # a linear change of the pixels (up to rounding and clipping)
+            r = [np.corrcoef(c.ravel(), t.ravel())[0, 1] for c, t in zip(copy, test)]
+            assert min(r) > 0.98
+    assert ds.meta["planted_family_of_train"][:digits.n_train].tolist() == [-1] * digits.n_train
+
+
+@pytest.mark.parametrize("families,needle", [("noise,blur", "choose among"), ("", "choose among")])
+def test_unknown_family_is_one_error(families, needle):
+    with pytest.raises(AuditError, match=needle):
+        load_dataset("digits", plant=4, plant_families=families)
+
+
+def test_feature_vectors_take_only_noise_and_brightness():
+    from audit.data.planting import parse_families
+
+    assert parse_families("noise,brightness", is_image=False) == ("noise", "brightness")
+    with pytest.raises(AuditError, match="feature vectors take only"):
+        parse_families("noise,shift", is_image=False)
+
+
+def test_default_families_flip_only_where_classes_allow(digits):
+    from audit.data.planting import default_families
+
+    assert "flip" not in default_families(digits)  # a mirrored digit is another symbol
+    assert "shift" in default_families(digits) and "jpeg" in default_families(digits)
