@@ -53,6 +53,7 @@ class RunOptions:
     def check(self) -> None:
         """One clear error for options that cannot work, before anything runs."""
         train = self.config(pipeline.TRAIN)
+        train.check()
         if not 0 < train.alpha < 1:
             raise AuditError(f"--alpha must be in (0, 1), got {train.alpha}")
         if train.n_models < MIN_MODELS_TO_FIT:

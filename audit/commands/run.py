@@ -36,7 +36,7 @@ def run(
 ) -> None:
     """Train, fit and evaluate datamodels, run the audits, render the report; resumes if interrupted."""
     start = time.perf_counter()
-    run_dir = run or pipeline.default_run_dir(dataset)
+    run_dir = run or pipeline.default_run_dir(dataset, plant_labels=(settings or {}).get("plant_labels"))
     values = settings or {}
     options = RunOptions(configs={s.name: build(s.config_type, values) for s in REGISTRY},
                          audits=tuple(parse_names(audits)))
