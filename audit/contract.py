@@ -407,16 +407,20 @@ class Step(Generic[C, R]):
 @dataclass(frozen=True)
 class Cost:
     """Models a step would train: ``models`` at most, ``rate`` models per second measured on this run
-    for such a model (None: unknown), and the settings that make it cheaper (``cheaper``)."""
+    (None: unknown) for models up to ``slowdown`` times cheaper than these (1: the same kind), and the
+    settings that make it cheaper (``cheaper``)."""
 
     models: int
     rate: float | None
     detail: str
     cheaper: str
+    slowdown: float = 1.0
+    measured_on: str = "models"  # what the rate was measured on, for people
 
     @property
-    def seconds(self) -> float | None:
-        return self.models / self.rate if self.rate else None
+    def seconds(self) -> tuple[float, float] | None:
+        """(fastest, slowest) expected time: at the measured rate, and ``slowdown`` times that."""
+        return (self.models / self.rate, self.models * self.slowdown / self.rate) if self.rate else None
 
 
 class Registry:

@@ -167,4 +167,5 @@ def summary_lines(found: Findings, per_issue: int = 1) -> list[str]:
         lines += ["    " + shorten(f.headline) for f in top[1:]]
     for step, why in found.notes.items():
         lines.append(f"{step}: findings not read ({shorten(why)})")
-    return lines
+    return lines or ["no audit results yet: run `audit run` or an audit (brittleness, mislabel, leakage, influence, "
+                     "label-errors)"]

@@ -184,6 +184,12 @@ def test_refresh_saves_json_and_csv_and_counts_every_issue(found_run):
         assert line.startswith(f"{issue}: {n} (" if n else f"{issue}: none")
 
 
+def test_a_run_without_audits_says_so(small_digits_run):
+    found = findings.collect(small_digits_run)
+    assert not found.items and not found.counts()
+    assert findings.summary_lines(found)[0].startswith("no audit results yet")
+
+
 def test_formula_text_in_findings_csv_is_neutralised(tmp_path):
     evil = finding(given_name='=HYPERLINK("http://evil","x")', evidence="+1+1", action="@SUM(A1)")
     findings.write(tmp_path, findings.Findings((evil,)))

@@ -661,7 +661,8 @@ class SupportStep(Step[SupportConfig, SupportResult]):
         n_t = min(n_test, config.n) if config.targets is None else len(config.targets)
         n_m = len(dict.fromkeys(config.methods))
         grid_models, verify_models = T + n_t * n_m * len(grid) * T, n_t * n_m * T
-        return Cost(models=grid_models + verify_models, rate=full_data_rate(run_dir, store.config.alpha),
+        rate, slowdown, kind = retrain_rate(run_dir, store.config.alpha)
+        return Cost(models=grid_models + verify_models, rate=rate, slowdown=slowdown, measured_on=kind,
                     detail=f"{n_t} test targets x {n_m} rankings x {len(grid)} edit sizes x T={T}, plus up to "
                            f"{verify_models} to verify",
                     cheaper="--n, --T or --methods")
@@ -748,20 +749,24 @@ def _name(label: str | None) -> str:
     return repr(label) if label is not None else "image"
 
 
-def full_data_rate(run_dir: Path, alpha: float) -> float | None:
-    """Full-data models trained per second on this run: measured by an earlier support search, else the
-    train step's subset-model rate scaled by α (a full-data model sees 1/α times as much data)."""
+def retrain_rate(run_dir: Path, alpha: float) -> tuple[float | None, float, str]:
+    """``(models per second, slowdown, measured on)`` for the full-data models of a support search: the rate
+    of an earlier search on this run (slowdown 1), else the train step's rate of subset models, which full-data
+    models (1/α times the data per epoch) undercut by up to 1/α."""
     for step in (BRITTLENESS, MISLABEL):
-        r = step.load(run_dir) if step.path(run_dir).is_file() else None
+        try:
+            r = step.load(run_dir)
+        except AuditError:
+            r = None
         if r is not None and r.models_trained_now > 0 and r.seconds > 0:
-            return r.models_trained_now / r.seconds
+            return r.models_trained_now / r.seconds, 1.0, f"the full-data models of {step.name}"
     try:
         t = pipeline.TRAIN.load(run_dir)
     except AuditError:
-        return None
+        t = None
     if t is None or not t.trained or not t.total_seconds:
-        return None
-    return t.trained / t.total_seconds * alpha
+        return None, 1.0, ""
+    return t.trained / t.total_seconds, 1.0 / alpha, "its subset models"
 
 
 def _f2(x: float | None) -> str:

@@ -96,8 +96,12 @@ def show_cost(step: Step, cost: Cost | None, skip: str) -> None:
     """The models a retraining step is about to train, how long that should take, and how to skip it."""
     if cost is None or cost.models <= 0:
         return
-    eta = f", about {_duration(cost.seconds)} at the {cost.rate:.0f} models/s measured on this run" \
-        if cost.seconds is not None else ""
+    eta = ""
+    if cost.seconds is not None:
+        fast, slow = cost.seconds
+        span = _duration(fast) if slow <= fast * 1.05 else f"{_duration(fast)} to {_duration(slow)}"
+        rate = f"{cost.rate:,.1f}" if cost.rate < 100 else f"{cost.rate:,.0f}"
+        eta = f", about {span} at the {rate} models/s measured on this run ({cost.measured_on})"
     console.print(escape(f"{step.name}: up to {cost.models:,} models to train ({cost.detail}){eta}; "
                          f"{cost.cheaper and 'fewer with ' + cost.cheaper + ', '}{skip}"))
 
