@@ -16,6 +16,8 @@ from audit.commands import brittleness as brittleness_cmd
 from audit.commands import check as check_cmd
 from audit.commands import data as data_cmd
 from audit.commands import evaluate as evaluate_cmd
+from audit.commands import export as export_cmd
+from audit.commands import findings as findings_cmd
 from audit.commands import fit as fit_cmd
 from audit.commands import leakage as leakage_cmd
 from audit.commands import report as report_cmd
@@ -38,6 +40,8 @@ app.add_typer(data_cmd.app, name="data")
 app.command("check")(check_cmd.check)
 app.command("leakage")(leakage_cmd.leakage)
 app.command("report")(report_cmd.report)
+app.command("findings")(findings_cmd.findings)
+app.command("export")(export_cmd.export)
 for _step in REGISTRY:  # a registered step without a hand-written command gets the generic one
     if _step.name not in {c.name for c in app.registered_commands}:
         app.command(_step.name)(step_cmd.command_for(_step))

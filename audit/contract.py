@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Generic, Mapping, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Literal, Mapping, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -97,6 +97,46 @@ class Result(BaseModel):
         if key in type(self).model_fields:
             return getattr(self, key)
         return (self.model_extra or {}).get(key, default)
+
+
+# ----- findings: what is wrong with the data, per example ---------------------------------------
+SEVERITIES = ("high", "medium", "low")  # most urgent first
+
+
+class Finding(Result):
+    """One example the audits say to look at: what, how sure, why, and what to do.
+
+    ``headline`` says it in one short line; ``score`` ranks findings of the same issue (higher = stronger; its meaning is the issue's,
+    stated in ``score_meaning``); ``severity`` comes from a stated ``rule``. ``given_label`` and
+    ``predicted_label`` are class indices (``*_name`` their class names) where known;
+    ``predicted_label`` is the class the evidence suggests (for a likely label error: the class
+    the models that never saw the example predict). ``related`` lists the training examples the
+    evidence names (voting against a label, the copy of a leaked test image, the examples a
+    prediction rests on); ``details`` holds the rest of the evidence as plain JSON values.
+    """
+
+    index: int
+    split: Literal["train", "test"]
+    issue: str
+    severity: Literal["high", "medium", "low"]
+    rule: str
+    score: float
+    score_meaning: str
+    step: str
+    headline: str  # the finding in a short line, naming the example
+    evidence: str
+    action: str
+    given_label: int | None = None
+    given_name: str | None = None
+    predicted_label: int | None = None
+    predicted_name: str | None = None
+    related: list[int] = []
+    details: dict[str, Any] = {}
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """The example it is about: ``(split, index)``."""
+        return self.split, self.index
 
 
 # ----- what people see -------------------------------------------------------------------------
@@ -247,6 +287,7 @@ class Step(Generic[C, R]):
     metrics: ClassVar[tuple[Metric, ...]] = ()
     retrains: ClassVar[bool] = False  # trains models of its own (needs the run's trainer)
     in_run: ClassVar[bool] = True  # part of `audit run` by default
+    issues: ClassVar[tuple[str, ...]] = ()  # the issues its findings name (audit.findings counts them)
 
     # ----- files -------------------------------------------------------------------------
     def path(self, run_dir: Path | str, role: str = "result") -> Path:
@@ -376,6 +417,33 @@ class Step(Generic[C, R]):
 
     def skip_line(self) -> str:
         return f"{self.name}: already current, skipped"
+
+    def findings(self, run_dir: Path | str) -> list[Finding]:
+        """Per-example findings from the step's saved result (none by default, or when it has not run)."""
+        return []
+
+    def cost(self, run_dir: Path | str, config: C | None = None) -> "Cost | None":
+        """What running the step would train, said before it starts (None: nothing worth saying)."""
+        return None
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Models a step would train: ``models`` at most, ``rate`` models per second measured on this run
+    (None: unknown) for models up to ``slowdown`` times cheaper than these (1: the same kind), and the
+    settings that make it cheaper (``cheaper``)."""
+
+    models: int
+    rate: float | None
+    detail: str
+    cheaper: str
+    slowdown: float = 1.0
+    measured_on: str = "models"  # what the rate was measured on, for people
+
+    @property
+    def seconds(self) -> tuple[float, float] | None:
+        """(fastest, slowest) expected time: at the measured rate, and ``slowdown`` times that."""
+        return (self.models / self.rate, self.models * self.slowdown / self.rate) if self.rate else None
 
 
 class Registry:

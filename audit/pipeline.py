@@ -35,6 +35,7 @@ from audit.contract import (
     unreadable,
 )
 from audit.data import Dataset, dataset_kind, dataset_name, load_dataset
+from audit.data.planting import LABEL_PLANT_OPTIONS, label_plant_options
 from audit.datamodels import Datamodels, difference_of_means, fit_datamodels
 from audit.datamodels import evaluate as score
 from audit.errors import AuditError
@@ -71,6 +72,20 @@ class TrainConfig:
     engine: str = engine_setting()
     address: str | None = address_setting()
     year: int | None = setting(None, "--year", "FMoW: keep images from this year (default 2012)")
+    plant_labels: float | None = setting(None, "--plant-labels", "flip this fraction of the training labels to "
+                                         "another class (seeded by --seed; recorded in run.json) to measure the "
+                                         "label-error audit against a known answer; default run runs/<dataset>-"
+                                         "labelsF")
+
+    def check(self) -> None:
+        """One clear error for settings no run can have (before anything is loaded or written)."""
+        check_plant_labels(self.plant_labels)
+
+
+def check_plant_labels(fraction: float | None) -> None:
+    if fraction is not None and not 0.0 < fraction < 1.0:  # NaN fails too
+        raise AuditError(f"--plant-labels {fraction}: give the fraction of training labels to flip, strictly "
+                         "between 0 and 1 (e.g. 0.05)")
 
 
 @dataclass(frozen=True)
@@ -93,9 +108,12 @@ class EvaluateConfig:
 PATH_KINDS = ("npz", "cifar10", "fmow", "folder", "csv")  # dataset specs whose argument is a file or folder
 
 
-def default_run_dir(spec: str, runs_root: Path | str = "runs") -> Path:
-    """``runs/<dataset name>``: where a dataset's run lives unless told otherwise."""
-    return Path(runs_root) / dataset_name(spec)
+def default_run_dir(spec: str, runs_root: Path | str = "runs", plant_labels: float | None = None) -> Path:
+    """``runs/<dataset name>``: where a dataset's run lives unless told otherwise; with planted label
+    errors ``runs/<dataset name>-labels<fraction>`` (other data, another run)."""
+    check_plant_labels(plant_labels)
+    suffix = f"-labels{plant_labels:g}" if plant_labels is not None else ""
+    return Path(runs_root) / (dataset_name(spec) + suffix)
 
 
 def resolve_run(target: str, run: Path | None = None) -> Path:
@@ -335,12 +353,29 @@ class TrainStep(Step[TrainConfig, TrainResult]):
 
     def compute(self, run_dir: Path, config: TrainConfig, *, dataset: Dataset | None = None,
                 progress: Progress = SILENT) -> TrainResult:
+        config.check()
         spec = self.spec or RunStore.open(run_dir, writable=False).config.dataset
         s = train(spec, run_dir, n_models=config.n_models, alpha=config.alpha, seed=config.seed,
                   trainer=config.trainer, trainer_options=parse_trainer_options(config.options),
                   block_size=config.block_size, engine=config.engine, address=config.address,
-                  dataset_options={"year": config.year} if config.year else None, dataset=dataset, progress=progress)
+                  dataset_options=self.dataset_options(run_dir, config) or None, dataset=dataset, progress=progress)
         return TrainResult.from_json(s)
+
+    def dataset_options(self, run_dir: Path, config: TrainConfig) -> dict:
+        """The run's dataset options: the year, and the planted label errors (``--plant-labels``). A run made
+        with planted labels keeps them when the flag is left out; another fraction is an error."""
+        options: dict = {"year": config.year} if config.year else {}
+        recorded = RunStore.open(run_dir, writable=False).config.dataset_options if (run_dir / RUN_JSON).exists() \
+            else {}
+        planted = {k: v for k, v in recorded.items() if k in LABEL_PLANT_OPTIONS}
+        if config.plant_labels is None:
+            return {**options, **planted}
+        wanted = label_plant_options(config.plant_labels, config.seed)
+        if (run_dir / RUN_JSON).exists() and planted != wanted:
+            was = f"--plant-labels {planted['plant_labels']:g}" if planted else "no planted labels"
+            raise AuditError(f"{run_dir} was made with {was}, not --plant-labels {config.plant_labels:g} (seed "
+                             f"{config.seed}); use those settings or another --run")
+        return {**options, **wanted}
 
     def state(self, run_dir: Path) -> str | None:
         """The run's settings and which models are finished: retraining or growing makes a new state."""
@@ -360,6 +395,10 @@ class TrainStep(Step[TrainConfig, TrainResult]):
         store = RunStore.open(run_dir, writable=False)
         if store.config.n_models < config.n_models or not np.asarray(store.done).all():
             return False
+        if config.plant_labels is not None and \
+                {k: v for k, v in store.config.dataset_options.items() if k in LABEL_PLANT_OPTIONS} \
+                != label_plant_options(config.plant_labels, config.seed):
+            return False  # computing it says why it cannot be this run
         rec = self.record(run_dir)
         return rec is not None and rec.inputs.get(self.name) == self.state(run_dir)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from audit import pipeline
-from audit.contract import Result, Step, config_json, settings_of
+from audit import findings, pipeline
+from audit.contract import Cost, Result, Step, config_json, settings_of
 from audit.errors import AuditError
 from audit.jsonio import write_json
 from audit.progress import SILENT, Progress
@@ -53,6 +53,7 @@ class RunOptions:
     def check(self) -> None:
         """One clear error for options that cannot work, before anything runs."""
         train = self.config(pipeline.TRAIN)
+        train.check()
         if not 0 < train.alpha < 1:
             raise AuditError(f"--alpha must be in (0, 1), got {train.alpha}")
         if train.n_models < MIN_MODELS_TO_FIT:
@@ -75,16 +76,27 @@ class RunOptions:
 
 
 StepCallback = Callable[[Step, Result, dict], None]
+CostCallback = Callable[[Step, Cost, str], None]
+
+
+def skip_hint(step: Step, options: RunOptions) -> str:
+    """The option of `audit run` that leaves ``step`` out: --audits with the other audits chosen."""
+    others = ",".join(a for a in options.audits if a != step.name) or "''"
+    return f"skip it with --audits {others}"
 
 
 def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = None, *,
-                 progress: Progress = SILENT, on_step: StepCallback | None = None) -> dict:
-    """Run every registered step for ``spec`` into ``run_dir``, then the report; returns (and saves) the
-    per-step summaries.
+                 progress: Progress = SILENT, on_step: StepCallback | None = None,
+                 on_cost: CostCallback | None = None) -> dict:
+    """Run every registered step for ``spec`` into ``run_dir``, then write the findings
+    (RUN/findings.json, RUN/findings.csv) and the report; returns (and saves) the per-step summaries,
+    with the findings under ``"findings"``.
 
     ``on_step(step, result, entry)`` is called after each step (the command prints it); ``entry``
     is the step's line of run_summary.json (``skipped`` when its result was already current,
     ``step_seconds`` its cost: when skipped, the cost recorded when it last ran).
+    ``on_cost(step, cost, hint)`` is called before an audit that retrains many models starts
+    (:meth:`Step.cost`), with the option that would skip it.
     """
     options = options or RunOptions()
     options.check()
@@ -110,6 +122,9 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
             entry = {**skipped_summary(runner, result), "skipped": True,
                      "step_seconds": rec.seconds if rec else None, "seconds_now": round(time.perf_counter() - t0, 2)}
         else:
+            cost = runner.cost(run_dir, config) if step.name in REGISTRY.audits() else None
+            if cost is not None and on_cost:
+                on_cost(step, cost, skip_hint(step, options))
             result = runner.run(run_dir, config, dataset=dataset, progress=progress)
             entry = {**result.to_json(), "step_seconds": round(time.perf_counter() - t0, 2)}
         if step is pipeline.TRAIN:
@@ -118,11 +133,12 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
         save()
         if on_step:
             on_step(step, result, entry)
+    found = findings.refresh(run_dir)  # before the report, which may show them
     t0 = time.perf_counter()
     report = render_report(run_dir, progress=progress)
     steps["report"] = {"path": str(report), "step_seconds": round(time.perf_counter() - t0, 2)}
     save()
-    return {"dataset": spec, "steps": steps, "report": str(report)}
+    return {"dataset": spec, "steps": steps, "report": str(report), "findings": found}
 
 
 def skipped_summary(step: Step, result: Result) -> dict:

@@ -363,7 +363,8 @@ COMMANDS = {  # command -> (a numeric option, the positional arguments it needs)
     "train": ("--n-models", ["digits"]), "fit": ("--n-lambdas", ["RUN"]), "evaluate": ("--n-subsets", ["RUN"]),
     "run": ("--n-models", ["digits"]), "brittleness": ("--n", ["RUN"]), "mislabel": ("--T", ["RUN"]),
     "check": ("--min-lds", ["RUN"]), "leakage": ("--k", ["RUN"]), "report": ("--examples", ["RUN"]),
-    "data prepare": ("--jpeg-quality", ["digits"]),
+    "data prepare": ("--jpeg-quality", ["digits"]), "findings": ("--top", ["RUN"]),
+    "export": ("--top", ["RUN", "--to", "fiftyone"]),
 }
 
 

@@ -304,7 +304,7 @@ def test_every_csv_the_audits_write_neutralises_formula_class_names(world, tmp_p
         assert proc.returncode == 0, (step[0], proc.stderr)
     written = sorted(run.rglob("*.csv")) + sorted((tmp_path / "mturk").rglob("*.csv"))
     assert {p.name for p in written} >= {"brittleness.csv", "mislabel.csv", "batch_input.csv",
-                                         "leakage_candidates.csv"}
+                                         "leakage_candidates.csv", "findings.csv"}
     seen_names = 0
     for path in written:
         with open(path, newline="", encoding="utf-8") as fh:

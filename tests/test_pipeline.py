@@ -78,3 +78,44 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+# ----- planted label errors: --plant-labels ---------------------------------------------------------
+def test_plant_labels_is_recorded_in_the_run_and_kept_by_a_rerun(tmp_path):
+    from audit.data.planting import planted_label_errors
+    from tests.cli_inprocess import call_main
+
+    run = tmp_path / "planted"
+    opts = [a for k, v in FAST_MLP.items() for a in ("-o", f"{k}={v}")]
+    first = call_main("train", "digits", "--run", run, "-m", "20", "--plant-labels", "0.05", *opts)
+    assert first.returncode == 0, first.stderr
+    store = pipeline.RunStore.open(run, writable=False)
+    assert store.config.dataset_options == {"plant_labels": 0.05, "plant_labels_seed": 0}
+    flipped, _ = planted_label_errors(pipeline.dataset_of(store))
+    assert len(flipped) == round(0.05 * 1297)
+    again = call_main("train", "digits", "--run", run, "-m", "20", *opts)  # the flag left out: the run's planting
+    assert again.returncode == 0, again.stderr
+    assert pipeline.TRAIN.is_current(run, pipeline.TrainConfig(n_models=20))
+    assert not pipeline.TRAIN.is_current(run, pipeline.TrainConfig(n_models=20, plant_labels=0.1))
+    other = call_main("train", "digits", "--run", run, "-m", "20", "--plant-labels", "0.1", *opts)
+    assert_one_line_error(other)
+    assert "--plant-labels 0.05" in other.stderr
+    plain = tmp_path / "plain"
+    pipeline.train("digits", plain, n_models=20, trainer_options=FAST_MLP)
+    assert_one_line_error(call_main("train", "digits", "--run", plain, "-m", "20", "--plant-labels", "0.05", *opts))
+
+
+def test_planted_labels_get_their_own_default_run():
+    assert pipeline.default_run_dir("digits", plant_labels=0.05) == pipeline.default_run_dir("digits").with_name(
+        "digits-labels0.05")
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.1", "nan", "many"])
+def test_bad_plant_labels_are_one_line_before_anything_is_written(tmp_path, value):
+    from tests.cli_inprocess import call_main
+
+    for command in ("train", "run"):
+        assert_one_line_error(call_main(command, "digits", "--plant-labels", value, cwd=tmp_path))
+    if value == "1.5":  # the installed script too
+        assert_one_line_error(run_cli("run", "digits", "--plant-labels", value, cwd=tmp_path))
+    assert list(tmp_path.iterdir()) == []

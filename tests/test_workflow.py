@@ -55,6 +55,8 @@ def test_run_does_every_step_then_skips_what_is_current(tmp_path):
     assert list(summary["steps"]) == ["train", "fit", "evaluate", "leakage", "report"]
     assert summary["steps"]["train"]["trained"] == 60 and summary["steps"]["fit"]["n_models"] == 60
     assert (run / "report.html").stat().st_size > 0 and "report.html" in first.stdout.replace("\n", "")
+    assert "what we found" in first.stdout and "leaked test image: " in first.stdout
+    assert (run / "findings.json").is_file() and (run / "findings.csv").is_file()
     weights = np.load(run / "datamodels.npz")["weights"]
 
     again = run_cli(*args)
@@ -62,6 +64,15 @@ def test_run_does_every_step_then_skips_what_is_current(tmp_path):
     steps = json.loads((run / "run_summary.json").read_text())["steps"]
     assert steps["train"]["trained_now"] == 0 and steps["fit"]["skipped"] and steps["evaluate"]["skipped"]
     np.testing.assert_array_equal(np.load(run / "datamodels.npz")["weights"], weights)
+
+
+def test_the_cost_line_names_the_option_that_skips_the_audit():
+    from audit.audits.support import BRITTLENESS
+    from audit.workflow import skip_hint
+
+    assert skip_hint(BRITTLENESS, RunOptions(audits=("brittleness", "leakage", "influence"))) == \
+        "skip it with --audits leakage,influence"
+    assert skip_hint(BRITTLENESS, RunOptions(audits=("brittleness",))) == "skip it with --audits ''"
 
 
 def test_run_rejects_bad_options_in_one_line(tmp_path):

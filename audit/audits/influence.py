@@ -21,13 +21,15 @@ from typing import Any, Mapping
 import numpy as np
 
 from audit import pipeline
-from audit.contract import Block, Line, Metric, Result, Step, Table, read_result, require, setting
+from audit.contract import Block, Finding, Line, Metric, Result, Step, Table, read_result, require, setting
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.jsonio import write_csv, write_json
 from audit.progress import SILENT, Progress
 
 CHUNK = 1024  # datamodel rows read at a time
+INFLUENCE_ISSUE = "influential training example"
+MEDIUM_TIMES, LOW_TIMES = 10, 5  # findings: top-k of this many times the test predictions a uniform spread gives
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ class InfluenceStep(Step[InfluenceConfig, InfluenceResult]):
     config_type, result_type = InfluenceConfig, InfluenceResult
     files = {"result": "audits/influence.json", "table": "audits/influence.csv"}
     needs = (pipeline.FIT,)
+    issues = (INFLUENCE_ISSUE,)
     metrics = (Metric("max_influence_share", "influential training example", "max", "fraction", influence_share,
                       {}, lambda p: "largest share of test predictions one training example drives (top-k weights)",
                       "audit influence RUN"),)
@@ -124,6 +127,36 @@ class InfluenceStep(Step[InfluenceConfig, InfluenceResult]):
                 Line(f"{r.n_train_in_any_top_k} of {r.n_train} training examples are a top-{r.top_k} example of at "
                      f"least one of the {r.n_test} test predictions; the most influential drives "
                      f"{r.max_share:.1%} of them")]
+
+    def findings(self, run_dir: Path | str) -> list[Finding]:
+        """Listed training examples that are a top-k example of at least 5 times as many test predictions
+        as if every training example were equally likely to be (``k / n_train`` of them): medium from 10
+        times. Influence is not an error; the finding says which examples to check first."""
+        r = self.load(run_dir)
+        if r is None or r.n_train < 1 or r.n_test < 1:
+            return []
+        uniform = min(1.0, r.top_k / r.n_train)  # share of test predictions one example is a top-k example of
+        rule = (f"medium: a top-{r.top_k} example of at least {MEDIUM_TIMES}x the {uniform:.2%} of test predictions "
+                f"expected if all {r.n_train} training examples counted equally; low: at least {LOW_TIMES}x")
+        out = []
+        for e in r.top:
+            times = e.share / uniform
+            if times < LOW_TIMES:
+                continue
+            out.append(Finding(
+                index=e.train_index, split="train", issue=INFLUENCE_ISSUE,
+                severity="medium" if times >= MEDIUM_TIMES else "low", rule=rule, score=e.share,
+                score_meaning=f"share of the test predictions it is a top-{r.top_k} datamodel example of",
+                step=self.name, given_label=e.label, given_name=e.label_name,
+                headline=f"train {e.train_index} ({e.label_name!r}) is a top-{r.top_k} example of {e.share:.1%} of the "
+                         "test predictions",
+                evidence=(f"among the top {r.top_k} datamodel weights of {e.n_targets} of the {r.n_test} test "
+                          f"predictions ({e.share:.1%}, {times:.0f}x a uniform share)"),
+                action="check its label and source: many test predictions lean on it (a prototype, a cluster of "
+                       "near-duplicates, or an error that spreads)",
+                details={"n_test_predictions": e.n_targets, "share": e.share, "times_uniform": times,
+                         "top_k": r.top_k}))
+        return out
 
 
 INFLUENCE = InfluenceStep()

@@ -42,7 +42,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from audit.contract import Block, Line, Metric, Result, Step, Table, read_result, require, setting
+from audit.contract import Block, Finding, Line, Metric, Result, Step, Table, finite, read_result, require, setting
 from audit.data.dataset import Dataset
 from audit.data.planting import planted_label_errors
 from audit.datamodels import Datamodels
@@ -63,6 +63,7 @@ DEFAULT_LIMIT = 200
 BLOCK_ELEMENTS = 1 << 22  # margins per block: 4M (16 MiB float32, a few float64 temporaries of 32 MiB)
 LABEL_ERRORS_JSON = "label_errors.json"
 LIKELY_TEST_SHARE = 0.01
+LABEL_ERROR_ISSUE = "likely label error"
 FLAG_RULE = ("flagged when the mean out-of-sample margin of the given label is below 0 over at least "
              "{min_models} models: on average the models that never saw the example predict another class")
 
@@ -448,6 +449,7 @@ class LabelErrorsStep(Step[LabelErrorsConfig, LabelErrorsResult]):
     files = {"result": f"audits/{LABEL_ERRORS_JSON}", "table": "audits/label_errors.csv"}
     needs = (FIT,)
     retrains = True  # the replay retrains a few of the run's own models
+    issues = (LABEL_ERROR_ISSUE,)
     metrics = (Metric("max_label_error_fraction", "likely label errors", "max", "fraction", label_error_share, {},
                       lambda p: "share of training examples marked a likely label error", "audit label-errors RUN"),)
 
@@ -486,6 +488,53 @@ class LabelErrorsStep(Step[LabelErrorsConfig, LabelErrorsResult]):
             out.append(Line("planted label flips found: " + ", ".join(f"{k} {v}" for k, v in r.planted.items()
                                                                      if isinstance(v, (int, float)))))
         return out
+
+    def findings(self, run_dir: Path | str) -> list[Finding]:
+        """Every flagged training example: high when likely (contradicted as strongly as at most
+        ``likely_test_share`` of the test labels), medium otherwise."""
+        r = self.load(run_dir)
+        return [] if r is None else [label_error_finding(f, r) for f in r.findings if f.get("flagged")]
+
+
+SCORE_MEANING = {"margin": "minus the mean out-of-sample margin of the given label",
+                 "fraction": "share of the models that never saw it predicting another class",
+                 "zscore": "minus the mean over the standard deviation of its out-of-sample margins"}
+
+
+def label_error_finding(f: Mapping[str, Any], r: LabelErrorsResult) -> Finding:
+    """One flagged training example of the label-error audit as a finding (module docstring)."""
+    def name(c: Any) -> str | None:
+        return r.classes[c] if isinstance(c, int) and 0 <= c < len(r.classes) else None
+
+    given, pred = int(f["given_label"]), int(f["predicted_label"])
+    votes = [int(j) for j in f.get("evidence", ())]
+    vote_labels = [int(c) for c in f.get("evidence_labels", ())]
+    agree = sum(c == pred for c in vote_labels) if pred >= 0 else 0
+    likely = bool(f.get("likely"))
+    shown = repr(name(pred)) if pred >= 0 else "another class"
+    prob = _float(f.get("predicted_probability"))
+    evidence = (f"{_float(f['frac_wrong']):.0%} of the {int(f['n_models'])} models that never saw it predict another "
+                f"class than {name(given)!r}"
+                + (f", most often {shown} (p = {prob:.2f})" if pred >= 0 and math.isfinite(prob) else "")
+                + f" (mean margin {_float(f['mean_margin']):.2f})"
+                + (f"; {agree} of the {len(votes)} training examples voting against its label are {shown}"
+                   if votes and pred >= 0 else ""))
+    rule = (f"high: its label is contradicted as strongly as at most {r.likely_test_share:.0%} of the test labels "
+            "are; medium: flagged (mean out-of-sample margin below 0)")
+    return Finding(index=int(f["index"]), split="train", issue=LABEL_ERROR_ISSUE, severity="high" if likely else "medium",
+                   rule=rule, score=_float(f["score"]), score_meaning=SCORE_MEANING.get(r.rule, r.rule), step="label-errors",
+                   headline=f"train {int(f['index'])} is labelled {name(given)!r}; the models that never saw it "
+                            f"predict {shown}",
+                   evidence=evidence,
+                   action=(f"check the image: relabel it {shown} if that is what it shows, remove it if it is "
+                           "ambiguous" if pred >= 0 else "check the image: relabel or remove it"),
+                   given_label=given, given_name=name(given), predicted_label=pred if pred >= 0 else None,
+                   predicted_name=name(pred), related=votes,
+                   details={"rank": f.get("rank"), "mean_margin": finite(_float(f["mean_margin"])),
+                            "share_of_models_wrong": finite(_float(f["frac_wrong"])), "n_models": int(f["n_models"]),
+                            "test_share": finite(_float(f.get("test_share"))), "predicted_probability": finite(prob),
+                            "voting_against_labels": [name(c) for c in vote_labels],
+                            "likely": likely})
 
 
 LABEL_ERRORS = LabelErrorsStep()

@@ -176,3 +176,58 @@ def planted_recall(cand_idx, planted_pairs, ks: Sequence[int] = (1, 5, 10)) -> d
     n = len(pairs)
     recall = {str(k): (sum(r is not None and r <= k for r in ranks) / n if n else None) for k in ks}
     return {"n_planted": n, "ks": [int(k) for k in ks], "recall_at_k": recall, "rank": ranks}
+
+
+# ----- a verdict: is a candidate a near-copy of the test image? ------------------------------
+NEAR_COPY = 0.15  # leaked: RMS pixel difference of at most this many pixel spreads (1.5 x the planted noise)
+POSSIBLE_COPY = 0.2  # possibly leaked (when both rankings list the pair): 2 x the planted noise
+MAX_SIDE = 32  # larger images are compared after area-averaging down to about this side
+SHIFT_SIDE = 16  # images of at least this side are also compared shifted by one pixel (as planted copies are)
+_PAIR_CHUNK = 2048
+
+
+def comparable(x: np.ndarray) -> np.ndarray:
+    """Images ``[N, H, W, C]`` as float32, area-averaged by an integer factor to about ``MAX_SIDE`` on the
+    shorter side (a one-pixel shift at full size becomes a fraction of a pixel); feature vectors as they are."""
+    a = np.asarray(x)
+    if a.ndim != 4 or min(a.shape[1:3]) <= MAX_SIDE:
+        return a.astype(np.float32)
+    f = min(a.shape[1:3]) // MAX_SIDE
+    h, w = a.shape[1] // f * f, a.shape[2] // f * f
+    return a[:, :h, :w].reshape(len(a), h // f, f, w // f, f, a.shape[3]).mean(axis=(2, 4), dtype=np.float32)
+
+
+def pixel_spread(x_train: np.ndarray, chunk: int = 4096) -> float:
+    """Standard deviation of every value of the (comparable) training images, read in chunks."""
+    n, s1, s2 = 0, 0.0, 0.0
+    for start in range(0, len(x_train), chunk):
+        block = comparable(x_train[start:start + chunk]).astype(np.float64)
+        n, s1, s2 = n + block.size, s1 + block.sum(), s2 + (block * block).sum()
+    if n == 0:
+        return 0.0
+    return float(np.sqrt(max(s2 / n - (s1 / n) ** 2, 0.0)))
+
+
+def near_copy_distance(x_test: np.ndarray, x_train: np.ndarray, pairs: np.ndarray, spread: float) -> np.ndarray:
+    """RMS difference of each ``(test, train)`` pair over ``spread`` (the training set's pixel spread): float64 [P].
+
+    Images of at least ``SHIFT_SIDE`` pixels (after :func:`comparable`) are also compared with the
+    training image shifted by one pixel in each direction, on the interior both share, and the smallest
+    difference counts: planted copies (audit.data.planting) carry noise of 0.1 x each pixel's spread
+    plus such a shift, so they measure about 0.1 (below ``NEAR_COPY``); distinct images measure more.
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    out = np.empty(len(pairs), np.float64)
+    scale = spread if spread > 0 else 1.0
+    for start in range(0, len(pairs), _PAIR_CHUNK):
+        p = pairs[start:start + _PAIR_CHUNK]
+        a, b = comparable(x_test[p[:, 0]]), comparable(x_train[p[:, 1]])
+        if a.ndim == 4 and min(a.shape[1:3]) >= SHIFT_SIDE:
+            h, w = a.shape[1:3]
+            inner = a[:, 1:h - 1, 1:w - 1]
+            d2 = np.min([((inner - b[:, 1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx]) ** 2).mean(axis=(1, 2, 3))
+                         for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+        else:
+            d2 = ((a - b) ** 2).reshape(len(p), -1).mean(axis=1)
+        out[start:start + len(p)] = np.sqrt(d2) / scale
+    return out

@@ -32,11 +32,12 @@ from pydantic import Field
 from audit import pipeline
 from audit.audits.baselines import centred_pixels, fuse_rankings, nearest_neighbours, normalise_rows
 from audit.audits.geo import leakage_efficacy, nearest_train_distance_miles
-from audit.audits.leakage import candidate_overlap, candidates_table, datamodel_candidates, planted_recall
+from audit.audits.leakage import (NEAR_COPY, POSSIBLE_COPY, candidate_overlap, candidates_table, datamodel_candidates,
+                                  near_copy_distance, pixel_spread, planted_recall)
 from audit.audits.mturk import export_batch, import_results, read_manifest
 from audit.audits.support import sample_targets
-from audit.contract import (Block, Line, Metric, Param, Result, Step, Table, finite, read_result, require, setting,
-                            unreadable)
+from audit.contract import (Block, Finding, Line, Metric, Param, Result, Step, Table, finite, read_result, require,
+                            setting, unreadable)
 from audit.data import load_dataset
 from audit.data.dataset import Dataset
 from audit.data.planting import (DEFAULT_PLANT_NOISE, PLANT_FAMILIES, default_families, parse_families,
@@ -45,7 +46,7 @@ from audit.errors import AuditError
 from audit.execution import ENGINES, address_setting, engine_setting
 from audit.jsonio import read_json, write_csv, write_json
 from audit.progress import SILENT, Progress
-from audit.reference import reference_models
+from audit.reference import load_reference, reference_models
 from audit.store import RunStore
 
 DEFAULT_K = 10
@@ -69,6 +70,11 @@ MTURK_JSON = "leakage_mturk.json"
 MTURK_PAIRS_CSV = "leakage_mturk_pairs.csv"
 MTURK_TESTS_CSV = "leakage_mturk_tests.csv"
 CANDIDATE_COLUMNS = ("test_index", "train_index", "rank", "weight", "method", "found_by")
+VERDICTS_JSON = "leakage_verdicts.json"
+VERDICT_COLUMNS = ("test_index", "verdict", "train_index", "distance", "datamodels_rank", "datamodels_weight",
+                   "representation_rank", "representation_similarity", "label", "full_data_prediction", "label_name",
+                   "full_data_prediction_name")
+LEAK_ISSUE = "leaked test image"
 KEPT_SECTIONS = ("mturk", "mturk_export", "planted_check")  # survive a rerun that does not recompute them
 
 
@@ -423,6 +429,93 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
         files.update(res["files"])
     summary["seconds"] = round(time.perf_counter() - start, 2)
     return summary
+
+
+# ----- verdicts: which test images have a near-copy among their candidates -----------------
+def leak_verdicts(run_dir: Path, ds: Dataset) -> list[dict]:
+    """Per test image, the candidate (datamodels, FAISS or pixels, from leakage_candidates.csv) nearest in
+    pixels, how far (:func:`audit.audits.leakage.near_copy_distance`), where each ranking put it, the
+    full-data models' prediction (RUN/reference.npz) and the verdict: ``leaked`` when the distance is at
+    most ``NEAR_COPY``, ``possible`` when at most ``POSSIBLE_COPY`` and at least two rankings list the pair."""
+    path = Path(run_dir) / "audits" / CANDIDATES_CSV
+    ranks: dict[tuple[int, int], dict] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                method = row.get("method")
+                if method not in METHODS or not (row.get("train_index") or "").lstrip("-").isdigit():
+                    continue
+                key = (int(row["test_index"]), int(row["train_index"]))
+                if key[1] >= 0:
+                    ranks.setdefault(key, {})[method] = (int(row["rank"]), float(row["weight"]))
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, ValueError) as exc:
+        raise AuditError(f"{path} is unreadable ({type(exc).__name__}); run `audit leakage {run_dir}` again") from None
+    pairs = np.array(sorted(ranks), dtype=np.int64).reshape(-1, 2)
+    if len(pairs) and (pairs[:, 0].max() >= ds.n_test or pairs[:, 1].max() >= ds.n_train):
+        raise AuditError(f"{path} names examples the dataset does not have; run `audit leakage {run_dir}` again")
+    dist = near_copy_distance(ds.x_test, ds.x_train, pairs, pixel_spread(ds.x_train))
+    ref = load_reference(run_dir)
+    pred = ref.mean_logits[ds.n_train:].argmax(1) if ref is not None and len(ref.mean_logits) == ds.n_train + ds.n_test \
+        else None
+    out = []
+    for t in np.unique(pairs[:, 0]).tolist():
+        rows = np.flatnonzero(pairs[:, 0] == t)
+        best = int(rows[np.argmin(dist[rows])])
+        j, d = int(pairs[best, 1]), float(dist[best])
+        found = ranks[(t, j)]
+        agree = sum(m in found for m in METHODS) >= 2
+        verdict = "leaked" if d <= NEAR_COPY else "possible" if d <= POSSIBLE_COPY and agree else ""
+        dm, rep = found.get("datamodels"), found.get("representation")
+        out.append({"test_index": t, "verdict": verdict, "train_index": j, "distance": d,
+                    "datamodels_rank": dm[0] if dm else None, "datamodels_weight": dm[1] if dm else None,
+                    "representation_rank": rep[0] if rep else None,
+                    "representation_similarity": rep[1] if rep else None, "label": int(ds.y_test[t]),
+                    "full_data_prediction": int(pred[t]) if pred is not None else None,
+                    "label_name": ds.classes[int(ds.y_test[t])],
+                    "full_data_prediction_name": ds.classes[int(pred[t])] if pred is not None else None})
+    return out
+
+
+def read_verdicts(path: Path) -> list[dict] | None:
+    """The rows of leakage_verdicts.json, or None when it is missing, unreadable or of another version."""
+    try:
+        rows = read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    ok = isinstance(rows, list) and all(isinstance(r, dict) and set(VERDICT_COLUMNS) <= set(r) for r in rows)
+    return rows if ok else None
+
+
+def leak_finding(v: Mapping[str, Any]) -> Finding:
+    """A test image whose nearest candidate is a near-copy (``leaked``: high) or close and listed by both
+    rankings (``possible``: medium)."""
+    t, j, d = int(v["test_index"]), int(v["train_index"]), float(v["distance"])
+    found = [f"datamodels (rank {v['datamodels_rank']}, weight {v['datamodels_weight']:.3f})"
+             if v.get("datamodels_rank") else "",
+             f"FAISS (rank {v['representation_rank']}, cosine {v['representation_similarity']:.3f})"
+             if v.get("representation_rank") else ""]
+    pred = v.get("full_data_prediction")
+    given, predicted = v.get("label_name"), v.get("full_data_prediction_name")
+    verdict = ("" if pred is None else f"; the full-data models predict {predicted!r}"
+               + (", its label (so test accuracy counts a training image)" if pred == v["label"]
+                  else f", not its label {given!r}"))
+    return Finding(
+        index=t, split="test", issue=LEAK_ISSUE, severity="high" if v["verdict"] == "leaked" else "medium",
+        rule=(f"high: RMS pixel difference at most {NEAR_COPY:g} of the training set's pixel spread (planted copies, "
+              f"noise 0.1, measure about 0.1); medium: at most {POSSIBLE_COPY:g} and listed by both the datamodel "
+              "and the FAISS candidates"),
+        score=max(0.0, 1.0 - d), score_meaning="1 - RMS pixel difference to the copy (in pixel spreads)",
+        step="leakage", given_label=int(v["label"]), given_name=given, predicted_label=pred,
+        predicted_name=predicted, related=[j],
+        headline=(f"test {t} ({given!r}) {'is a near-copy of' if v['verdict'] == 'leaked' else 'may be a copy of'} "
+                  f"train {j}"),
+        evidence=(f"training image {j} differs by {d:.3f} pixel spreads (RMS); found by "
+                  + " and ".join(f for f in found if f) + verdict),
+        action="remove the test image (or its copy from the training set) and measure test accuracy again",
+        details={"train_index": j, "distance": d, "verdict": v["verdict"],
+                 "methods": [m for m in METHODS if v.get(f"{m}_rank")],
+                 "datamodels_rank": v.get("datamodels_rank"), "representation_rank": v.get("representation_rank"),
+                 "representation_similarity": v.get("representation_similarity"), "full_data_prediction": pred})
 
 
 # ----- MTurk -----------------------------------------------------------------------------
@@ -854,9 +947,11 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
     config_type, result_type = LeakageConfig, LeakageResult
     files = {"result": f"audits/{LEAKAGE_JSON}", "candidates": f"audits/{CANDIDATES_CSV}", "geo": f"audits/{GEO_CSV}",
              "mturk": f"audits/{MTURK_JSON}", "mturk_manifest": f"audits/{MTURK_MANIFEST}",
-             "mturk_pairs": f"audits/{MTURK_PAIRS_CSV}", "mturk_tests": f"audits/{MTURK_TESTS_CSV}"}
+             "mturk_pairs": f"audits/{MTURK_PAIRS_CSV}", "mturk_tests": f"audits/{MTURK_TESTS_CSV}",
+             "verdicts": f"audits/{VERDICTS_JSON}"}
     result_key = "summary"
     needs = (pipeline.FIT,)
+    issues = (LEAK_ISSUE,)
     metrics = (
         Metric("max_geo_leak_fraction", "geographic leakage", "max", "fraction", geo_value,
                {"leak_miles": Param("miles", 0.25, "d for max_geo_leak_fraction (miles)"),
@@ -893,6 +988,8 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
                                   engine=config.engine,
                                   address=config.address, progress=progress)
             s["planted_check"] = _brief("planted_check", p)
+        ds = dataset if dataset is not None else pipeline.dataset_of(RunStore.open(run_dir, writable=False))
+        write_json(self.path(run_dir, "verdicts"), leak_verdicts(Path(run_dir), ds))
         return LeakageResult.from_json(s)
 
     # ----- typed reads of the files behind the summary (None: not written) -----------------
@@ -909,6 +1006,18 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
 
     def geo_table(self, run_dir: Path | str) -> GeoTable | None:
         return read_geo_table(self.path(run_dir, "geo"))
+
+    def findings(self, run_dir: Path | str) -> list[Finding]:
+        """Test images with a near-copy among their candidates (leakage_verdicts.json; recomputed from the
+        candidates and the data when an older audit did not write it)."""
+        run_dir = Path(run_dir)
+        if not self.path(run_dir, "candidates").is_file():
+            return []
+        saved, candidates = self.path(run_dir, "verdicts"), self.path(run_dir, "candidates")
+        verdicts = read_verdicts(saved)
+        if verdicts is None or saved.stat().st_mtime_ns < candidates.stat().st_mtime_ns:
+            verdicts = leak_verdicts(run_dir, pipeline.dataset_of(RunStore.open(run_dir, writable=False)))
+        return [leak_finding(v) for v in verdicts if v.get("verdict") in ("leaked", "possible")]
 
     def summary(self, s: LeakageResult) -> list[Block]:
         o, dc = s.overlap, s.datamodel_candidates

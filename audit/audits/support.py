@@ -24,13 +24,14 @@ from pydantic import Field, StrictBool, StrictInt, ValidationError
 
 from audit import pipeline
 from audit.audits import baselines
-from audit.contract import Block, Line, Metric, Param, Result, Step, Table, read_result, require, setting
+from audit.contract import (Block, Cost, Finding, Line, Metric, Param, Result, Step, Table, read_result, require,
+                            setting)
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.execution import ENGINES, address_setting, engine_setting
 from audit.jsonio import write_csv, write_json
 from audit.progress import SILENT, Progress
-from audit.reference import reference_models
+from audit.reference import load_reference, reference_models
 from audit.retrain import REMOVE, RetrainPlan, run_plan
 from audit.seeding import STREAM_TARGETS, sample_rng
 from audit.training.registry import trainer_from_config
@@ -641,6 +642,142 @@ class SupportStep(Step[SupportConfig, SupportResult]):
         return out
 
 
+    def findings(self, run_dir: Path | str) -> list[Finding]:
+        """Audited test predictions with a certified support (any ranking; k* = 0, a prediction the full-data
+        models already get wrong, is not one), with the training examples of the smallest support."""
+        path = self.path(run_dir)
+        if not path.is_file():
+            return []
+        what = f"audit {self.name} {run_dir}"
+        summary, records = read_records(path, what)
+        supports = [(r, smallest_support(r)) for r in records]
+        supports = [(r, s) for r, s in supports if s is not None]
+        run_dir = Path(run_dir)
+        n_train = pipeline.RunStore.open(run_dir, writable=False).config.n_train
+        examples = support_examples(run_dir, [(r.target, method, size) for r, (size, method) in supports])
+        return [support_finding(self.mode, r, size, method, examples.get((r.target, method)), n_train)
+                for r, (size, method) in supports]
+
+    def cost(self, run_dir: Path | str, config: SupportConfig | None = None) -> Cost | None:
+        """Models the search trains at most: the grid (every target x ranking x k x T, plus the T unedited
+        models) and the verification (one edit size per target and ranking), at the run's measured rate."""
+        config = config or SupportConfig()
+        run_dir = Path(run_dir)
+        store = pipeline.RunStore.open(run_dir, writable=False)
+        n_train, n_test = store.config.n_train, store.config.n_test
+        T = default_replicates(n_train) if config.T is None else int(config.T)
+        grid = default_k_grid(n_train) if config.k_grid is None else list(config.k_grid)
+        n_t = min(n_test, config.n) if config.targets is None else len(config.targets)
+        n_m = len(dict.fromkeys(config.methods))
+        grid_models, verify_models = T + n_t * n_m * len(grid) * T, n_t * n_m * T
+        rate, slowdown, kind = retrain_rate(run_dir, store.config.alpha)
+        return Cost(models=grid_models + verify_models, rate=rate, slowdown=slowdown, measured_on=kind,
+                    detail=f"{n_t} test targets x {n_m} rankings x {len(grid)} edit sizes x T={T}, plus up to "
+                           f"{verify_models} to verify",
+                    cheaper="--n, --T or --methods")
+
+
+# ----- findings ----------------------------------------------------------------------------
+BRITTLE_ISSUE, LABEL_SENSITIVE_ISSUE = "brittle prediction", "label-sensitive prediction"
+HIGH_SHARE, MEDIUM_SHARE = 0.005, 0.02  # brittle: support of at most this share of the training set
+
+
+def smallest_support(record: SupportRecord) -> tuple[int, str] | None:
+    """``(certified support, ranking)`` of the smallest certified support of a target (datamodels first
+    among equals); None when no ranking certified one or the full-data models already get it wrong (0)."""
+    found = [(m.certified_support, i, method) for i, (method, m) in enumerate(record.methods.items())
+             if m.certified and m.certified_support is not None and m.certified_support > 0]
+    if not found:
+        return None
+    size, _, method = min(found, key=lambda x: (x[0], x[2] != "datamodels", x[1]))
+    return int(size), method
+
+
+def support_examples(run_dir: Path, wanted: Sequence[tuple[int, str, int]]) -> dict[tuple[int, str], list[int]]:
+    """``{(test target, ranking): its top-k training examples}`` for ``(target, ranking, k)`` triples, recomputed
+    from the saved datamodels (``datamodels``) and reference features (``representation``); a random
+    ranking is not kept, so its examples are not listed."""
+    out: dict[tuple[int, str], list[int]] = {}
+    by_method: dict[str, list[tuple[int, int]]] = {}
+    for target, method, k in wanted:
+        by_method.setdefault(method, []).append((int(target), int(k)))
+    store = pipeline.RunStore.open(run_dir, writable=False)
+    n_train = store.config.n_train
+    if by_method.get("datamodels"):
+        weights = pipeline.load_datamodels(run_dir).weights
+        for target, k in by_method["datamodels"]:
+            out[(target, "datamodels")] = datamodel_ranking(weights[n_train + target][None], k)[0].tolist()
+    ref = load_reference(run_dir) if by_method.get("representation") else None
+    if ref is not None:
+        targets = np.array([t for t, _ in by_method["representation"]], dtype=np.int64)
+        k_max = max(k for _, k in by_method["representation"])
+        _, idx = baselines.nearest_neighbours(ref.train_features(n_train), ref.test_features(n_train)[targets],
+                                              min(k_max, n_train))
+        for row, (target, k) in zip(idx, by_method["representation"]):
+            out[(target, "representation")] = [int(j) for j in row[:k]]
+    return out
+
+
+def support_finding(mode: str, r: SupportRecord, size: int, method: str, examples: list[int] | None,
+                    n_train: int) -> Finding:
+    """A test prediction that ``size`` removed (``mode='remove'``) or relabelled training examples flip."""
+    agree = {m: o.certified_support for m, o in r.methods.items() if o.certified and o.certified_support}
+    ranked = ", ".join(f"{m} {k}" for m, k in sorted(agree.items(), key=lambda x: x[1]))
+    share = size / max(n_train, 1)
+    listed = f": {', '.join(map(str, examples[:12]))}{', ...' if len(examples) > 12 else ''}" if examples else ""
+    what, verb = ("examples", "are") if size != 1 else ("example", "is")
+    if mode == "remove":
+        severity = "high" if share <= HIGH_SHARE else "medium" if share <= MEDIUM_SHARE else "low"
+        rule = (f"high: removing at most {HIGH_SHARE:.1%} of the training set flips it; medium: at most "
+                f"{MEDIUM_SHARE:.0%}; low: more, but certified")
+        issue, action = BRITTLE_ISSUE, ("check the training examples it rests on (labels, duplicates) and collect "
+                                        "more data like this test image")
+        headline = f"test {r.target} ({_name(r.label_name)}) flips when {size} training {what} {verb} removed"
+        evidence = (f"removing {size} training {what} ({share:.2%} of the training set, {method} ranking{listed}) "
+                    f"makes the models misclassify this {_name(r.label_name)} (certified by retraining)")
+    else:
+        severity, rule = "low", ("low: relabelling a few training examples flips it, a sensitivity rather than an "
+                                 "error (raised when those examples are themselves flagged)")
+        issue, action = LABEL_SENSITIVE_ISSUE, ("check the labels of the training examples it rests on: a wrong "
+                                                "label among them changes this prediction")
+        headline = (f"test {r.target} ({_name(r.label_name)}) flips when {size} training {what} {verb} relabelled "
+                    f"{_name(r.wrong_class_name)}")
+        evidence = (f"relabelling {size} training {what} to {_name(r.wrong_class_name)} ({method} ranking{listed}) "
+                    f"flips the prediction on this {_name(r.label_name)} (certified by retraining)")
+    if len(agree) > 1:
+        evidence += f"; certified supports by ranking: {ranked}"
+    return Finding(index=r.target, split="test", issue=issue, severity=severity, rule=rule, score=1.0 / size,
+                   score_meaning="1 / the smallest certified support", step="brittleness" if mode == "remove"
+                   else "mislabel", headline=headline, evidence=evidence, action=action, given_label=r.label, given_name=r.label_name,
+                   related=list(examples or []),
+                   details={"support": size, "ranking": method, "certified_by": agree, "flips_to": r.wrong_class_name,
+                            "full_margin": r.full_margin, "share_of_training_set": share})
+
+
+def _name(label: str | None) -> str:
+    return repr(label) if label is not None else "image"
+
+
+def retrain_rate(run_dir: Path, alpha: float) -> tuple[float | None, float, str]:
+    """``(models per second, slowdown, measured on)`` for the full-data models of a support search: the rate
+    of an earlier search on this run (slowdown 1), else the train step's rate of subset models, which full-data
+    models (1/α times the data per epoch) undercut by up to 1/α."""
+    for step in (BRITTLENESS, MISLABEL):
+        try:
+            r = step.load(run_dir)
+        except AuditError:
+            r = None
+        if r is not None and r.models_trained_now > 0 and r.seconds > 0:
+            return r.models_trained_now / r.seconds, 1.0, f"the full-data models of {step.name}"
+    try:
+        t = pipeline.TRAIN.load(run_dir)
+    except AuditError:
+        t = None
+    if t is None or not t.trained or not t.total_seconds:
+        return None, 1.0, ""
+    return t.trained / t.total_seconds, 1.0 / alpha, "its subset models"
+
+
 def _f2(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
@@ -665,6 +802,7 @@ class BrittlenessStep(SupportStep):
     """Smallest training sets whose removal flips test predictions (certified by retraining)."""
 
     name, title, mode = "brittleness", "Brittleness: data support", "remove"
+    issues = (BRITTLE_ISSUE,)
     files = {"result": "audits/brittleness.json", "table": "audits/brittleness.csv", "retrain": "retrain"}
     metrics = (_support_metric("max_brittle_fraction", "brittle predictions", "support_k",
                                "k for max_brittle_fraction: support of at most k examples counts as brittle",
@@ -675,6 +813,7 @@ class MislabelStep(SupportStep):
     """Smallest training sets whose relabelling to the likeliest wrong class flips test predictions."""
 
     name, title, mode = "mislabel", "Mislabel sensitivity: label-flip support", "relabel"
+    issues = (LABEL_SENSITIVE_ISSUE,)
     files = {"result": "audits/mislabel.json", "table": "audits/mislabel.csv", "retrain": "retrain"}
     metrics = (_support_metric("max_mislabel_fraction", "label-flip sensitivity", "mislabel_k",
                                "k for max_mislabel_fraction", "flipped by relabelling", "mislabel"),)

@@ -9,7 +9,7 @@ import typer
 
 from audit import pipeline
 from audit.audits.support import BRITTLENESS, MISLABEL, SupportConfig, SupportStep
-from audit.commands.common import console, progress, show
+from audit.commands.common import console, progress, show_cost, show_step
 from audit.commands.options import build, with_settings
 
 _TARGET = typer.Argument(..., help="run directory or dataset spec")
@@ -18,8 +18,10 @@ _RUN = typer.Option(None, "--run", help="run directory (default runs/<dataset>)"
 
 def _search(step: SupportStep, target: str, run: Optional[Path], settings: dict) -> None:
     run_dir = pipeline.resolve_run(target, run)
-    s = step.run(run_dir, build(SupportConfig, settings), progress=progress())
-    show(step.summary(s))
+    config = build(SupportConfig, settings)
+    show_cost(step, step.cost(run_dir, config), "resumable: Ctrl-C keeps the models trained so far")
+    s = step.run(run_dir, config, progress=progress())
+    show_step(step, s, run_dir)
     console.print(f"saved {s.json_path} and {s.csv_path}")
 
 

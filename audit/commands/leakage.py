@@ -9,7 +9,7 @@ import typer
 
 from audit import pipeline
 from audit.audits.leakage_audit import LEAKAGE, LeakageConfig
-from audit.commands.common import console, progress, show
+from audit.commands.common import console, progress, show_step
 from audit.commands.options import build, with_settings
 
 
@@ -23,5 +23,5 @@ def leakage(
     """Leakage candidates from datamodels vs the FAISS baseline; FMoW geodesic check; MTurk round trip."""
     run_dir = pipeline.resolve_run(target, run)
     s = LEAKAGE.run(run_dir, build(LeakageConfig, settings or {}), progress=progress())
-    show(LEAKAGE.summary(s))
+    show_step(LEAKAGE, s, run_dir)
     console.print(f"saved {s.files['json']} and {s.files['candidates_csv']}")

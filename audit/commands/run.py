@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from audit import pipeline
-from audit.commands.common import console, parse_names, progress, show
+from audit.commands.common import console, parse_names, progress, show, show_cost, show_found
 from audit.commands.options import build, with_settings
 from audit.contract import Result, Step
 from audit.steps import REGISTRY
@@ -36,13 +36,13 @@ def run(
 ) -> None:
     """Train, fit and evaluate datamodels, run the audits, render the report; resumes if interrupted."""
     start = time.perf_counter()
-    run_dir = run or pipeline.default_run_dir(dataset)
+    run_dir = run or pipeline.default_run_dir(dataset, plant_labels=(settings or {}).get("plant_labels"))
     values = settings or {}
     options = RunOptions(configs={s.name: build(s.config_type, values) for s in REGISTRY},
                          audits=tuple(parse_names(audits)))
     options.check()
     console.rule(f"[bold]audit run {dataset}[/] -> {run_dir}")
-    summary = run_pipeline(dataset, run_dir, options, progress=progress(), on_step=print_step)
-    console.print(f"report: [bold]{summary['report']}[/]")
+    summary = run_pipeline(dataset, run_dir, options, progress=progress(), on_step=print_step, on_cost=show_cost)
+    show_found(summary["findings"], run_dir)
     console.print(f"[bold green]done[/] in {time.perf_counter() - start:.0f}s; results in [bold]{run_dir}[/] "
                   f"(every step's summary: {run_dir}/{SUMMARY_FILE}); report: [bold]{summary['report']}[/]")

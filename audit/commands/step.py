@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import typer
 
 from audit import pipeline
-from audit.commands.common import console, progress, show
+from audit.commands.common import console, progress, show_step
 from audit.commands.options import build, with_settings
 from audit.contract import Step
 
@@ -26,7 +26,7 @@ def command_for(step: Step) -> Callable[..., None]:
                 settings: dict | None = None) -> None:
         run_dir = pipeline.resolve_run(target, run)
         result = step.run(run_dir, build(step.config_type, settings or {}), progress=progress())
-        show(step.summary(result))
+        show_step(step, result, run_dir)
         console.print(f"saved {step.path(run_dir)}")
 
     command.__doc__ = (step.__doc__ or step.title).strip().splitlines()[0]

@@ -20,7 +20,7 @@ def train(
     settings: dict | None = None,
 ) -> None:
     """Train models on random subsets; an existing run resumes where it stopped."""
-    run_dir = run or pipeline.default_run_dir(dataset)
+    run_dir = run or pipeline.default_run_dir(dataset, plant_labels=(settings or {}).get("plant_labels"))
     s = pipeline.TRAIN.for_dataset(dataset).run(run_dir, build(pipeline.TrainConfig, settings or {}),
                                                 progress=progress())
     acc = s.test_accuracy

@@ -11,6 +11,7 @@ import pytest
 from audit.audits import leakage
 from audit.audits.baselines import nearest_neighbours
 from audit.errors import AuditError
+from tests.conftest import FIXTURES
 
 
 def test_candidates_top_and_bottom():
@@ -132,3 +133,34 @@ def test_planted_recall_by_hand():
     assert rec["recall_at_k"] == pytest.approx({"1": 1 / 3, "5": 2 / 3, "10": 2 / 3})
     with pytest.raises(AuditError, match="recall@20"):
         leakage.planted_recall(cand, pairs, ks=(20,))
+
+
+# ----- the near-copy verdict -------------------------------------------------------------------
+@pytest.mark.parametrize("spec", ["digits", f"cifar10:{FIXTURES / 'cifar10' / 'cifar-10-batches-py'}"])
+def test_planted_copies_measure_as_near_copies_and_distinct_images_do_not(spec):
+    from audit.audits.leakage import NEAR_COPY, POSSIBLE_COPY, near_copy_distance, pixel_spread
+    from audit.data import load_dataset
+
+    ds = load_dataset(spec)
+    spread = pixel_spread(ds.x_train)
+    assert np.isclose(spread, ds.x_train.astype(np.float64).std())
+    x_new, _, pairs = leakage.plant_duplicates(ds.x_train, ds.y_train, ds.x_test, ds.y_test, min(40, ds.n_test), seed=0)
+    copies = near_copy_distance(ds.x_test, x_new, pairs, spread)
+    assert copies.max() <= NEAR_COPY  # noise of 0.1 x each pixel's spread, shifted by a pixel on CIFAR
+    rng = np.random.default_rng(0)
+    other = np.column_stack([rng.integers(0, ds.n_test, 300), rng.integers(0, ds.n_train, 300)])
+    assert near_copy_distance(ds.x_test, ds.x_train, other, spread).min() > POSSIBLE_COPY
+
+
+def test_near_copy_distance_forgives_a_one_pixel_shift_and_compares_large_images_reduced():
+    from audit.audits.leakage import near_copy_distance
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (2, 20, 20, 3)).astype(np.uint8)
+    shifted = np.roll(img, 1, axis=2)  # the interior is the same image one pixel over
+    assert near_copy_distance(img, shifted, np.array([[0, 0], [1, 1], [0, 1]]), 80.0)[:2].max() == 0
+    small = rng.integers(0, 256, (1, 8, 8, 1)).astype(np.uint8)
+    assert near_copy_distance(small, np.roll(small, 1, axis=2), np.array([[0, 0]]), 80.0)[0] > 0  # 8x8: no shift
+    big = rng.integers(0, 256, (1, 96, 96, 3)).astype(np.uint8)
+    d = near_copy_distance(big, np.roll(big, 1, axis=1), np.array([[0, 0]]), float(big.std()))
+    assert 0 < d[0] < near_copy_distance(big, big[:, ::-1], np.array([[0, 0]]), float(big.std()))[0]

@@ -187,6 +187,17 @@ def test_cli_prints_the_table(audit_run):
     proc = run_cli("brittleness", str(audit_run), "--targets", "0,5", "--T", "1", "--k-grid", "4")
     assert proc.returncode == 0, proc.stderr
     assert "median support" in proc.stdout and "certified" in proc.stdout
+    out = " ".join(proc.stdout.split())
+    # before it starts: the models it will train at most (1 unedited + 2 targets x 3 rankings x 1 k, then up
+    # to 6 to verify) and the rate measured on this run; then what was found, then the tables
+    assert "brittleness: up to 13 models to train" in out and "models/s measured on this run" in out
+    assert out.index("models to train") < out.index("what we found") < out.index("median support")
+    summary = json.loads((audit_run / "audits" / "brittleness.json").read_text())["summary"]
+    assert summary["models_in_plan"] <= 13
+    assert "(its subset models)" in out  # the first search: timed from the train step, up to 1/alpha slower
+    cost = support.MISLABEL.cost(audit_run)  # now timed by the search that ran, full-data models like its own
+    assert cost.slowdown == 1 and "brittleness" in cost.measured_on
+    assert cost.rate == summary["models_trained_now"] / summary["seconds"]
     for method in ("datamodels", "representation", "random"):
         assert method in proc.stdout
     assert "brittleness.json" in proc.stdout.replace("\n", "")
