@@ -487,8 +487,8 @@ def read_verdicts(path: Path) -> list[dict] | None:
 
 
 def leak_finding(v: Mapping[str, Any]) -> Finding:
-    """A test image whose nearest candidate is a near-copy (``leaked``: high) or close and listed by both
-    rankings (``possible``: medium)."""
+    """A test image whose nearest candidate is a near-copy (``leaked``: high) or close and listed by two
+    of the rankings (``possible``: medium)."""
     t, j, d = int(v["test_index"]), int(v["train_index"]), float(v["distance"])
     found = [f"datamodels (rank {v['datamodels_rank']}, weight {v['datamodels_weight']:.3f})"
              if v.get("datamodels_rank") else "",
@@ -502,8 +502,8 @@ def leak_finding(v: Mapping[str, Any]) -> Finding:
     return Finding(
         index=t, split="test", issue=LEAK_ISSUE, severity="high" if v["verdict"] == "leaked" else "medium",
         rule=(f"high: RMS pixel difference at most {NEAR_COPY:g} of the training set's pixel spread (planted copies, "
-              f"noise 0.1, measure about 0.1); medium: at most {POSSIBLE_COPY:g} and listed by both the datamodel "
-              "and the FAISS candidates"),
+              f"noise 0.1, measure about 0.1); medium: at most {POSSIBLE_COPY:g} and listed by two of the datamodel, "
+              "FAISS and pixel candidates"),
         score=max(0.0, 1.0 - d), score_meaning="1 - RMS pixel difference to the copy (in pixel spreads)",
         step="leakage", given_label=int(v["label"]), given_name=given, predicted_label=pred,
         predicted_name=predicted, related=[j],
