@@ -31,6 +31,13 @@ from audit.steps import REGISTRY
 
 FINDINGS_JSON, FINDINGS_CSV = "findings.json", "findings.csv"
 ISSUES = (LEAK_ISSUE, LABEL_ERROR_ISSUE, INFLUENCE_ISSUE, BRITTLE_ISSUE, LABEL_SENSITIVE_ISSUE)
+WHAT_TO_DO = {  # per issue, for an overview (each finding says it for its own example)
+    LEAK_ISSUE: "remove the leaked test images (or their training copies) and measure test accuracy again",
+    LABEL_ERROR_ISSUE: "look at each image: relabel it to the suggested class or remove it if it is ambiguous",
+    INFLUENCE_ISSUE: "check their labels and sources: many test predictions lean on them",
+    BRITTLE_ISSUE: "check the few training examples each rests on; collect more data like these test images",
+    LABEL_SENSITIVE_ISSUE: "check the labels of the training examples each rests on",
+}
 CSV_COLUMNS = ("rank", "index", "split", "issue", "severity", "score", "given_label", "predicted_label", "evidence",
                "suggested_action", "related", "rule", "step")
 

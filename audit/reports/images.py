@@ -60,9 +60,10 @@ class ImageSource:
     thumbnail is None and the templates show the index and label only.
     """
 
-    def __init__(self, dataset, size: int = DEFAULT_SIZE) -> None:
+    def __init__(self, dataset, size: int = DEFAULT_SIZE, predictions: np.ndarray | None = None) -> None:
         self.dataset = dataset
         self.size = size
+        self.predictions = predictions  # class per target (train first, then test) of the full-data models, or None
         self._cache: dict[tuple[str, int], str | None] = {}
         self.has_images = dataset is not None and getattr(dataset, "is_image", False)
 
@@ -85,6 +86,17 @@ class ImageSource:
         c = int(y[int(index)])
         return str(self.dataset.classes[c]) if 0 <= c < len(self.dataset.classes) else str(c)
 
+    def predicted(self, split: str, index: int) -> str | None:
+        """The class the full-data models predict for an example (None when there are no reference models)."""
+        if self.predictions is None or self.dataset is None:
+            return None
+        row = int(index) + (self.dataset.n_train if split == "test" else 0)
+        if not 0 <= int(index) < (self.dataset.n_train if split == "train" else self.dataset.n_test) \
+                or row >= len(self.predictions):
+            return None
+        c = int(self.predictions[row])
+        return str(self.dataset.classes[c]) if 0 <= c < len(self.dataset.classes) else str(c)
+
     def caption(self, split: str, index: int) -> list[tuple[str, str]]:
         """The dataset's caption metadata of an example (a folder/CSV image's path, a CSV's extra
         columns) as ``[(name, value), ...]``; empty when the dataset has none."""
@@ -92,6 +104,8 @@ class ImageSource:
         return caption(split, int(index)) if caption is not None else []
 
     def example(self, split: str, index: int, **extra) -> dict:
-        """A dict the templates render as one thumbnail: split, index, label, uri, caption, plus ``extra``."""
-        return {"split": split, "index": int(index), "label": self.label(split, index), "uri": self.uri(split, index),
+        """A dict the templates render as one thumbnail: split, index, label (given), predicted (by the
+        full-data models), uri, caption, plus ``extra``."""
+        return {"split": split, "index": int(index), "label": self.label(split, index),
+                "predicted": self.predicted(split, index), "uri": self.uri(split, index),
                 "caption": self.caption(split, index), **extra}

@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 from rich.text import Text
 
-from audit import pipeline
+from audit import findings, pipeline
 from audit.audits.geo import haversine_miles
 from audit.audits.leakage_audit import LEAKAGE, Candidate, GeoTable, LeakageFile, MTurkScores
 from audit.audits.support import SupportRecord, read_records
@@ -29,6 +29,7 @@ from audit.progress import SILENT, Progress
 from audit.reports import plots
 from audit.reports.data import DatamodelRows, RunFiles, num
 from audit.reports.images import ImageSource
+from audit.reference import load_reference
 from audit.steps import REGISTRY
 from audit.store import RUN_JSON, RunConfig, RunStore
 
@@ -86,8 +87,15 @@ class Context:
 
     @property
     def images(self) -> ImageSource:
+        """Thumbnails, each with its given label and the full-data models' prediction (when the run has them)."""
         if self._images is None:
-            self._images = ImageSource(self.dataset)
+            try:
+                ref = load_reference(self.path)
+            except AuditError as exc:
+                self.files.notes.append(f"predicted labels are not shown ({exc})")
+                ref = None
+            preds = ref.mean_logits.argmax(1) if ref is not None else None
+            self._images = ImageSource(self.dataset, predictions=preds)
         return self._images
 
     @property
@@ -157,6 +165,35 @@ def cell(value: Any, digits: int = 3) -> dict:
 
 
 # ----- sections ---------------------------------------------------------------------------
+def findings_section(ctx: Context, per_issue: int = 6, n_related: int = 5) -> dict | None:
+    """What the audits say is wrong with the data, ranked (audit.findings): per issue how many at each
+    severity and what to do, then the strongest findings with their images and evidence."""
+    found = findings.collect(ctx.path)
+    for step, why in found.notes.items():
+        ctx.files.notes.append(f"{step}: its findings could not be read ({why})")
+    counts = found.counts()
+    if not counts:
+        return None
+    issues = []
+    for issue, by in counts.items():
+        items = found.of(issue)
+        cards = []
+        for f in items[:per_issue]:
+            related = [ctx.images.example("train", j) for j in f.related[:n_related]]
+            cards.append({"example": ctx.images.example(f.split, f.index), "severity": f.severity,
+                          "headline": f.headline, "evidence": f.evidence, "action": f.action,
+                          "given": f.given_name, "suggested": f.predicted_name, "score": fmt(f.score, 3),
+                          "score_meaning": f.score_meaning, "related": related,
+                          "more_related": max(0, len(f.related) - n_related)})
+        rule = items[0].rule if items else ""
+        action = findings.WHAT_TO_DO.get(issue, items[0].action if items else "")
+        issues.append({"issue": issue, "n": sum(by.values()), "by": by, "cards": cards, "rule": rule,
+                       "action": action, "more": max(0, len(items) - per_issue)})
+    total = sum(i["n"] for i in issues)
+    high = sum(i["by"].get("high", 0) for i in issues)
+    return {"issues": issues, "total": total, "high": high, "csv": findings.FINDINGS_CSV}
+
+
 def summary_section(ctx: Context) -> dict | None:
     """run.json, the train and fit results: what was trained, how well, and how long it took."""
     run = ctx.run
@@ -632,6 +669,7 @@ class SectionSpec:
 
 # the page's own sections, and the sections registered steps have beyond the generic one
 RUN_SECTIONS: tuple[SectionSpec, ...] = (
+    SectionSpec("findings", "What we found", "findings.html", findings_section),
     SectionSpec("summary", "Run summary", "summary.html", summary_section),
     SectionSpec("check", "Audit check", "check.html", check_section, "audit check"),
 )
@@ -645,7 +683,7 @@ STEP_SECTIONS: dict[str, tuple[SectionSpec, ...]] = {
                              lambda ctx: support_section(ctx, "mislabel"), "audit mislabel"),),
     "leakage": (SectionSpec("leakage", LEAKAGE.title, "leakage.html", leakage_section, "audit leakage"),),
 }
-PAGE_ORDER = ("summary", "check", "quality", "nearest")  # first on the page, then the audits in registry order
+PAGE_ORDER = ("findings", "summary", "check", "quality", "nearest")  # first on the page, then the audits
 
 
 def section_specs() -> list[SectionSpec]:

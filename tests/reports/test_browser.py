@@ -47,6 +47,12 @@ def test_report_loads_cleanly_and_looks_like_a_page(chromium, audited_run, tmp_p
     assert 'data-report-script="ok"' in run.dom  # the sorting script ran
     assert 'data-broken-images="0"' in run.dom  # every inlined image decoded (checked on load)
     assert run.dom.count('data-sortable="ready"') >= 5
+    # findings first: the first section the browser lays out is "What we found", and every image says its labels
+    first = run.dom.find("<section")
+    assert run.dom.startswith('<section id="findings"', first), run.dom[first:first + 200]
+    n_thumbs = run.dom.count('<figure class="thumb')
+    assert n_thumbs > 20 and run.dom.count('class="lbl"') == n_thumbs
+    assert run.dom.count('class="pred') == n_thumbs
     with Image.open(shot) as im:
         a = np.asarray(im.convert("L"), dtype=np.float64)
     assert a.shape == (2000, 1280)

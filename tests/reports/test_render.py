@@ -267,3 +267,20 @@ def test_fmt_and_sortkey():
     assert render.sortkey(None) == "" and render.sortkey(float("inf")) == "Infinity"
     assert render.sortkey("abc") == "" and float(render.sortkey(0.25)) == 0.25
     assert render.pct(0.123) == "12.3%" and render.pct(None) == "–"
+
+
+def test_findings_come_first_and_every_image_has_its_labels(full):
+    """The page opens with what is wrong with the data; every thumbnail says its given label and the
+    full-data models' prediction (the run has reference models)."""
+    import re
+
+    _, html, page = full
+    assert page.sections[0] == "findings"
+    text = page.in_section("findings")
+    assert "What we found" in text and "what to do" in text and "Severity rule" in text
+    assert page.all("div", "findings") and any("finding" in (a.get("class") or "") for a in page.all("div", "findings"))
+    thumbs = html.split('<figure class="thumb')[1:]
+    assert len(thumbs) > 20
+    for chunk in thumbs:
+        caption = chunk.split("</figure>")[0]
+        assert 'class="lbl"' in caption and re.search(r'class="pred( differs)?"', caption), caption[:300]
