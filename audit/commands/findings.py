@@ -11,7 +11,7 @@ from rich.table import Table as RichTable
 
 from audit import findings as found_
 from audit import pipeline
-from audit.commands.common import console, parse_names, refresh_findings, show_found
+from audit.commands.common import console, refresh_findings, show_found
 from audit.errors import AuditError
 
 
