@@ -106,8 +106,8 @@ SEVERITIES = ("high", "medium", "low")  # most urgent first
 class Finding(Result):
     """One example the audits say to look at: what, how sure, why, and what to do.
 
-    ``headline`` says it in one short line; ``score`` ranks findings of the same issue (higher = stronger; its meaning is the issue's,
-    stated in ``score_meaning``); ``severity`` comes from a stated ``rule``. ``given_label`` and
+    ``headline`` says it in one short line; ``score`` ranks findings of the same issue (higher =
+    stronger; its meaning is the issue's, stated in ``score_meaning``); ``severity`` comes from a stated ``rule``. ``given_label`` and
     ``predicted_label`` are class indices (``*_name`` their class names) where known;
     ``predicted_label`` is the class the evidence suggests (for a likely label error: the class
     the models that never saw the example predict). ``related`` lists the training examples the

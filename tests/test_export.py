@@ -120,7 +120,8 @@ def test_fiftyone_export_of_a_run(found_run, digits, tmp_path):  # noqa: F811
         assert findings.LABEL_ERROR_ISSUE in info["tags"] and f"severity:{f['audit_severity']}" in info["tags"]
 
 
-def test_an_export_replaces_an_earlier_one_and_a_failed_one_leaves_nothing(found_run, tmp_path, monkeypatch):  # noqa: F811
+def test_an_export_replaces_an_earlier_one_and_a_failed_one_leaves_nothing(found_run, tmp_path,  # noqa: F811
+                                                                           monkeypatch):
     out = tmp_path / "ls"
     ex.export(found_run, "labelstudio", out, top=2)
     (out / "stale.txt").write_text("from an earlier export")
@@ -143,7 +144,8 @@ def test_bad_exports_are_one_line_errors(found_run, tmp_path, runner):  # noqa: 
     (other / "notes.txt").write_text("keep me")
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    for args in (["--to", "xml"], ["--to", "fiftyone", "--out", str(other)], ["--to", "labelstudio", "--out", str(a_file)],
+    for args in (["--to", "xml"], ["--to", "fiftyone", "--out", str(other)],
+                 ["--to", "labelstudio", "--out", str(a_file)],
                  ["--to", "labelstudio", "--out", str(tmp_path / "new"), "--image-url-prefix", "javascript:alert(1)"],
                  ["--to", "labelstudio", "--issue", "typo", "--out", str(tmp_path / "new")]):
         assert_one_line_error(RUNNERS[runner]("export", found_run, *args))

@@ -153,7 +153,8 @@ def test_cross_references_raise_findings_that_support_each_other():
     diluted = finding(index=10, split="test", issue=findings.BRITTLE_ISSUE, severity="low", related=[5, 6, 7, 8])
     out = {(f.issue, f.index): f for f in findings.cross_reference([error, influential, brittle, diluted])}
     inf = out[(findings.INFLUENCE_ISSUE, 5)]
-    assert inf.severity == "high" and inf.predicted_name == "two" and inf.details["also"] == [findings.LABEL_ERROR_ISSUE]
+    assert inf.severity == "high" and inf.predicted_name == "two"
+    assert inf.details["also"] == [findings.LABEL_ERROR_ISSUE]
     assert out[(findings.BRITTLE_ISSUE, 9)].severity == "medium"  # a third of its examples are label errors
     assert out[(findings.BRITTLE_ISSUE, 9)].details["likely_label_errors"] == [5]
     assert out[(findings.BRITTLE_ISSUE, 10)].severity == "low"  # one of four: not raised

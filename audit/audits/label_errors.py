@@ -521,8 +521,9 @@ def label_error_finding(f: Mapping[str, Any], r: LabelErrorsResult) -> Finding:
                    if votes and pred >= 0 else ""))
     rule = (f"high: its label is contradicted as strongly as at most {r.likely_test_share:.0%} of the test labels "
             "are; medium: flagged (mean out-of-sample margin below 0)")
-    return Finding(index=int(f["index"]), split="train", issue=LABEL_ERROR_ISSUE, severity="high" if likely else "medium",
-                   rule=rule, score=_float(f["score"]), score_meaning=SCORE_MEANING.get(r.rule, r.rule), step="label-errors",
+    return Finding(index=int(f["index"]), split="train", issue=LABEL_ERROR_ISSUE,
+                   severity="high" if likely else "medium", rule=rule, score=_float(f["score"]),
+                   score_meaning=SCORE_MEANING.get(r.rule, r.rule), step="label-errors",
                    headline=f"train {int(f['index'])} is labelled {name(given)!r}; the models that never saw it "
                             f"predict {shown}",
                    evidence=evidence,

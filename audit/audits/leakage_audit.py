@@ -455,8 +455,8 @@ def leak_verdicts(run_dir: Path, ds: Dataset) -> list[dict]:
         raise AuditError(f"{path} names examples the dataset does not have; run `audit leakage {run_dir}` again")
     dist = near_copy_distance(ds.x_test, ds.x_train, pairs, pixel_spread(ds.x_train))
     ref = load_reference(run_dir)
-    pred = ref.mean_logits[ds.n_train:].argmax(1) if ref is not None and len(ref.mean_logits) == ds.n_train + ds.n_test \
-        else None
+    complete = ref is not None and len(ref.mean_logits) == ds.n_train + ds.n_test
+    pred = ref.mean_logits[ds.n_train:].argmax(1) if complete else None
     out = []
     for t in np.unique(pairs[:, 0]).tolist():
         rows = np.flatnonzero(pairs[:, 0] == t)

@@ -641,7 +641,6 @@ class SupportStep(Step[SupportConfig, SupportResult]):
                         f"models trained now ({s.models_in_plan} in the plan), {s.seconds:.0f}s"))
         return out
 
-
     def findings(self, run_dir: Path | str) -> list[Finding]:
         """Audited test predictions with a certified support (any ranking; k* = 0, a prediction the full-data
         models already get wrong, is not one), with the training examples of the smallest support."""
@@ -649,7 +648,7 @@ class SupportStep(Step[SupportConfig, SupportResult]):
         if not path.is_file():
             return []
         what = f"audit {self.name} {run_dir}"
-        summary, records = read_records(path, what)
+        _, records = read_records(path, what)
         supports = [(r, smallest_support(r)) for r in records]
         supports = [(r, s) for r, s in supports if s is not None]
         run_dir = Path(run_dir)
@@ -747,9 +746,9 @@ def support_finding(mode: str, r: SupportRecord, size: int, method: str, example
     if len(agree) > 1:
         evidence += f"; certified supports by ranking: {ranked}"
     return Finding(index=r.target, split="test", issue=issue, severity=severity, rule=rule, score=1.0 / size,
-                   score_meaning="1 / the smallest certified support", step="brittleness" if mode == "remove"
-                   else "mislabel", headline=headline, evidence=evidence, action=action, given_label=r.label, given_name=r.label_name,
-                   related=list(examples or []),
+                   score_meaning="1 / the smallest certified support",
+                   step="brittleness" if mode == "remove" else "mislabel", headline=headline, evidence=evidence,
+                   action=action, given_label=r.label, given_name=r.label_name, related=list(examples or []),
                    details={"support": size, "ranking": method, "certified_by": agree, "flips_to": r.wrong_class_name,
                             "full_margin": r.full_margin, "share_of_training_set": share})
 
