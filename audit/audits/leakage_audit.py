@@ -778,6 +778,29 @@ class LeakageResult(Result):
 class PlantedMethod(Result):
     recall_at_k: dict[str, float | None]
     median_full_rank: float | None = None
+    full_rank: list[int | None] | None = None  # per planted copy, its rank among all training images
+
+
+def found_only_by(methods: Mapping[str, PlantedMethod], k: int) -> dict[str, int] | None:
+    """Per single ranking (datamodels, representation, pixels), the planted copies it alone has in its top
+    ``k`` (None when the full ranks were not saved)."""
+    ranks = {m: methods[m].full_rank for m in METHODS if m in methods and methods[m].full_rank is not None}
+    if len(ranks) < 2:
+        return None
+    hit = {m: np.array([r is not None and r <= k for r in v]) for m, v in ranks.items()}
+    return {m: int((h & ~np.any([hit[o] for o in hit if o != m], axis=0)).sum()) for m, h in hit.items()}
+
+
+def sources_of_union(union: Mapping[int, Sequence[Candidate]]) -> dict[str, int]:
+    """How many (test, training) candidate pairs of the union each combination of rankings proposed,
+    most first: ``{"pixels": 812, "datamodels+pixels": 40, ...}``."""
+    counts: dict[str, int] = {}
+    for cands in union.values():
+        for c in cands:
+            key = "+".join(sorted((c.found_by or "?").split("+"), key=lambda m: (m not in METHODS, METHODS.index(m)
+                                                                                 if m in METHODS else 0, m)))
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 class PlantedFamily(Result):
@@ -863,6 +886,7 @@ class Candidate:
     train: int
     rank: int
     score: float | None  # datamodel weight, or cosine similarity for "representation"
+    found_by: str | None = None  # combined rankings: the methods that proposed it ("datamodels+pixels")
 
 
 @dataclass(frozen=True)
@@ -903,7 +927,7 @@ def read_candidates(path: Path) -> dict[str, dict[int, list[Candidate]]] | None:
         if t is None or j is None:
             continue
         out.setdefault(str(r.get("method") or "datamodels"), {}).setdefault(int(t), []).append(
-            Candidate(int(t), int(j), int(rank or 0), _number(r.get("weight"))))
+            Candidate(int(t), int(j), int(rank or 0), _number(r.get("weight")), r.get("found_by") or None))
     for lists in out.values():
         for v in lists.values():
             v.sort(key=lambda c: (c.rank, c.train))

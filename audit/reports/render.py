@@ -19,7 +19,8 @@ from rich.text import Text
 
 from audit import findings, pipeline
 from audit.audits.geo import haversine_miles
-from audit.audits.leakage_audit import LEAKAGE, Candidate, GeoTable, LeakageFile, MTurkScores
+from audit.audits.leakage_audit import (LEAKAGE, Candidate, GeoTable, LeakageFile, MTurkScores, found_only_by,
+                                        sources_of_union)
 from audit.audits.support import SupportRecord, read_records
 from audit.checks import read_check_report
 from audit.contract import Line, Step
@@ -529,6 +530,7 @@ def leakage_section(ctx: Context, n_show: int = 8, n_cand: int = 5) -> dict | No
                 planted.append({"where": where, "method": method, "n": fmt(n),
                                 "recall": ", ".join(f"@{k}: {pct(v)}" for k, v in r.recall_at_k.items()),
                                 "median_rank": fmt(r.median_full_rank, 1)})
+    who = _who_finds_what(data, cands or {})
     figures = []
     geo = data.geo if data is not None else None
     if geo is not None and geo.efficacy:
@@ -570,8 +572,29 @@ def leakage_section(ctx: Context, n_show: int = 8, n_cand: int = 5) -> dict | No
             facts += [("mean leakage score", fmt(ms.leakage_score.mean)),
                       ("test images with leakage score ≥ 0.5", fmt(ms.leakage_score.n_at_least_half))]
     pairs = _leak_pairs(ctx, data, cands or {}, mturk, geo_table, n_show, n_cand)
-    return {"facts": facts, "figures": figures, "overlap": overlap, "planted": planted, "pairs": pairs["items"], "k": n_cand,
+    return {"facts": facts, "figures": figures, "overlap": overlap, "planted": planted, "who": who,
+            "pairs": pairs["items"], "k": n_cand,
             "order": pairs["order"], "csv": _rel(LEAKAGE, "candidates") if cands is not None else None}
+
+
+def _who_finds_what(data: LeakageFile | None, by: dict[str, dict[int, list[Candidate]]]) -> dict | None:
+    """Which rankings propose the union's candidate pairs, and the planted copies each ranking alone finds."""
+    union = by.get("union")
+    sources = sources_of_union(union) if union else {}
+    k = data.summary.k if data is not None else None
+    only: list[dict] = []
+    for sec, label in ((data.planted if data else None, "this run's planted copies"),
+                       (data.planted_check if data else None, "planted twin run")):
+        counts = found_only_by(sec.methods, k) if sec is not None and k else None
+        if counts is not None:
+            union_recall = sec.methods["union"].recall_at_k.get(str(k)) if "union" in sec.methods else None
+            only.append({"where": label, "n": fmt(sec.n_planted), "union": pct(union_recall),
+                         "only": [(m, fmt(v)) for m, v in counts.items()]})
+    if not sources and not only:
+        return None
+    total = sum(sources.values())
+    return {"k": fmt(k), "sources": [{"by": key.replace("+", " + "), "n": fmt(v), "share": pct(v / total)}
+                                     for key, v in sources.items()], "only": only}
 
 
 def _leak_pairs(ctx: Context, data: LeakageFile | None, by: dict[str, dict[int, list[Candidate]]],
@@ -601,7 +624,8 @@ def _leak_pairs(ctx: Context, data: LeakageFile | None, by: dict[str, dict[int, 
     items = []
     for t in order[:n_show]:
         strips = []
-        for method, label in (("datamodels", "datamodel candidates (largest weights)"),
+        for method, label in (("union", "every ranking's top candidates (union, by best rank)"),
+                              ("datamodels", "datamodel candidates (largest weights)"),
                               ("representation", "representation neighbours (FAISS)"),
                               ("pixels", "pixel neighbours (correlation of pixels)"),
                               ("annotation", "shown to annotators (top and bottom weights)")):
@@ -611,7 +635,7 @@ def _leak_pairs(ctx: Context, data: LeakageFile | None, by: dict[str, dict[int, 
             for c in by.get(method, {}).get(t, [])[: n_cand if method != "annotation" else None]:
                 w, j = c.score, c.train
                 similarity = method in ("representation", "pixels")
-                extra: dict = {"weight": fmt(w, 3) if w is not None and not similarity else None,
+                extra: dict = {"weight": fmt(w, 3) if w is not None and not similarity else None, "by": c.found_by,
                                "sim": fmt(w, 2) if w is not None and similarity else None,
                                "score": pct(pair_score[(t, j)]) if (t, j) in pair_score else None,
                                "star": copies.get(t) == j}

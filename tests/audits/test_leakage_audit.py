@@ -366,3 +366,14 @@ def test_pixel_baseline_finds_shifted_and_cropped_copies_that_plain_correlation_
     plain_rank = (plain > plain[np.arange(len(pairs)), pairs[:, 1]][:, None]).sum(axis=1) + 1
     for family in ("shift", "crop"):
         assert np.median(plain_rank[fams == la.PLANT_FAMILIES.index(family)]) > 10
+
+
+def test_found_only_by_and_sources_of_union_count_what_each_ranking_adds():
+    ranks = {"datamodels": [1, 30, None, 2], "representation": [40, 3, None, 1], "pixels": [50, 1, 2, 1]}
+    methods = {m: la.PlantedMethod(recall_at_k={}, full_rank=r) for m, r in ranks.items()}
+    # copy 0: datamodels only; 1: representation and pixels; 2: pixels only; 3: all three
+    assert la.found_only_by(methods, 10) == {"datamodels": 1, "representation": 0, "pixels": 1}
+    assert la.found_only_by({"datamodels": methods["datamodels"]}, 10) is None
+    union = {0: [la.Candidate(0, 5, 1, None, "pixels+datamodels"), la.Candidate(0, 7, 2, None, "pixels")],
+             1: [la.Candidate(1, 5, 1, None, "datamodels+pixels"), la.Candidate(1, 9, 2, None, "representation")]}
+    assert la.sources_of_union(union) == {"datamodels+pixels": 2, "pixels": 1, "representation": 1}
