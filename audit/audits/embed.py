@@ -59,6 +59,7 @@ CHUNK = 1024  # weight rows read at a time
 DENSE_MAX = 4000  # exact full-spectrum PCA only up to this many samples or features
 AFFINITY_COPIES = 3  # n_test² float64 matrices alive while SpectralClustering runs
 GAMMA_SAMPLE = 2000  # test targets whose pairwise distances set the RBF width
+SPARSE_PRODUCT = 0.25  # project a chunk as CSR when fewer than this share of its weights are non-zero
 LEVELS = (0.5, 0.9)  # variance fractions whose component counts are reported
 
 
@@ -210,16 +211,22 @@ def fit_pca(x: np.ndarray | sp.csr_matrix, max_components: int, seed: int) -> tu
     return PCA(n_components=k, svd_solver="arpack", random_state=seed).fit(x), False
 
 
-def project(pca: PCA, weights: Any, rows: np.ndarray, n_keep: int) -> tuple[np.ndarray, int]:
-    """Coordinates of the normalised embeddings of ``rows`` on the first ``n_keep`` components (float32),
-    and the number of those rows without any non-zero weight."""
-    out = np.zeros((len(rows), n_keep), dtype=np.float32)
+def coordinates(pca: PCA, x: np.ndarray | sp.csr_matrix, n_keep: int) -> np.ndarray:
+    """Coordinates of embeddings ``x`` (normalised rows, dense or CSR) on the first ``n_keep`` components (float32)."""
     basis = pca.components_[:n_keep].astype(np.float64)
-    offset = pca.mean_.astype(np.float64) @ basis.T
+    if not sp.issparse(x) and np.count_nonzero(x) < SPARSE_PRODUCT * x.size:  # LASSO rows: a sparse product is cheaper
+        x = sp.csr_matrix(x)
+    return (np.asarray(x @ basis.T) - pca.mean_.astype(np.float64) @ basis.T).astype(np.float32)
+
+
+def project(pca: PCA, weights: Any, rows: np.ndarray, n_keep: int) -> tuple[np.ndarray, int]:
+    """Coordinates of the normalised embeddings of ``rows`` of ``weights`` (read ``CHUNK`` at a time) on the first
+    ``n_keep`` components (float32), and the number of those rows without any non-zero weight."""
+    out = np.zeros((len(rows), n_keep), dtype=np.float32)
     zeros = 0
     for start in range(0, len(rows), CHUNK):
         block, z = normalise_rows(weights[rows[start:start + CHUNK]])
-        out[start:start + len(block)] = block @ basis.T - offset
+        out[start:start + len(block)] = coordinates(pca, block, n_keep)
         zeros += z
     return out, zeros
 
@@ -313,7 +320,7 @@ def embed(weights: Any, ds: Dataset, config: EmbedConfig, *, features: np.ndarra
               f"truncated PCA (ARPACK) of the sparse train embeddings ({x_train.nnz:,} non-zero weights), "
               f"top {dm_spec.computed} components")
     with progress.task("embed: projecting", total=2, unit="splits") as bar:
-        train_xy, _ = project(pca, weights, np.arange(n_train), keep)
+        train_xy = coordinates(pca, x_train, keep)  # the train embeddings are in memory already
         bar.advance(1)
         test_xy, zero_test = project(pca, weights, n_train + np.arange(n_test), keep)
         bar.advance(1)
