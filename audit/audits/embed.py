@@ -48,12 +48,12 @@ from sklearn.cluster import SpectralClustering
 from sklearn.decomposition import PCA
 
 from audit import pipeline
-from audit.contract import Block, Line, Result, Step, Table, setting
+from audit.contract import Block, Line, Result, Step, Table, file_stamp, setting
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.jsonio import output_file, write_csv, write_json
 from audit.progress import SILENT, Progress
-from audit.reference import load_reference
+from audit.reference import REFERENCE_FILE, load_reference
 
 CHUNK = 1024  # weight rows read at a time
 DENSE_MAX = 4000  # exact full-spectrum PCA only up to this many samples or features
@@ -370,6 +370,11 @@ class EmbedStep(Step[EmbedConfig, EmbedResult]):
              "train": "audits/embed_train.npy", "test": "audits/embed_test.npy",
              "variance": "audits/embed_variance.npy"}
     needs = (pipeline.FIT,)
+
+    def input_digests(self, run_dir: Path) -> dict:
+        """The fit's digest plus the reference models' file (its stamp): reference models trained or retrained
+        later (by `audit brittleness` or `audit leakage`) change the representation curve."""
+        return {**super().input_digests(run_dir), "reference": file_stamp(Path(run_dir) / REFERENCE_FILE)}
 
     def compute(self, run_dir: Path, config: EmbedConfig, *, dataset: Dataset | None = None,
                 progress: Progress = SILENT) -> EmbedResult:

@@ -142,9 +142,12 @@ def test_the_representation_curve_comes_from_the_reference_features(embedded, di
     n = digits.n_train + digits.n_test
     basis = np.linalg.qr(rng.normal(size=(12, 3)))[0].T  # features varying along 3 directions only
     feats = (rng.normal(size=(n, 3)) * [3.0, 2.0, 1.0]) @ basis
+    assert EMBED.is_current(copy)
     save_npz(copy / "reference.npz", features=feats.astype(np.float32),
              mean_logits=rng.normal(size=(n, 10)).astype(np.float32), n_models=np.int64(1))
+    assert not EMBED.is_current(copy)  # reference models trained since: the curve would change
     r = EMBED.run(copy, dataset=digits)
+    assert EMBED.is_current(copy)
     _, c50, c90 = numpy_counts(feats[:digits.n_train].astype(np.float64))
     assert r.representation is not None and r.representation.width == 12
     assert (r.representation.components_50, r.representation.components_90) == (c50, c90)
