@@ -198,12 +198,14 @@ def spectrum(pca: PCA, n: int, width: int, exact: bool) -> Spectrum:
                     components_50=components_for(ratios, LEVELS[0]), components_90=components_for(ratios, LEVELS[1]))
 
 
-def fit_pca(x: np.ndarray | sp.csr_matrix, max_components: int, seed: int) -> tuple[PCA, bool]:
-    """PCA of ``x``: the full spectrum for a dense matrix, the top ``max_components`` (ARPACK) for a sparse one."""
+def fit_pca(x: np.ndarray | sp.csr_matrix, max_components: int, seed: int,
+            exact: bool | None = None) -> tuple[PCA, bool]:
+    """PCA of ``x``: the full spectrum when ``exact`` (default: when ``x`` is dense), else the top
+    ``max_components`` by ARPACK (dense or sparse ``x``; a sparse one is centred implicitly). Returns (pca, exact)."""
     n, width = x.shape
     if n < 2:
         raise AuditError(f"PCA needs at least 2 train targets, got {n}")
-    if not sp.issparse(x):
+    if (not sp.issparse(x)) if exact is None else exact:
         return PCA(svd_solver="full").fit(x), True
     k = min(max_components, n - 1, width - 1)
     if k < 1:
@@ -255,22 +257,21 @@ def rbf_gamma(x: np.ndarray, seed: int) -> float:
     return 1.0 / med if med > 0 else 1.0
 
 
-def check_clusters(k: int, n: int) -> None:
-    """AuditError unless 2 <= k < n (the number of test targets)."""
+def check_clusters(k: int, n: int, budget: float) -> None:
+    """AuditError unless 2 <= k < n (the number of test targets) and the affinity matrix fits in ``budget`` bytes."""
     if k < 2:
         raise AuditError(f"--clusters must be at least 2 (got {k})")
     if k >= n:
         raise AuditError(f"--clusters {k} asks for at least as many clusters as there are test targets ({n})")
-
-
-def spectral_clusters(x: np.ndarray, k: int, seed: int, budget: float) -> tuple[np.ndarray, float]:
-    """Cluster ids (0..k-1) of the rows of ``x`` by SpectralClustering with an RBF affinity, and its gamma."""
-    n = len(x)
-    check_clusters(k, n)
     need = AFFINITY_COPIES * n * n * 8
     if need > budget:
         raise AuditError(f"clustering {n} test targets needs about {need / 1e9:.1f} GB for the affinity matrix, over "
                          f"the memory budget of {budget / 1e9:g} GB; raise --memory-gb")
+
+
+def spectral_clusters(x: np.ndarray, k: int, seed: int, budget: float) -> tuple[np.ndarray, float]:
+    """Cluster ids (0..k-1) of the rows of ``x`` by SpectralClustering with an RBF affinity, and its gamma."""
+    check_clusters(k, len(x), budget)
     gamma = rbf_gamma(x, seed)
     model = SpectralClustering(n_clusters=k, affinity="rbf", gamma=gamma, random_state=seed, n_init=10)
     return model.fit_predict(x.astype(np.float64)).astype(np.int64), gamma
@@ -309,8 +310,8 @@ def embed(weights: Any, ds: Dataset, config: EmbedConfig, *, features: np.ndarra
     if config.memory_gb <= 0:
         raise AuditError(f"--memory-gb must be positive (got {config.memory_gb})")
     n_train, n_test = ds.n_train, ds.n_test
-    check_clusters(config.clusters, n_test)
     budget = config.memory_gb * 1e9
+    check_clusters(config.clusters, n_test, budget)  # before any work
     dense = dense_fits(n_train, n_train, budget)
     x_train, zero_train = read_embeddings(weights, np.arange(n_train), budget, dense=dense, progress=progress)
     pca, exact = fit_pca(x_train, config.max_components, config.cluster_seed)
@@ -335,9 +336,8 @@ def embed(weights: Any, ds: Dataset, config: EmbedConfig, *, features: np.ndarra
     rep = None
     if features is not None:
         feats = np.asarray(features, dtype=np.float32)
-        rep_dense = dense_fits(len(feats), feats.shape[1], budget)
-        rep_pca, rep_exact = fit_pca(feats if rep_dense else sp.csr_matrix(feats), config.max_components,
-                                     config.cluster_seed)
+        rep_pca, rep_exact = fit_pca(feats, config.max_components, config.cluster_seed,
+                                     exact=dense_fits(len(feats), feats.shape[1], budget))
         rep = spectrum(rep_pca, len(feats), feats.shape[1], rep_exact)
     with progress.task("embed: spectral clustering", total=1, unit="fits") as bar:
         ids, gamma = spectral_clusters(test_xy, config.clusters, config.cluster_seed, budget)

@@ -67,8 +67,11 @@ def test_component_counts_agree_with_a_direct_svd_on_both_memory_branches():
     assert sparse.datamodels.components_50 == (c50 if c50 <= 20 else None)
     assert sparse.datamodels.count_label(0.9) == (str(c90) if c90 <= 20 else "> 20")
     assert arrays["train"].shape == (ds.n_train, 20) and arrays["test"].shape == (ds.n_test, 20)
-    with pytest.raises(AuditError, match="raise --memory-gb"):
+    with pytest.raises(AuditError, match="affinity matrix.*raise --memory-gb"):  # said before any work
         E.embed(w, ds, EmbedConfig(clusters=3, memory_gb=1e-6))
+    w8, ds8 = synthetic(n_test=8)
+    with pytest.raises(AuditError, match="non-zero weights.*raise --memory-gb"):  # 5 kB: the CSR does not fit either
+        E.embed(w8, ds8, EmbedConfig(clusters=3, memory_gb=5e-6))
 
 
 def test_components_for_reads_the_cumulative_curve():
