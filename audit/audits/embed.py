@@ -314,6 +314,9 @@ def embed(weights: Any, ds: Dataset, config: EmbedConfig, *, features: np.ndarra
     check_clusters(config.clusters, n_test, budget)  # before any work
     dense = dense_fits(n_train, n_train, budget)
     x_train, zero_train = read_embeddings(weights, np.arange(n_train), budget, dense=dense, progress=progress)
+    if zero_train == n_train:
+        raise AuditError(f"none of the {n_train} train targets has a non-zero datamodel weight: there is nothing to "
+                         "embed; fit on more models (`audit train --n-models`, then `audit fit`)")
     pca, exact = fit_pca(x_train, config.max_components, config.cluster_seed)
     dm_spec = spectrum(pca, n_train, n_train, exact)
     keep = min(config.max_components, dm_spec.computed)
@@ -326,6 +329,9 @@ def embed(weights: Any, ds: Dataset, config: EmbedConfig, *, features: np.ndarra
         test_xy, zero_test = project(pca, weights, n_train + np.arange(n_test), keep)
         bar.advance(1)
     del x_train
+    if zero_test == n_test:
+        raise AuditError(f"none of the {n_test} test targets has a non-zero datamodel weight: there is nothing to "
+                         "cluster; fit on more models (`audit train --n-models`, then `audit fit`)")
     y_train, y_test, classes = np.asarray(ds.y_train), np.asarray(ds.y_test), list(ds.classes)
     top = []
     for c in range(min(config.components, keep)):

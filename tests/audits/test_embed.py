@@ -74,6 +74,16 @@ def test_component_counts_agree_with_a_direct_svd_on_both_memory_branches():
         E.embed(w8, ds8, EmbedConfig(clusters=3, memory_gb=5e-6))
 
 
+def test_weights_without_any_non_zero_row_are_an_audit_error():
+    w, ds = synthetic()
+    w[ds.n_train:] = 0
+    with pytest.raises(AuditError, match="none of the 30 test targets"):
+        E.embed(w, ds, EmbedConfig(clusters=3))
+    w[:] = 0
+    with pytest.raises(AuditError, match="none of the 60 train targets"):
+        E.embed(w, ds, EmbedConfig(clusters=3))
+
+
 def test_components_for_reads_the_cumulative_curve():
     assert E.components_for(np.array([0.4, 0.1, 0.3, 0.2]), 0.5) == 2
     assert E.components_for(np.array([0.4, 0.1, 0.3, 0.2]), 0.9) == 4
