@@ -18,6 +18,7 @@ import numpy as np
 from rich.text import Text
 
 from audit import findings, pipeline
+from audit.audits.embed import EMBED, Extreme, Spectrum
 from audit.audits.geo import haversine_miles
 from audit.audits.leakage_audit import (LEAKAGE, Candidate, GeoTable, LeakageFile, MTurkScores, found_only_by,
                                         sources_of_union)
@@ -650,6 +651,47 @@ def _leak_pairs(ctx: Context, data: LeakageFile | None, by: dict[str, dict[int, 
     return {"items": items, "order": why}
 
 
+def embed_section(ctx: Context, n_points: int = 60) -> dict | None:
+    """RUN/audits/embed.json: variance curves (datamodels vs representation), component ends, clusters."""
+    r = ctx.read(EMBED.load)
+    if r is None:
+        return None
+
+    def curve(sp: Spectrum) -> tuple[list[int], list[float]]:
+        cum = np.cumsum(sp.ratios)
+        xs = np.unique(np.geomspace(1, max(sp.computed, 1), n_points).round().astype(int))
+        return [int(x) for x in xs], [float(cum[x - 1]) for x in xs]
+
+    spectra = {"datamodel embeddings": r.datamodels}
+    if r.representation is not None:
+        spectra["representation"] = r.representation
+    figure = plots.lines({f"{name} (50%: {sp.count_label(0.5)}, 90%: {sp.count_label(0.9)})": curve(sp)
+                          for name, sp in spectra.items()}, "principal components", "cumulative explained variance",
+                         "explained variance: datamodel embeddings vs representation", log_x=True, ylim=(0, 1.02))
+    counts = [{"name": name, "shape": f"{sp.n_samples} × {sp.width}", "c50": sp.count_label(0.5),
+               "c90": sp.count_label(0.9), "how": "full spectrum" if sp.exact else f"top {sp.computed} components"}
+              for name, sp in spectra.items()]
+
+    def thumbs(split: str, ends: list[Extreme]) -> list[dict]:
+        return [ctx.images.example(split, e.index, caption=ctx.images.caption(split, e.index)
+                                   + [("pc", fmt(e.coordinate, 3))]) for e in ends]
+
+    components = [{"n": c.component + 1, "variance": pct(c.variance_ratio),
+                   "strips": [{"label": f"{split}, most {end}", "kind": kind, "items": thumbs(split, ends)}
+                              for split, end, kind, ends in (("train", "positive", "pos", c.train_positive),
+                                                             ("train", "negative", "neg", c.train_negative),
+                                                             ("test", "positive", "pos", c.test_positive),
+                                                             ("test", "negative", "neg", c.test_negative))]}
+                  for c in r.top]
+    clusters = [{"id": c.cluster, "size": c.size, "majority": c.majority, "purity": pct(c.purity),
+                 "mix": ", ".join(f"{name} {n}" for name, n in c.class_counts.items()),
+                 "examples": [ctx.images.example("test", i) for i in c.examples]} for c in r.clusters]
+    return {"figure": figure, "counts": counts, "note": None if r.representation is not None else r.representation_note,
+            "method": r.method, "components": components, "k": r.k, "cluster_space": r.cluster_space,
+            "clusters": clusters, "per_end": len(r.top[0].train_positive) if r.top else 0,
+            "files": [_rel(EMBED, role) for role in ("result", "clusters", "train", "test", "variance")]}
+
+
 def check_section(ctx: Context) -> dict | None:
     """RUN/audits/check.json (audit.checks.run_checks): each check's value, threshold and outcome."""
     data = ctx.read(read_check_report)
@@ -706,6 +748,7 @@ STEP_SECTIONS: dict[str, tuple[SectionSpec, ...]] = {
     "mislabel": (SectionSpec("mislabel", REGISTRY["mislabel"].title, "support.html",
                              lambda ctx: support_section(ctx, "mislabel"), "audit mislabel"),),
     "leakage": (SectionSpec("leakage", LEAKAGE.title, "leakage.html", leakage_section, "audit leakage"),),
+    "embed": (SectionSpec("embed", EMBED.title, "embed.html", embed_section, "audit embed"),),
 }
 PAGE_ORDER = ("findings", "summary", "check", "quality", "nearest")  # first on the page, then the audits
 
