@@ -122,9 +122,9 @@ def check_release(folder: Path, pct: int, expected: Expected, eval_models: int) 
     rel = release_paths(pct)
     present = {role: folder / p for role, p in rel.items() if (folder / p).is_file()}
     if not present:
-        found = sorted({p.name.rsplit("_", 1)[-1].removesuffix(".npy").removesuffix(".pt")
+        found = sorted({p.name.rsplit("_", 1)[-1].split("pct")[0]
                         for sub in ("data", "datamodels") for p in (folder / sub).glob("*pct.*")})
-        hint = f"; the folder holds files for {', '.join(found)}: pass --pct accordingly" if found else \
+        hint = f"; it holds files for --pct {' or '.join(found)}: pass one of them" if found else \
             " (expected data/train_masks_{PCT}pct.npy ... and/or datamodels/{train,test}_{PCT}pct.pt)"
         raise AuditError(f"{folder} holds none of the release's files for --pct {pct}{hint}")
     problems: list[str] = []
