@@ -152,6 +152,9 @@ def test_weights_only_and_data_only(tmp_path):
     import_release(tmp_path / "d", SPEC, tmp_path / "rd", eval_models=N_EVAL)
     with pytest.raises(AuditError, match="audit fit"):
         pipeline.load_datamodels(tmp_path / "rd")
+    fitted = pipeline.FIT.run(tmp_path / "rd", pipeline.FitConfig(n_lambdas=4))  # on the release's training rows
+    assert fitted.n_models == N_MODELS - N_EVAL
+    assert pipeline.load_datamodels(tmp_path / "rd").weights.shape == (60, 40)
 
 
 def test_a_moved_or_changed_file_is_one_error(release, tmp_path):
