@@ -942,8 +942,10 @@ def streamed_evaluate(datamodels: Datamodels, masks_eval, margins_eval, n_train:
     converted per block), and no [models, targets] array is whole in memory. The results equal
     ``evaluate`` (dense) up to float summation order.
 
-    Memory: the evaluation masks as bool [m, n_train] stay whole; per block of targets ≈ 8 x (12 m + 4 n_train)
-    bytes per target, per block of models ≈ 8 x (n_train + 4 targets) + 2 T bytes per model.
+    Memory: the evaluation masks as bool [m, n_train] stay whole (and the datamodels' weights); half the
+    rest of the budget goes to a block of targets (≈ 8 x (12 m + 4 n_train) bytes per target), a quarter to
+    a block of training models (≈ 8 x (n_train + 4 targets) + 2 T bytes per model) and a quarter to a block
+    of evaluation masks as float32 for the products.
     """
     budget = memory_budget(memory_gb)
     masks_e = np.asarray(masks_eval, dtype=bool)
@@ -953,10 +955,15 @@ def streamed_evaluate(datamodels: Datamodels, masks_eval, margins_eval, n_train:
         raise AuditError(f"shapes disagree: masks {masks_e.shape}, margins {margins_eval.shape}, "
                          f"datamodels {datamodels.weights.shape}, n_train={n_train}")
     with_base = train_masks is not None and rows is not None and len(rows) > 0
-    left = max(budget - masks_e.nbytes - 4 * m * n_train, 2**24)  # the float32 masks of a matmul block too
+    left = max(budget - masks_e.nbytes, 2**24)
     chunk = int(min(T, max(1, left // 2 // (8 * (12 * m + 4 * n_train)))))
-    block = int(max(1, left // 2 // (8 * (n_train + 4 * chunk) + 2 * T)))
-    xe = masks_e.astype(np.float32)
+    block = int(max(1, left // 4 // (8 * (n_train + 4 * chunk) + 2 * T)))
+    eval_block = int(max(1, left // 4 // (4 * n_train + 4 * chunk)))  # rows of float32 masks per product
+
+    def product(w: np.ndarray) -> np.ndarray:
+        """masks_eval (as float32, a block of rows at a time) @ w.T: [m, len(w)] float32."""
+        return np.concatenate([masks_e[r0:r0 + eval_block].astype(np.float32) @ w.T
+                               for r0 in range(0, m, eval_block)] or [np.zeros((0, len(w)), np.float32)])
     out = {k: np.full(T, np.nan) for k in ("mse", "lds", "base", "floor")}
     cnt_all = np.zeros(T, np.int64)
     n_rep = None
@@ -974,7 +981,7 @@ def streamed_evaluate(datamodels: Datamodels, masks_eval, margins_eval, n_train:
             tr = targets < n_train
             valid[:, tr] = ~masks_e[:, targets[tr]]
             valid &= np.isfinite(measured)
-            pred = (xe @ datamodels.weights[cols].T + datamodels.bias[None, cols]).astype(np.float64)
+            pred = (product(datamodels.weights[cols]) + datamodels.bias[None, cols]).astype(np.float64)
             cnt = valid.sum(0)
             with np.errstate(invalid="ignore", divide="ignore"):
                 out["mse"][cols] = np.where(cnt > 0, np.where(valid, (pred - measured) ** 2, 0.0).sum(0)
@@ -983,7 +990,7 @@ def streamed_evaluate(datamodels: Datamodels, masks_eval, margins_eval, n_train:
             cnt_all[cols] = cnt
             if with_base:
                 bw = streamed_difference_of_means(train_masks, train_margins, np.asarray(rows), n_train, cols, block)
-                out["base"][cols] = spearman_columns(xe @ bw.T, measured, valid)
+                out["base"][cols] = spearman_columns(product(bw), measured, valid)
             if margins_replicates is not None and n_rep is not None and n_rep >= 2:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     out["floor"][cols] = np.where(cnt > 0, np.where(valid, reps.var(1, ddof=1), 0).sum(0)
