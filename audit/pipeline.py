@@ -346,6 +346,9 @@ def _evaluate_on(store: RunStore, dm: Datamodels, models: ReleaseModels, memory_
     difference of means from its training models; streamed from the memory maps."""
     c = store.config
     n_eval = len(models.eval_masks)
+    if not len(models.masks):
+        raise AuditError(f"{store.path} was imported without the release's data/ files (masks and margins), which "
+                         f"evaluate needs: import the release again with them into a new --run")
     if n_eval < 5:
         raise AuditError(f"{store.path} was imported with {n_eval} evaluation models and its release has no "
                          f"others; import it again with --eval-models 5 or more (the release has 10,000)")

@@ -148,6 +148,9 @@ def test_weights_only_and_data_only(tmp_path):
     import_release(tmp_path / "w", SPEC, tmp_path / "rw", eval_models=N_EVAL)
     assert pipeline.load_datamodels(tmp_path / "rw").weights.shape == (60, 40)
     assert RunStore.open(tmp_path / "rw", writable=False).config.n_models == 0
+    assert INFLUENCE.run(tmp_path / "rw") is not None  # weights are all it needs
+    with pytest.raises(AuditError, match="without the release's data/ files"):
+        pipeline.EVALUATE.run(tmp_path / "rw")
     write_release(tmp_path / "d", weights=False, logits=False)
     import_release(tmp_path / "d", SPEC, tmp_path / "rd", eval_models=N_EVAL)
     with pytest.raises(AuditError, match="audit fit"):
