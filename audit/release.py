@@ -234,15 +234,17 @@ class JoinedMargins:
     def __getitem__(self, key: Any) -> np.ndarray:
         rows, cols = key if isinstance(key, tuple) else (key, slice(None))
         index = np.arange(self.start, self.stop)[rows]
-        if isinstance(cols, slice) and cols == slice(None):
-            return np.concatenate([np.asarray(p[index], dtype=np.float32) for p in self.parts], axis=-1)
-        cols = np.arange(self.shape[1])[cols]
+        if not (isinstance(cols, slice) and cols.step in (None, 1)):
+            return self[rows][..., cols]  # whole rows, then the columns in the order asked for
+        start, stop, _ = cols.indices(self.shape[1])
         out, offset = [], 0
-        for p in self.parts:  # only the columns asked for, from the part that holds them
-            mine = cols[(cols >= offset) & (cols < offset + p.shape[1])] - offset
-            if mine.size:
-                out.append(np.asarray(p[index][..., mine], dtype=np.float32))
+        for p in self.parts:  # a column range: only its bytes of each row are read, from the parts holding it
+            a, b = max(start, offset) - offset, min(stop, offset + p.shape[1]) - offset
+            if a < b:
+                out.append(np.asarray(p[index, a:b], dtype=np.float32))
             offset += p.shape[1]
+        if not out:
+            return np.zeros(np.shape(index) + (0,), np.float32)
         return np.concatenate(out, axis=-1)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:

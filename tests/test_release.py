@@ -74,7 +74,9 @@ def test_training_and_evaluation_rows(imported, release):
     assert store.config.n_models == N_MODELS - N_EVAL
     np.testing.assert_array_equal(np.asarray(store.masks), masks[: N_MODELS - N_EVAL])
     np.testing.assert_array_equal(store.margins[:], margins[: N_MODELS - N_EVAL])
-    np.testing.assert_array_equal(store.margins[[3, 1], 38:45], margins[[3, 1], 38:45])
+    for rows, cols in (([3, 1], slice(38, 45)), (slice(2, 9), [44, 0, 39]), (5, slice(None, None, 3)),
+                       (np.arange(40) % 2 == 0, slice(41, 41))):
+        np.testing.assert_array_equal(store.margins[rows, cols], margins[: N_MODELS - N_EVAL][rows, cols])
     assert pipeline.TRAIN.is_current(run_dir) and pipeline.FIT.is_current(run_dir)
 
 
