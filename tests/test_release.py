@@ -143,6 +143,10 @@ def test_retraining_steps_say_what_they_need(imported):
         pipeline.make_trainer("imported", trainer="resnet9")
     with pytest.raises(AuditError, match="imported from a published release"):
         pipeline.TRAIN.run(run_dir)
+    result = call_main("leakage", str(run_dir))  # its FAISS baseline trains full-data reference models
+    assert_one_line_error(result)
+    assert "full-data models" in result.stderr and "CUDA GPU" in result.stderr
+    assert_one_line_error(call_main("brittleness", str(run_dir), "--n", "2"))
 
 
 def test_weights_only_and_data_only(tmp_path):
