@@ -225,6 +225,26 @@ def test_bad_release_is_one_error_and_writes_nothing(release, tmp_path, name):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_bad_release_in_a_real_process(release, tmp_path):
+    folder = tmp_path / "cifar"
+    shutil.copytree(release[0], folder)
+    _truncate(folder / release_paths(50)["train_masks"])
+    _wrong_dtype(folder / release_paths(50)["test_margins"])
+    proc = run_cli("import", str(folder), "--dataset", SPEC, "--eval-models", str(N_EVAL), "--run", str(tmp_path / "run"))
+    assert_one_line_error(proc)
+    assert "train_masks_50pct.npy is truncated" in proc.stderr and "test_margins_50pct.npy is float64" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_uint8_masks_give_the_same_evaluation(imported, release, tmp_path):
+    folder = tmp_path / "cifar"
+    shutil.copytree(release[0], folder)
+    masks = folder / release_paths(50)["train_masks"]
+    np.save(masks, np.load(masks).astype(np.uint8))
+    import_release(folder, SPEC, tmp_path / "run", eval_models=N_EVAL)
+    assert pipeline.EVALUATE.run(tmp_path / "run").all == pipeline.EVALUATE.run(imported[0]).all
+
+
 @pytest.mark.parametrize("args, says", [(["--pct", "20"], "--pct 50"), (["--eval-models", "59"], "--eval-models"),
                                         (["--dataset", "digits"], "N_train=1")])
 def test_wrong_options_in_a_real_process(release, tmp_path, args, says):
