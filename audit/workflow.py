@@ -19,6 +19,7 @@ from audit.contract import Cost, Result, Step, config_json, settings_of
 from audit.errors import AuditError
 from audit.jsonio import write_json
 from audit.progress import SILENT, Progress
+from audit.release import is_imported
 from audit.reports.render import render_report
 from audit.steps import REGISTRY
 
@@ -110,8 +111,13 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
                           "seconds": round(time.perf_counter() - start, 2)})
 
     dataset = None
+    imported = is_imported(run_dir)
     for step in REGISTRY:
         if step.name in REGISTRY.audits() and step.name not in options.audits:
+            continue
+        if imported and needs_models_of_its_own(step):
+            steps[step.name] = {"skipped": True, "reason": IMPORTED_SKIP}
+            save()
             continue
         runner = pipeline.TRAIN.for_dataset(spec) if step is pipeline.TRAIN else step
         config = options.config(step)
@@ -139,6 +145,16 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
     steps["report"] = {"path": str(report), "step_seconds": round(time.perf_counter() - t0, 2)}
     save()
     return {"dataset": spec, "steps": steps, "report": str(report), "findings": found}
+
+
+IMPORTED_SKIP = "the run was imported from a published release: this step trains models of its own (the " \
+                "release's trainer on a CUDA GPU)"
+
+
+def needs_models_of_its_own(step: Step) -> bool:
+    """Does the step train models (retraining audits; leakage's full-data reference models)? An imported run
+    has none to train; its evaluation uses the release's evaluation models instead."""
+    return step is not pipeline.EVALUATE and (step.retrains or step.name == "leakage")
 
 
 def skipped_summary(step: Step, result: Result) -> dict:
