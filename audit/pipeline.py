@@ -42,6 +42,7 @@ from audit.errors import AuditError
 from audit.execution import address_setting, engine_setting, train_local, train_ray
 from audit.jsonio import read_json, save_npz, write_json
 from audit.progress import SILENT, Progress
+from audit.scores import ScoreQuality, evaluate_scores
 from audit.store import RUN_JSON, STREAM_EVAL, RunConfig, RunStore
 from audit.training.registry import (
     DEFAULT_TRAINER,
@@ -315,6 +316,7 @@ def evaluate(run_dir: Path, *, n_subsets: int = EvaluateConfig.n_subsets, repeat
                                margins_replicates=margins[keep] if repeats > 1 else None)
     result.update({"n_subsets": int(keep.sum()), "n_subsets_requested": n_subsets, "repeats": repeats,
                    "n_fit_models": int(len(rows))})
+    result["scores"] = evaluate_scores(store.path, masks_eval, margins[keep].mean(1), c.n_train, c.n_test)
     per_target.update(_scatter_sample(dm, masks_eval, margins[keep].mean(1), c.n_train, c.n_targets))
     write_json(store.path / EVALUATION_JSON, result)
     save_npz(store.path / EVALUATION_TARGETS, **per_target)
@@ -567,6 +569,7 @@ class EvaluateResult(Result):
     repeats: int
     n_fit_models: int
     noise_floor_mse: float | None = None
+    scores: dict[str, ScoreQuality] = {}  # the run's score matrices (audit.scores), by name
 
 
 class EvaluateStep(Step[EvaluateConfig, EvaluateResult]):
@@ -592,6 +595,8 @@ class EvaluateStep(Step[EvaluateConfig, EvaluateResult]):
             g: GroupQuality = getattr(r, group)
             rows.append((f"datamodels ({group})", str(g.n_targets), _f3(g.lds_mean), _f3(g.mse_mean)))
             rows.append((f"difference of means ({group})", str(g.n_targets), _f3(g.baseline_lds_mean), ""))
+            rows.extend((f"{q.name} ({group})", str(sg.n_targets), _f3(sg.lds_mean), "")
+                        for q in r.scores.values() if (sg := getattr(q, group)) is not None)
         out: list[Block] = [Table(f"datamodel quality on {r.n_subsets} held-out subsets x {r.repeats} repeats",
                                   ("estimator", "targets", "mean LDS (Spearman)", "mean MSE"), tuple(rows))]
         if r.noise_floor_mse is not None:
