@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import Field, StrictBool, StrictInt, ValidationError
 
 from audit import pipeline
+from audit import scores
 from audit.audits import baselines
 from audit.contract import (Block, Cost, Finding, Line, Metric, Param, Result, Step, Table, read_result, require,
                             setting)
@@ -258,7 +259,9 @@ class SupportConfig:
                             aliases=("--audit-T",))
     k_grid: tuple[int, ...] | None = setting(None, "--k-grid", "comma-separated k values (default: the paper's "
                                                                "grid, scaled)", command_only=True, parse="ints")
-    methods: tuple[str, ...] = setting(METHODS, "--methods", "rankings to search", parse="names")
+    methods: tuple[str, ...] = setting(METHODS, "--methods", "rankings to search: datamodels, representation, "
+                                                              "random, and any score matrix of the run (audit "
+                                                              "import-scores, audit gradients)", parse="names")
     all_heuristic: bool = setting(False, "--all-heuristic", "also the heuristic support of every test example",
                                   command_only=True)
     seed: int = setting(0, "--seed", "seed of the subsets, initialisations and data orders (and of the audits' "
@@ -285,12 +288,11 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
     if mode not in MODES:
         raise AuditError(f"unknown mode '{mode}': use remove or relabel")
     methods = list(dict.fromkeys(methods))
-    if not methods or any(m not in METHODS for m in methods):
-        raise AuditError(f"methods must be among {', '.join(METHODS)} (got {', '.join(methods) or 'none'})")
     if engine not in ENGINES:
         raise AuditError(f"unknown engine '{engine}': use local or ray")
     store, dm, ds = pipeline.open_fitted(run_dir, dataset)
     c = store.config
+    matrices = score_matrices(store.path, methods, METHODS, c.n_train, c.n_test)
     T = default_replicates(c.n_train) if T is None else int(T)
     if T < 1:
         raise AuditError(f"T (models per grid point) must be at least 1 (got {T})")
@@ -306,7 +308,8 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
     ref = reference_models(store, ds, progress=progress, engine=engine, address=address) if need_ref else None
     lists = np.full((n_t, n_m, K), -1, dtype=np.int64)
     for mi, method in enumerate(methods):
-        lists[:, mi] = _ranking(method, weights, ref, ds, tgt, K, seed)
+        lists[:, mi] = scores.top_k(matrices[method].test_rows(tgt), K) if method in matrices \
+            else _ranking(method, weights, ref, ds, tgt, K, seed)
     y_t = ds.y_test[tgt]
     wrong = wrong_classes(ref.mean_logits[c.n_train + tgt], y_t) if mode == "relabel" else None
     label = np.full((n_t, n_m), REMOVE, dtype=np.int64) if wrong is None else np.repeat(wrong[:, None], n_m, 1)
@@ -415,6 +418,19 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
 
 def _f(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
+
+
+def score_matrices(run_dir: Path, methods: Sequence[str], built_in: Sequence[str], n_train: int,
+                   n_test: int) -> dict[str, scores.ScoreMatrix]:
+    """The run's score matrices among ``methods`` (memory-mapped); one line naming what is available when a
+    method is neither a built-in ranking nor a score matrix of the run."""
+    have = scores.names(run_dir)
+    unknown = [m for m in methods if m not in built_in and m not in have]
+    if not methods or unknown:
+        raise AuditError(f"unknown method {', '.join(unknown) or '(none given)'}: available {', '.join(built_in)}"
+                         + (f" and this run's score matrices {', '.join(have)}" if have else
+                            " (and any score matrix of the run: audit import-scores, audit gradients)"))
+    return {m.info.name: m for m in scores.load_all(run_dir, n_train, n_test) if m.info.name in methods}
 
 
 def _heuristic_summary(h: np.ndarray, cdf_ks: Sequence[int]) -> dict:
@@ -575,6 +591,9 @@ def _support_fraction(run_dir: Path, path: Path, k: int, method: str, command: s
     A k beyond the audit's grid cannot be decided (a support there was never tried): an error.
     """
     what = f"audit {command} {run_dir}"
+    if method not in METHODS and method not in scores.names(run_dir):
+        raise AuditError(f"{run_dir} has no ranking '{method}' to check: use {', '.join(METHODS)} or one of its score "
+                         f"matrices ({', '.join(scores.names(run_dir)) or 'none; audit import-scores adds one'})")
     data = read_result(path, what)
     records = _records(data, path, what)
     if not records:
@@ -600,7 +619,8 @@ def _support_fraction(run_dir: Path, path: Path, k: int, method: str, command: s
     return small / len(records), {"k": k, "method": method, "n_targets": len(records), "n_at_most_k": small}
 
 
-_SUPPORT_METHOD = Param("choice", "datamodels", "ranking whose certified support is checked", METHODS)
+_SUPPORT_METHOD = Param("method", "datamodels", "ranking whose certified support is checked (or a score matrix's "
+                                                "name)", METHODS)
 
 
 class SupportStep(Step[SupportConfig, SupportResult]):
@@ -714,6 +734,10 @@ def support_examples(run_dir: Path, wanted: Sequence[tuple[int, str, int]]) -> d
                                               min(k_max, n_train))
         for row, (target, k) in zip(idx, by_method["representation"]):
             out[(target, "representation")] = [int(j) for j in row[:k]]
+    for name in set(by_method) & set(scores.names(run_dir)):
+        matrix = scores.load(run_dir, name)
+        for target, k in by_method[name]:
+            out[(target, name)] = scores.top_k(matrix.test_rows(np.array([target])), k)[0].tolist()
     return out
 
 
