@@ -46,7 +46,7 @@ from audit.errors import AuditError
 from audit.execution import ENGINES, address_setting, engine_setting
 from audit.jsonio import read_json, write_csv, write_json
 from audit.progress import SILENT, Progress
-from audit.reference import load_reference, reference_models
+from audit.reference import Reference, load_reference, reference_models, user_features
 from audit.store import RunStore
 
 DEFAULT_K = 10
@@ -274,7 +274,8 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
                 mturk_export: Path | str | None = None, image_base_url: str | None = None,
                 mturk_results: Path | str | None = None, mturk_sample: int | None = None,
                 upscale: int | None = None, n_reference: int = N_REFERENCE, dataset=None,
-                engine: str = "local", address: str | None = None, progress: Progress = SILENT) -> dict:
+                engine: str = "local", address: str | None = None, features: Path | str | None = None,
+                progress: Progress = SILENT) -> dict:
     """Leakage audit of a fitted run; writes RUN/audits/leakage.json + leakage_candidates.csv.
 
     Returns the summary (also leakage.json's "summary"): overlap of datamodel and FAISS
@@ -321,7 +322,11 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
         if mturk_export is None:  # the export exists already: read the results now, before writing anything
             import_results(mturk_results, *_saved_manifest(run_dir))
 
-    ref = reference_models(store, ds, n_models=n_reference, progress=progress, engine=engine, address=address)
+    if features is None:
+        ref = reference_models(store, ds, n_models=n_reference, progress=progress, engine=engine, address=address)
+    else:  # --features: your own representation; no reference models are trained (the run's are used if it has them)
+        own = user_features(features, n_train, n_test)
+        ref = Reference(features=own, mean_logits=np.zeros((len(own), 0), np.float32), n_models=0)
     test_ids = np.arange(n_test, dtype=np.int64)
     test_rows = n_train + test_ids
     n_annot = min(N_ANNOT, n_train // 2)
@@ -340,7 +345,8 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     summary: dict = {
         "run": str(run_dir), "dataset": c.dataset, "n_train": n_train, "n_test": n_test, "k": int(k),
         "n_annot": n_annot, "n_reference_models": ref.n_models,
-        "reference_test_accuracy": ref.test_accuracy(ds.y_test, n_train),
+        "reference_test_accuracy": ref.test_accuracy(ds.y_test, n_train) if ref.n_models else None,
+        "representation_features": str(Path(features).absolute()) if features is not None else "reference models",
         "datamodel_candidates": {"mean_positive": float(n_pos.mean()), "n_tests_fewer_than_k": int((n_pos < k).sum()),
                                  "n_tests_none": int((n_pos == 0).sum()), "same_class_fraction": same_class},
         "overlap": overlap,
@@ -672,6 +678,8 @@ class LeakageConfig:
                                                parse="floats")
     n_reference: int = setting(N_REFERENCE, "--n-reference", "full-data reference models for the FAISS baseline",
                                command_only=True)
+    features: str | None = setting(None, "--features", "your own features [n_train + n_test, d] (.npy/.npz) for the "
+                                                       "representation baseline instead of the reference models'")
     mturk_export: str | None = setting(None, "--mturk-export", "write the MTurk batch into DIR (with "
                                        "--mturk-results and no --image-base-url: read the export in DIR)",
                                        command_only=True, volatile=True)
@@ -979,7 +987,7 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
         s = run_leakage(run_dir, k=config.k, d_grid=config.d_grid, mturk_export=config.mturk_export,
                         image_base_url=config.image_base_url, mturk_results=config.mturk_results,
                         mturk_sample=config.mturk_sample, n_reference=config.n_reference, dataset=dataset,
-                        engine=config.engine, address=config.address,
+                        engine=config.engine, address=config.address, features=config.features,
                         progress=progress)
         if config.plant is not None:
             fams = config.plant_families

@@ -32,7 +32,7 @@ from audit.errors import AuditError
 from audit.execution import ENGINES, address_setting, engine_setting
 from audit.jsonio import write_csv, write_json
 from audit.progress import SILENT, Progress
-from audit.reference import load_reference, reference_models
+from audit.reference import load_reference, reference_models, user_features
 from audit.retrain import REMOVE, RetrainPlan, run_plan
 from audit.seeding import STREAM_TARGETS, sample_rng
 from audit.training.registry import trainer_from_config
@@ -262,6 +262,8 @@ class SupportConfig:
     methods: tuple[str, ...] = setting(METHODS, "--methods", "rankings to search: datamodels, representation, "
                                                               "random, and any score matrix of the run (audit "
                                                               "import-scores, audit gradients)", parse="names")
+    features: str | None = setting(None, "--features", "your own features [n_train + n_test, d] (.npy/.npz) for the "
+                                                       "representation baseline instead of the reference models'")
     all_heuristic: bool = setting(False, "--all-heuristic", "also the heuristic support of every test example",
                                   command_only=True)
     seed: int = setting(0, "--seed", "seed of the subsets, initialisations and data orders (and of the audits' "
@@ -276,7 +278,7 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
                     T: int | None = None, k_grid: Sequence[int] | None = None,
                     methods: Sequence[str] = METHODS, seed: int = 0, all_heuristic: bool = False,
                     block_size: int | None = None, dataset=None, engine: str = "local", address: str | None = None,
-                    progress: Progress = SILENT) -> dict:
+                    features: Path | str | None = None, progress: Progress = SILENT) -> dict:
     """Run the support search for ``n`` class-balanced test targets (or ``targets``) and save it.
 
     ``mode='remove'`` writes RUN/audits/brittleness.{json,csv}; ``mode='relabel'`` writes
@@ -304,12 +306,14 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
     bias = np.asarray(dm.bias[rows_dm], dtype=np.float32)
 
     # rankings, one candidate list per (target, method)
-    need_ref = "representation" in methods or mode == "relabel"
+    own = user_features(features, c.n_train, c.n_test) if features is not None else None  # --features
+    need_ref = ("representation" in methods and own is None) or mode == "relabel"
     ref = reference_models(store, ds, progress=progress, engine=engine, address=address) if need_ref else None
+    feats = own if own is not None else (ref.features if ref is not None else None)
     lists = np.full((n_t, n_m, K), -1, dtype=np.int64)
     for mi, method in enumerate(methods):
         lists[:, mi] = scores.top_k(matrices[method].test_rows(tgt), K) if method in matrices \
-            else _ranking(method, weights, ref, ds, tgt, K, seed)
+            else _ranking(method, weights, feats, ds, tgt, K, seed)
     y_t = ds.y_test[tgt]
     wrong = wrong_classes(ref.mean_logits[c.n_train + tgt], y_t) if mode == "relabel" else None
     label = np.full((n_t, n_m), REMOVE, dtype=np.int64) if wrong is None else np.repeat(wrong[:, None], n_m, 1)
@@ -394,6 +398,7 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
     cdf_ks = sorted(set([0] + grid + [verification_k(grid[-1])]))
     summary = {
         "mode": mode, "n_targets": n_t, "T": T, "k_grid": grid, "max_k": grid[-1], "methods": methods, "seed": seed,
+        "representation_features": str(Path(features).absolute()) if features is not None else "reference models",
         "full_data_accuracy": float(np.mean(full > 0)),
         "per_method": {method: summarize_method(records, method, grid[-1], cdf_ks) for method in methods},
         "heuristic": _heuristic_summary(heur, cdf_ks),
@@ -440,13 +445,15 @@ def _heuristic_summary(h: np.ndarray, cdf_ks: Sequence[int]) -> dict:
             "cdf": support_cdf(sizes, cdf_ks)}
 
 
-def _ranking(method: str, weights: np.ndarray, ref, ds, tgt: np.ndarray, K: int, seed: int) -> np.ndarray:
-    """Candidate lists ``[n_targets, K]`` (-1 padded) for one method."""
+def _ranking(method: str, weights: np.ndarray, features: np.ndarray | None, ds, tgt: np.ndarray, K: int,
+             seed: int) -> np.ndarray:
+    """Candidate lists ``[n_targets, K]`` (-1 padded) for one method (``features``: unit rows of every target,
+    train first, for the representation baseline)."""
     if method == "datamodels":
         return datamodel_ranking(weights, K)
     if method == "representation":
         n_train = ds.n_train
-        _, idx = baselines.nearest_neighbours(ref.train_features(n_train), ref.test_features(n_train)[tgt], K)
+        _, idx = baselines.nearest_neighbours(features[:n_train], features[n_train:][tgt], K)
         return np.asarray(idx, dtype=np.int64)
     return np.asarray(baselines.random_same_class(ds.y_train, ds.y_test[tgt], K, seed), dtype=np.int64)
 
@@ -637,7 +644,7 @@ class SupportStep(Step[SupportConfig, SupportResult]):
         s = run_brittleness(run_dir, mode=self.mode, n=config.n, targets=config.targets, T=config.T,
                             k_grid=config.k_grid, methods=config.methods, seed=config.seed,
                             all_heuristic=config.all_heuristic, engine=config.engine, address=config.address,
-                            dataset=dataset, progress=progress)
+                            dataset=dataset, features=config.features, progress=progress)
         return SupportResult.from_json(s)
 
     def cost_detail(self, result: SupportResult) -> str:

@@ -348,3 +348,24 @@ def test_planted_check_by_family_reports_each_family_and_the_union(leak_copy):
     assert r["by_family"]["brightness"]["methods"]["pixels"]["recall_at_k"]["1"] == 1.0
     twin_rows = candidates_of(Path(r["run"]), "fused")
     assert twin_rows and all(len(v) <= 10 for v in twin_rows.values())
+
+
+def test_own_features_replace_the_reference_models(small_digits_run, tmp_path, digits):
+    """--features: the FAISS candidates are the cosine neighbours of the given rows; no reference model is trained;
+    a wrong row count is one error line."""
+    run_dir = copy_run(small_digits_run, tmp_path / "run")
+    feats = np.concatenate([digits.x_train, digits.x_test]).reshape(digits.n_train + digits.n_test, -1)
+    feats = feats.astype(np.float32) + 1.0  # raw pixels: a representation the reference models do not give
+    np.save(tmp_path / "f.npy", feats)
+    s = la.run_leakage(run_dir, k=10, features=tmp_path / "f.npy")
+    assert not (run_dir / "reference.npz").exists() and s["n_reference_models"] == 0
+    assert s["representation_features"] == str((tmp_path / "f.npy").absolute())
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    sims = f[digits.n_train:] @ f[:digits.n_train].T
+    rep = candidates_of(run_dir, "representation")
+    for t in range(0, digits.n_test, 25):
+        assert np.allclose(np.sort(sims[t, rep[t]])[::-1], np.sort(sims[t])[::-1][:10], atol=1e-5)
+    np.save(tmp_path / "short.npy", feats[:-1])
+    with pytest.raises(AuditError, match="n_train \\+ n_test"):
+        la.run_leakage(run_dir, k=10, features=tmp_path / "short.npy")
+    assert_one_line_error(run_cli("leakage", run_dir, "--features", tmp_path / "short.npy"))

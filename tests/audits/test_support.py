@@ -247,3 +247,24 @@ def test_brittleness_ranks_by_a_score_matrix(audit_run, digits, tmp_path, monkey
     assert examples[(5, "mine")] == list(np.argsort(-mine[:, 5], kind="stable")[:3])
     table = support.BRITTLENESS.summary(support.BRITTLENESS.load(audit_run))[0]
     assert [row[0] for row in table.rows] == ["datamodels", "mine"]
+
+
+def test_own_features_change_the_representation_ranking(audit_run, digits, tmp_path, monkeypatch, capsys):
+    """--features: the representation baseline ranks by the given features (no reference models trained)."""
+    from audit.audits import baselines
+    from tests.conftest import assert_one_line_error
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((digits.n_train + digits.n_test, 8)).astype(np.float32)
+    np.savez(tmp_path / "f.npz", feats=feats)
+    s = support.run_brittleness(audit_run, targets=[0, 5], T=1, k_grid=[4], methods=("representation",),
+                                dataset=digits, features=tmp_path / "f.npz")
+    assert not (audit_run / "reference.npz").exists() and s["representation_features"].endswith("f.npz")
+    with np.load(next((audit_run / "retrain").glob("brittleness-grid-*/plan.npz"))) as z:
+        lists = z["lists"]
+    _, want = baselines.nearest_neighbours(feats[:digits.n_train], feats[digits.n_train:][[0, 5]], lists.shape[1])
+    np.testing.assert_array_equal(lists, want)
+    np.save(tmp_path / "bad.npy", feats[:, :, None])
+    proc = _audit_in_process(monkeypatch, capsys, "brittleness", str(audit_run), "--features", str(tmp_path / "bad.npy"))
+    assert_one_line_error(proc)
+    assert "[1797, d]" in proc.stderr
