@@ -25,7 +25,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 
@@ -144,6 +144,20 @@ def load_all(run_dir: Path | str, n_train: int, n_test: int) -> list[ScoreMatrix
                              f"examples, the run has {n_train} and {n_test}; delete {matrix_path(run_dir, name)}")
         out.append(m)
     return out
+
+
+def pick(run_dir: Path | str, methods: Sequence[str], built_in: Sequence[str], n_train: int,
+         n_test: int) -> dict[str, ScoreMatrix]:
+    """The run's score matrices among ``methods`` (memory-mapped); one line naming what is available when a
+    method is neither one of the audit's ``built_in`` rankings nor a score matrix of the run."""
+    have = names(run_dir)
+    unknown = [m for m in methods if m not in built_in and m not in have]
+    if not methods or unknown:
+        listed = f"{', '.join(built_in)} and " if built_in else ""
+        raise AuditError(f"unknown method {', '.join(unknown) or '(none given)'}: available {listed}"
+                         + (f"this run's score matrices {', '.join(have)}" if have else
+                            "any score matrix of the run (none yet: audit import-scores, audit gradients)"))
+    return {m.info.name: m for m in load_all(run_dir, n_train, n_test) if m.info.name in methods}
 
 
 # ----- bringing a matrix in ---------------------------------------------------------------------

@@ -10,6 +10,8 @@ import pytest
 
 from audit import pipeline, scores
 from audit.errors import AuditError
+from audit.reports import render
+from audit.store import RunStore
 from tests.cli_inprocess import call_main
 from tests.conftest import assert_one_line_error, run_cli
 
@@ -43,6 +45,10 @@ def test_imported_datamodel_weights_get_the_datamodels_lds(run_copy, tmp_path):
     table = pipeline.EVALUATE.summary(result)[0]
     assert any(row[0] == "dm_test (test)" for row in table.rows)
     assert not any(row[0] == "dm_test (train)" for row in table.rows)
+    # and in the report's quality table
+    ctx = render.Context(files=render.RunFiles(run_copy), run=RunStore.read_config(run_copy))
+    section = str(render.quality_section(ctx))
+    assert "dm_test (imported from dm_test.npy)" in section and "dm_all (imported from both.npz (scores))" in section
 
 
 def test_trak_scores_file_and_folder(run_copy, tmp_path, rng):

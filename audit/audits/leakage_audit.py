@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from pydantic import Field
 
-from audit import pipeline
+from audit import pipeline, scores
 from audit.audits.baselines import centred_pixels, fuse_rankings, nearest_neighbours, normalise_rows
 from audit.audits.geo import leakage_efficacy, nearest_train_distance_miles
 from audit.audits.leakage import (NEAR_COPY, POSSIBLE_COPY, candidate_overlap, candidates_table, datamodel_candidates,
@@ -275,7 +275,7 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
                 mturk_results: Path | str | None = None, mturk_sample: int | None = None,
                 upscale: int | None = None, n_reference: int = N_REFERENCE, dataset=None,
                 engine: str = "local", address: str | None = None, features: Path | str | None = None,
-                progress: Progress = SILENT) -> dict:
+                score_methods: Sequence[str] = (), progress: Progress = SILENT) -> dict:
     """Leakage audit of a fitted run; writes RUN/audits/leakage.json + leakage_candidates.csv.
 
     Returns the summary (also leakage.json's "summary"): overlap of datamodel and FAISS
@@ -297,6 +297,7 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
         raise AuditError(f"n_reference = {n_reference}; use at least one full-data reference model")
     if engine not in ENGINES:
         raise AuditError(f"unknown engine '{engine}': use local or ray")
+    extra = scores.pick(run_dir, list(dict.fromkeys(score_methods)), (), n_train, n_test) if score_methods else {}
     # cheap checks before any computing. With results and no URL, --mturk-export names the
     # folder of an earlier export to read the candidates from instead of a folder to write.
     write_export = mturk_export is not None and (mturk_results is None or bool((image_base_url or "").strip()))
@@ -342,7 +343,11 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     overlap["chance_overlap_at_k"] = chance
     same_class = float(np.mean(ds.y_train[np.maximum(cand["top_idx"], 0)][cand["top_idx"] >= 0]
                                == np.repeat(ds.y_test, n_pos))) if n_pos.sum() else None
+    extra_cands = {name: datamodel_candidates(m.weights, np.arange(n_test) + n_train - m.first_target, k=k,
+                                              n_annot=0, positive_only=True) for name, m in extra.items()}
     summary: dict = {
+        "score_methods": {name: {**candidate_overlap(cand["top_idx"], e["top_idx"]), "how": extra[name].info.how}
+                          for name, e in extra_cands.items()},  # overlap of each score matrix's candidates
         "run": str(run_dir), "dataset": c.dataset, "n_train": n_train, "n_test": n_test, "k": int(k),
         "n_annot": n_annot, "n_reference_models": ref.n_models,
         "reference_test_accuracy": ref.test_accuracy(ds.y_test, n_train) if ref.n_models else None,
@@ -409,7 +414,8 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
             + _candidate_rows(test_ids, rep_idx, rep_scores, "representation")
             + _candidate_rows(test_ids, px_idx, px_scores, "pixels")
             + _combined_rows(test_ids, combined)
-            + _candidate_rows(test_ids, cand["annot_idx"], cand["annot_w"], "annotation"))
+            + _candidate_rows(test_ids, cand["annot_idx"], cand["annot_w"], "annotation")
+            + [row for name, e in extra_cands.items() for row in _candidate_rows(test_ids, e["top_idx"], e["top_w"], name)])
     write_csv(audits / CANDIDATES_CSV, rows, CANDIDATE_COLUMNS)
     files = {"json": str(audits / LEAKAGE_JSON), "candidates_csv": str(audits / CANDIDATES_CSV)}
     if geo_rows is not None:
@@ -680,6 +686,9 @@ class LeakageConfig:
                                command_only=True)
     features: str | None = setting(None, "--features", "your own features [n_train + n_test, d] (.npy/.npz) for the "
                                                        "representation baseline instead of the reference models'")
+    score_methods: tuple[str, ...] = setting((), "--score-methods", "also list candidates from these score matrices "
+                                             "of the run (audit import-scores, audit gradients), with their overlap "
+                                             "with the datamodels'", parse="names")
     mturk_export: str | None = setting(None, "--mturk-export", "write the MTurk batch into DIR (with "
                                        "--mturk-results and no --image-base-url: read the export in DIR)",
                                        command_only=True, volatile=True)
@@ -988,7 +997,7 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
                         image_base_url=config.image_base_url, mturk_results=config.mturk_results,
                         mturk_sample=config.mturk_sample, n_reference=config.n_reference, dataset=dataset,
                         engine=config.engine, address=config.address, features=config.features,
-                        progress=progress)
+                        score_methods=config.score_methods, progress=progress)
         if config.plant is not None:
             fams = config.plant_families
             families = "default" if fams is None else None if tuple(fams) == ("classic",) else fams
@@ -1038,6 +1047,9 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
             Line(f"overlap datamodels vs FAISS: {_f(o.mean_overlap_at_k)} of the top {o.k} shared "
                  f"(chance {o.chance_overlap_at_k:.4f}), Jaccard {_f(o.mean_jaccard)}, "
                  f"{_f(o.frac_any_overlap)} of test images share at least one")]
+        out += [Line(f"overlap datamodels vs {name} ({v.get('how')}): {_f(v.get('mean_overlap_at_k'))} of the top "
+                     f"{s.k} shared; candidates in the CSV as method {name}")
+                for name, v in (s.get("score_methods") or {}).items()]
         if s.geo is not None:
             g = s.geo
             shown = [m for m in METHODS if m in g["efficacy"]]

@@ -294,7 +294,7 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
         raise AuditError(f"unknown engine '{engine}': use local or ray")
     store, dm, ds = pipeline.open_fitted(run_dir, dataset)
     c = store.config
-    matrices = score_matrices(store.path, methods, METHODS, c.n_train, c.n_test)
+    matrices = scores.pick(store.path, methods, METHODS, c.n_train, c.n_test)
     T = default_replicates(c.n_train) if T is None else int(T)
     if T < 1:
         raise AuditError(f"T (models per grid point) must be at least 1 (got {T})")
@@ -424,18 +424,6 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
 def _f(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
-
-def score_matrices(run_dir: Path, methods: Sequence[str], built_in: Sequence[str], n_train: int,
-                   n_test: int) -> dict[str, scores.ScoreMatrix]:
-    """The run's score matrices among ``methods`` (memory-mapped); one line naming what is available when a
-    method is neither a built-in ranking nor a score matrix of the run."""
-    have = scores.names(run_dir)
-    unknown = [m for m in methods if m not in built_in and m not in have]
-    if not methods or unknown:
-        raise AuditError(f"unknown method {', '.join(unknown) or '(none given)'}: available {', '.join(built_in)}"
-                         + (f" and this run's score matrices {', '.join(have)}" if have else
-                            " (and any score matrix of the run: audit import-scores, audit gradients)"))
-    return {m.info.name: m for m in scores.load_all(run_dir, n_train, n_test) if m.info.name in methods}
 
 
 def _heuristic_summary(h: np.ndarray, cdf_ks: Sequence[int]) -> dict:

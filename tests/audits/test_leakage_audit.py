@@ -369,3 +369,21 @@ def test_own_features_replace_the_reference_models(small_digits_run, tmp_path, d
     with pytest.raises(AuditError, match="n_train \\+ n_test"):
         la.run_leakage(run_dir, k=10, features=tmp_path / "short.npy")
     assert_one_line_error(run_cli("leakage", run_dir, "--features", tmp_path / "short.npy"))
+
+
+def test_score_matrices_propose_candidates_too(leak_copy, digits, tmp_path):
+    """--score-methods NAME: the score matrix's top positive scores are listed as candidates (method NAME) with their
+    overlap with the datamodels'; a name the run lacks is one error naming what it has."""
+    from audit import scores
+
+    w = pipeline.load_datamodels(leak_copy).weights[digits.n_train:]
+    np.save(tmp_path / "copy.npy", w.T)
+    scores.import_scores(tmp_path / "copy.npy", leak_copy, n_train=digits.n_train, n_test=digits.n_test)
+    with pytest.raises(AuditError, match="unknown method trak: available this run's score matrices copy"):
+        la.run_leakage(leak_copy, k=10, n_reference=2, score_methods=("trak",))
+    s = la.run_leakage(leak_copy, k=10, n_reference=2, score_methods=("copy",))
+    assert candidates_of(leak_copy, "copy") == candidates_of(leak_copy, "datamodels")  # the same weights
+    assert s["score_methods"]["copy"]["mean_overlap_at_k"] == pytest.approx(s["datamodel_candidates"]["mean_positive"]
+                                                                           / 10)
+    lines = " ".join(b.text for b in la.LEAKAGE.summary(la.LeakageResult.from_json(s)) if hasattr(b, "text"))
+    assert "overlap datamodels vs copy" in lines
