@@ -686,7 +686,7 @@ class LeakageConfig:
                                command_only=True)
     features: str | None = setting(None, "--features", "your own features [n_train + n_test, d] (.npy/.npz) for the "
                                                        "representation baseline instead of the reference models'")
-    score_methods: tuple[str, ...] = setting((), "--score-methods", "also list candidates from these score matrices "
+    score_methods: tuple[str, ...] | None = setting(None, "--score-methods", "also list candidates from these score matrices "
                                              "of the run (audit import-scores, audit gradients), with their overlap "
                                              "with the datamodels'", parse="names")
     mturk_export: str | None = setting(None, "--mturk-export", "write the MTurk batch into DIR (with "
@@ -997,7 +997,7 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
                         image_base_url=config.image_base_url, mturk_results=config.mturk_results,
                         mturk_sample=config.mturk_sample, n_reference=config.n_reference, dataset=dataset,
                         engine=config.engine, address=config.address, features=config.features,
-                        score_methods=config.score_methods, progress=progress)
+                        score_methods=config.score_methods or (), progress=progress)
         if config.plant is not None:
             fams = config.plant_families
             families = "default" if fams is None else None if tuple(fams) == ("classic",) else fams

@@ -387,3 +387,14 @@ def test_score_matrices_propose_candidates_too(leak_copy, digits, tmp_path):
                                                                            / 10)
     lines = " ".join(b.text for b in la.LEAKAGE.summary(la.LeakageResult.from_json(s)) if hasattr(b, "text"))
     assert "overlap datamodels vs copy" in lines
+
+
+def test_score_methods_on_the_command_line(leak_copy, digits, tmp_path):
+    from audit import scores
+
+    np.save(tmp_path / "mine.npy", np.random.default_rng(0).standard_normal((digits.n_train, digits.n_test)))
+    scores.import_scores(tmp_path / "mine.npy", leak_copy, n_train=digits.n_train, n_test=digits.n_test)
+    proc = run_cli("leakage", leak_copy, "--k", "5", "--n-reference", "2", "--score-methods", "mine")
+    assert proc.returncode == 0, proc.stderr
+    assert "overlap datamodels vs mine" in " ".join(proc.stdout.split()) and candidates_of(leak_copy, "mine")
+    assert_one_line_error(run_cli("leakage", leak_copy, "--score-methods", "nope"))
