@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 import tomllib
 
+from audit import scores
 from audit.contract import Metric, Param, Result, Step, unreadable
 from audit.errors import AuditError
 from audit.jsonio import atomic_write_text, read_json, write_json
@@ -44,6 +45,10 @@ def _number(key: str, value: Any) -> float:
 
 def _validate(key: str, kind: str, value: Any, choices: tuple[str, ...] = ()) -> Any:
     """One threshold or setting, type- and range-checked; AuditError naming the key otherwise."""
+    if kind == "method":  # a built-in ranking or a score matrix's name (the run says whether it has it)
+        if not isinstance(value, str) or (value not in choices and not scores.NAME_PATTERN.fullmatch(value)):
+            raise AuditError(f"{key} = {value!r}; use one of {', '.join(choices)} or a score matrix's name")
+        return value
     if kind == "choice":
         if value not in choices:
             raise AuditError(f"{key} = {value!r}; use one of {', '.join(choices)}")

@@ -23,6 +23,7 @@ from audit.commands import import_release as import_cmd
 from audit.commands import leakage as leakage_cmd
 from audit.commands import report as report_cmd
 from audit.commands import run as run_cmd
+from audit.commands import scores as scores_cmd
 from audit.commands import step as step_cmd
 from audit.commands import train as train_cmd
 from audit import interrupt
@@ -44,6 +45,7 @@ app.command("leakage")(leakage_cmd.leakage)
 app.command("report")(report_cmd.report)
 app.command("findings")(findings_cmd.findings)
 app.command("export")(export_cmd.export)
+app.command("import-scores")(scores_cmd.import_scores)
 for _step in REGISTRY:  # a registered step without a hand-written command gets the generic one
     if _step.name not in {c.name for c in app.registered_commands}:
         app.command(_step.name)(step_cmd.command_for(_step))

@@ -52,6 +52,7 @@ class BlockTask:
     labels: np.ndarray | None = None  # int [B, n_train] edited labels, or None for the dataset's
     targets: np.ndarray | None = None  # target indices to score (train first, then test); None = all
     outputs: str = "margins"  # "margins" [B, T] or "reference": logits and penultimate features [B, T, C + F]
+    # or "checkpoints": the same after every epoch, with the epoch's learning rate [B, epochs, T, C + F + 1]
 
 
 class BlockStore(Protocol):
@@ -75,10 +76,14 @@ class BlockStore(Protocol):
 def train_task(dataset: Dataset, trainer: Trainer, task: BlockTask, progress: Progress = SILENT) -> np.ndarray:
     """Train one block and return its margins ``[B, n_targets]`` (or ``[B, len(task.targets)]``);
     for ``outputs="reference"`` each target's logits then penultimate features ``[B, n_targets, C + F]``."""
-    models = trainer.train_block(dataset, task.masks, task.seeds, task.labels, progress=progress)
+    extra = {"checkpoints": True} if task.outputs == "checkpoints" else {}
+    models = trainer.train_block(dataset, task.masks, task.seeds, task.labels, progress=progress, **extra)
     x, y = dataset.targets_x(), dataset.targets_y()
     if task.targets is not None:
         x, y = x[task.targets], y[task.targets]
+    if task.outputs == "checkpoints":
+        return np.stack([np.concatenate([m.logits(x), m.features(x), np.full((m.n_models, len(x), 1), lr)], axis=-1)
+                         for lr, m in models.checkpoints], axis=1).astype(np.float32)
     if task.outputs == "reference":
         return np.concatenate([models.logits(x), models.features(x)], axis=-1).astype(np.float32)
     return correct_class_margins(models.logits(x), y)

@@ -42,6 +42,8 @@ from audit.execution import address_setting, engine_setting, train_local, train_
 from audit.jsonio import read_json, save_npz, write_json
 from audit.progress import SILENT, Progress
 from audit.release import ReleaseModels, is_imported, release_models, release_weights
+from audit.scores import ScoreQuality, evaluate_scores
+from audit.scores import names as score_names
 from audit.store import RUN_JSON, STREAM_EVAL, RunConfig, RunStore
 from audit.training.registry import (
     DEFAULT_TRAINER,
@@ -334,6 +336,7 @@ def evaluate(run_dir: Path, *, n_subsets: int = EvaluateConfig.n_subsets, repeat
                                            else None, memory_gb=memory_gb, progress=progress)
     result.update({"n_subsets": int(keep.sum()), "n_subsets_requested": n_subsets, "repeats": repeats,
                    "n_fit_models": int(len(rows))})
+    result["scores"] = evaluate_scores(store.path, masks_eval, margins[keep].mean(1), c.n_train, c.n_test)
     per_target.update(_scatter_sample(dm, masks_eval, margins[keep].mean(1), c.n_train, c.n_targets))
     write_json(store.path / EVALUATION_JSON, result)
     save_npz(store.path / EVALUATION_TARGETS, **per_target)
@@ -356,6 +359,9 @@ def _evaluate_on(store: RunStore, dm: Datamodels, models: ReleaseModels, memory_
     result, per_target = streamed_evaluate(dm, models.eval_masks, models.eval_margins, c.n_train, models.masks,
                                            models.margins, rows, memory_gb=memory_gb, progress=progress)
     result.update({"n_subsets": n_eval, "n_subsets_requested": n_eval, "repeats": 1, "n_fit_models": len(rows)})
+    if score_names(store.path):  # imported attribution scores, on the same evaluation models
+        result["scores"] = evaluate_scores(store.path, np.asarray(models.eval_masks, dtype=bool),
+                                           np.asarray(models.eval_margins), c.n_train, c.n_test)
     sample = min(n_eval, 2000)  # the scatter plot's dots: the first evaluation models
     per_target.update(_scatter_sample(dm, np.asarray(models.eval_masks[:sample], bool), models.eval_margins[:sample],
                                       c.n_train, c.n_targets))
@@ -616,6 +622,7 @@ class EvaluateResult(Result):
     repeats: int
     n_fit_models: int
     noise_floor_mse: float | None = None
+    scores: dict[str, ScoreQuality] = {}  # the run's score matrices (audit.scores), by name
 
 
 class EvaluateStep(Step[EvaluateConfig, EvaluateResult]):
@@ -641,6 +648,8 @@ class EvaluateStep(Step[EvaluateConfig, EvaluateResult]):
             g: GroupQuality = getattr(r, group)
             rows.append((f"datamodels ({group})", str(g.n_targets), _f3(g.lds_mean), _f3(g.mse_mean)))
             rows.append((f"difference of means ({group})", str(g.n_targets), _f3(g.baseline_lds_mean), ""))
+            rows.extend((f"{q.name} ({group})", str(sg.n_targets), _f3(sg.lds_mean), "")
+                        for q in r.scores.values() if (sg := getattr(q, group)) is not None)
         out: list[Block] = [Table(f"datamodel quality on {r.n_subsets} held-out subsets x {r.repeats} repeats",
                                   ("estimator", "targets", "mean LDS (Spearman)", "mean MSE"), tuple(rows))]
         if r.noise_floor_mse is not None:

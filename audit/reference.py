@@ -34,6 +34,7 @@ from audit.store import RunStore, claim_block
 
 REFERENCE_FILE = "reference.npz"
 REFERENCE_DIR = "reference_models"  # blocks of reference models while they are trained
+CHECKPOINTS_DIR = "reference_checkpoints"  # the same models' outputs after every epoch (gradient baselines)
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,14 @@ class ReferenceStore:
     exists is done. ``meta.json`` says what the blocks were trained for; blocks made for other
     settings are discarded (the folder only caches models)."""
 
-    def __init__(self, store: RunStore, n_models: int) -> None:
+    def __init__(self, store: RunStore, n_models: int, outputs: str = "reference") -> None:
         c = store.config
-        self.path = store.path / REFERENCE_DIR
+        self.path = store.path / (REFERENCE_DIR if outputs == "reference" else CHECKPOINTS_DIR)
         self.n_models, self.block_size = n_models, max(1, min(n_models, c.block_size))
+        self.outputs_kind = outputs  # "checkpoints": every epoch's outputs (audit.execution.BlockTask)
         self.seeds = [model_seed(c.seed, STREAM_REFERENCE, i) for i in range(n_models)]
         self.meta = {"n_models": n_models, "block_size": self.block_size, "seed": c.seed, "trainer": c.trainer,
-                     "fingerprint": c.fingerprint}
+                     "fingerprint": c.fingerprint, **({} if outputs == "reference" else {"outputs": outputs})}
         meta_path = self.path / "meta.json"
         try:
             same = read_json(meta_path) == self.meta
@@ -110,7 +112,7 @@ class ReferenceStore:
     def block_task(self, block: int, dataset: Dataset) -> BlockTask:
         rows = self.block_rows(block)
         return BlockTask(masks=np.ones((len(rows), dataset.n_train), dtype=bool),
-                         seeds=[self.seeds[i] for i in rows], outputs="reference")
+                         seeds=[self.seeds[i] for i in rows], outputs=self.outputs_kind)
 
     def write_block(self, block: int, task: BlockTask, outputs: np.ndarray) -> None:
         with output_file(self._file(block), binary=True) as fh:
@@ -152,6 +154,31 @@ def reference_models(store: RunStore, dataset: Dataset, n_models: int = 3, progr
     save_npz(path, features=ref.features, mean_logits=ref.mean_logits, n_models=np.array(n_models))
     blocks.remove()  # reference.npz holds everything the audits read
     return ref
+
+
+def user_features(path: Path | str, n_train: int, n_test: int, key: str | None = None) -> np.ndarray:
+    """Your own features for the representation baseline (``--features``): ``[n_train + n_test, d]`` rows (train
+    first, then test) from an .npy or an .npz (its one array, or ``key``), as unit rows float32."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if key is None and len(z.files) != 1:
+                    raise AuditError(f"{path} holds {len(z.files)} arrays ({', '.join(z.files[:8])}); keep one "
+                                     f"array of features in it")
+                x = np.asarray(z[key or z.files[0]])
+        else:
+            x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        raise AuditError(f"--features {path} is unreadable ({type(exc).__name__}); give an .npy or .npz of "
+                         f"[{n_train + n_test}, d] features") from None
+    if x.dtype.kind not in "fiu" or x.ndim != 2 or x.shape[0] != n_train + n_test or x.shape[1] < 1:
+        raise AuditError(f"--features {path} holds {x.dtype} {x.shape}; the run needs [n_train + n_test, d] = "
+                         f"[{n_train + n_test}, d] real numbers, train rows first, then test")
+    x = np.asarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise AuditError(f"--features {path} has non-finite values")
+    return unit_rows(x)
 
 
 def load_reference(run_dir: Path) -> Reference | None:

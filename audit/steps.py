@@ -8,6 +8,7 @@ pick it up from this list (README, "Adding an audit").
 from __future__ import annotations
 
 from audit.audits.embed import EMBED
+from audit.audits.gradients import GRADIENTS
 from audit.audits.heuristic import HEURISTIC
 from audit.audits.influence import INFLUENCE
 from audit.audits.label_errors import LABEL_ERRORS
@@ -16,5 +17,5 @@ from audit.audits.support import BRITTLENESS, MISLABEL
 from audit.contract import Registry
 from audit.pipeline import EVALUATE, FIT, TRAIN
 
-REGISTRY = Registry([TRAIN, FIT, EVALUATE, BRITTLENESS, MISLABEL, LEAKAGE, INFLUENCE, HEURISTIC, LABEL_ERRORS,
-                     EMBED])
+REGISTRY = Registry([TRAIN, FIT, GRADIENTS, EVALUATE, BRITTLENESS, MISLABEL, LEAKAGE, INFLUENCE, HEURISTIC,
+                     LABEL_ERRORS, EMBED])

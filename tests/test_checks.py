@@ -142,7 +142,7 @@ def test_no_config_anywhere_means_options_only(tmp_path):
     ("[check]\nsupport_k = -3\n", "whole number"),
     ("[check]\nsupport_k = 2.5\n", "whole number"),
     ("[check]\nleak_miles = 0\n", "miles > 0"),
-    ("[check]\nsupport_method = 'magic'\n", "use one of"),
+    ("[check]\nsupport_method = 'Magic!'\n", "score matrix's name"),
     ("[check]\nmin_lsd = 0.1\n", "did you mean min_lds"),
     ("[check]\nmin_lds = nan\n", "not a finite number"),
     ("check = 3\n", "must be a table"),
@@ -189,6 +189,8 @@ def test_support_fraction_counts_certified_at_most_k(tmp_path, name, key, k_key)
         assert c["details"]["n_at_most_k"] == round(expected * 5)
     with pytest.raises(AuditError, match="--methods random"):  # the audit did not run this ranking
         checks.run_checks(run, {key: 0.5, "support_method": "random"}, save=False)
+    with pytest.raises(AuditError, match="no ranking 'trak'.*audit import-scores"):  # nor a score matrix of the run
+        checks.run_checks(run, {key: 0.5, "support_method": "trak"}, save=False)
 
 
 @pytest.mark.parametrize("name,key,k_key", [("brittleness", "max_brittle_fraction", "support_k"),

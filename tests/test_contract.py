@@ -116,7 +116,7 @@ def test_registry_order_and_needs():
 
 
 def test_the_registry_names_every_step_and_its_files():
-    assert REGISTRY.names[:3] == ("train", "fit", "evaluate")
+    assert REGISTRY.names[:4] == ("train", "fit", "gradients", "evaluate")  # evaluate scores the gradients too
     assert {"brittleness", "mislabel", "leakage", "influence"} <= set(REGISTRY.audits())
     owned = [(s.name, f) for s in REGISTRY for f in s.files.values()]
     result_files = [f for s in REGISTRY for r, f in s.files.items() if r == "result"]
@@ -145,7 +145,7 @@ def test_a_new_audit_is_picked_up_by_run_report_and_check(tmp_path):
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     steps = json.loads((run / "run_summary.json").read_text())["steps"]
-    assert list(steps) == ["train", "fit", "evaluate", "influence", "report"]
+    assert list(steps) == ["train", "fit", "evaluate", "influence", "report"]  # gradients left out by --audits
     saved = json.loads((run / "audits" / "influence.json").read_text())
     assert saved["n_test"] == 500 and saved["top_k"] == 10 and 0 < saved["max_share"] <= 1
     assert "test predictions" in first.stdout

@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "audit.data": 1,
     "audit.training": 2,
     "audit.execution": 3, "audit.store": 3, "audit.retrain": 3, "audit.release": 3,
-    "audit.datamodels": 4, "audit.pipeline": 4, "audit.reference": 4, "audit.release_import": 4,
+    "audit.datamodels": 4, "audit.pipeline": 4, "audit.reference": 4, "audit.release_import": 4, "audit.scores": 4,
     "audit.audits": 5, "audit.steps": 5,
     "audit.reports": 6, "audit.checks": 6, "audit.findings": 6, "audit.export": 6,
     "audit.workflow": 7, "audit.commands": 7, "audit.cli": 7, "audit.__main__": 7,

@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from pydantic import Field
 
-from audit import pipeline
+from audit import pipeline, scores
 from audit.audits.baselines import (aligned_variants, centred_pixels, fuse_rankings, nearest_neighbours,
                                    nearest_over_variants, normalise_rows)
 from audit.audits.geo import leakage_efficacy, nearest_train_distance_miles
@@ -47,7 +47,7 @@ from audit.errors import AuditError
 from audit.execution import ENGINES, address_setting, engine_setting
 from audit.jsonio import read_json, write_csv, write_json
 from audit.progress import SILENT, Progress
-from audit.reference import load_reference, reference_models
+from audit.reference import Reference, load_reference, reference_models, user_features
 from audit.store import RunStore
 
 DEFAULT_K = 10
@@ -315,7 +315,8 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
                 mturk_export: Path | str | None = None, image_base_url: str | None = None,
                 mturk_results: Path | str | None = None, mturk_sample: int | None = None,
                 upscale: int | None = None, n_reference: int = N_REFERENCE, dataset=None,
-                engine: str = "local", address: str | None = None, progress: Progress = SILENT) -> dict:
+                engine: str = "local", address: str | None = None, features: Path | str | None = None,
+                score_methods: Sequence[str] = (), progress: Progress = SILENT) -> dict:
     """Leakage audit of a fitted run; writes RUN/audits/leakage.json + leakage_candidates.csv.
 
     Returns the summary (also leakage.json's "summary"): overlap of datamodel and FAISS
@@ -337,6 +338,7 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
         raise AuditError(f"n_reference = {n_reference}; use at least one full-data reference model")
     if engine not in ENGINES:
         raise AuditError(f"unknown engine '{engine}': use local or ray")
+    extra = scores.pick(run_dir, list(dict.fromkeys(score_methods)), (), n_train, n_test) if score_methods else {}
     # cheap checks before any computing. With results and no URL, --mturk-export names the
     # folder of an earlier export to read the candidates from instead of a folder to write.
     write_export = mturk_export is not None and (mturk_results is None or bool((image_base_url or "").strip()))
@@ -362,7 +364,11 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
         if mturk_export is None:  # the export exists already: read the results now, before writing anything
             import_results(mturk_results, *_saved_manifest(run_dir))
 
-    ref = reference_models(store, ds, n_models=n_reference, progress=progress, engine=engine, address=address)
+    if features is None:
+        ref = reference_models(store, ds, n_models=n_reference, progress=progress, engine=engine, address=address)
+    else:  # --features: your own representation; no reference models are trained (the run's are used if it has them)
+        own = user_features(features, n_train, n_test)
+        ref = Reference(features=own, mean_logits=np.zeros((len(own), 0), np.float32), n_models=0)
     test_ids = np.arange(n_test, dtype=np.int64)
     test_rows = n_train + test_ids
     n_annot = min(N_ANNOT, n_train // 2)
@@ -378,10 +384,15 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     overlap["chance_overlap_at_k"] = chance
     same_class = float(np.mean(ds.y_train[np.maximum(cand["top_idx"], 0)][cand["top_idx"] >= 0]
                                == np.repeat(ds.y_test, n_pos))) if n_pos.sum() else None
+    extra_cands = {name: datamodel_candidates(m.weights, np.arange(n_test) + n_train - m.first_target, k=k,
+                                              n_annot=0, positive_only=True) for name, m in extra.items()}
     summary: dict = {
+        "score_methods": {name: {**candidate_overlap(cand["top_idx"], e["top_idx"]), "how": extra[name].info.how}
+                          for name, e in extra_cands.items()},  # overlap of each score matrix's candidates
         "run": str(run_dir), "dataset": c.dataset, "n_train": n_train, "n_test": n_test, "k": int(k),
         "n_annot": n_annot, "n_reference_models": ref.n_models,
-        "reference_test_accuracy": ref.test_accuracy(ds.y_test, n_train),
+        "reference_test_accuracy": ref.test_accuracy(ds.y_test, n_train) if ref.n_models else None,
+        "representation_features": str(Path(features).absolute()) if features is not None else "reference models",
         "datamodel_candidates": {"mean_positive": float(n_pos.mean()), "n_tests_fewer_than_k": int((n_pos < k).sum()),
                                  "n_tests_none": int((n_pos == 0).sum()), "same_class_fraction": same_class},
         "overlap": overlap,
@@ -446,7 +457,8 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
             + _candidate_rows(test_ids, rep_idx, rep_scores, "representation")
             + _candidate_rows(test_ids, px_idx, px_scores, "pixels")
             + _combined_rows(test_ids, combined)
-            + _candidate_rows(test_ids, cand["annot_idx"], cand["annot_w"], "annotation"))
+            + _candidate_rows(test_ids, cand["annot_idx"], cand["annot_w"], "annotation")
+            + [row for name, e in extra_cands.items() for row in _candidate_rows(test_ids, e["top_idx"], e["top_w"], name)])
     write_csv(audits / CANDIDATES_CSV, rows, CANDIDATE_COLUMNS)
     files = {"json": str(audits / LEAKAGE_JSON), "candidates_csv": str(audits / CANDIDATES_CSV)}
     if geo_rows is not None:
@@ -715,6 +727,11 @@ class LeakageConfig:
                                                parse="floats")
     n_reference: int = setting(N_REFERENCE, "--n-reference", "full-data reference models for the FAISS baseline",
                                command_only=True)
+    features: str | None = setting(None, "--features", "your own features [n_train + n_test, d] (.npy/.npz) for the "
+                                                       "representation baseline instead of the reference models'")
+    score_methods: tuple[str, ...] | None = setting(None, "--score-methods", "also list candidates from these score matrices "
+                                             "of the run (audit import-scores, audit gradients), with their overlap "
+                                             "with the datamodels'", parse="names")
     mturk_export: str | None = setting(None, "--mturk-export", "write the MTurk batch into DIR (with "
                                        "--mturk-results and no --image-base-url: read the export in DIR)",
                                        command_only=True, volatile=True)
@@ -1046,8 +1063,8 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
         s = run_leakage(run_dir, k=config.k, d_grid=config.d_grid, mturk_export=config.mturk_export,
                         image_base_url=config.image_base_url, mturk_results=config.mturk_results,
                         mturk_sample=config.mturk_sample, n_reference=config.n_reference, dataset=dataset,
-                        engine=config.engine, address=config.address,
-                        progress=progress)
+                        engine=config.engine, address=config.address, features=config.features,
+                        score_methods=config.score_methods or (), progress=progress)
         if config.plant is not None:
             fams = config.plant_families
             families = "default" if fams is None else None if tuple(fams) == ("classic",) else fams
@@ -1097,6 +1114,9 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
             Line(f"overlap datamodels vs FAISS: {_f(o.mean_overlap_at_k)} of the top {o.k} shared "
                  f"(chance {o.chance_overlap_at_k:.4f}), Jaccard {_f(o.mean_jaccard)}, "
                  f"{_f(o.frac_any_overlap)} of test images share at least one")]
+        out += [Line(f"overlap datamodels vs {name} ({v.get('how')}): {_f(v.get('mean_overlap_at_k'))} of the top "
+                     f"{s.k} shared; candidates in the CSV as method {name}")
+                for name, v in (s.get("score_methods") or {}).items()]
         if s.geo is not None:
             g = s.geo
             shown = [m for m in METHODS if m in g["efficacy"]]

@@ -23,6 +23,7 @@ import numpy as np
 from pydantic import Field, StrictBool, StrictInt, ValidationError
 
 from audit import pipeline
+from audit import scores
 from audit.audits import baselines
 from audit.contract import (Block, Cost, Finding, Line, Metric, Param, Result, Step, Table, read_result, require,
                             setting)
@@ -31,7 +32,7 @@ from audit.errors import AuditError
 from audit.execution import ENGINES, address_setting, engine_setting
 from audit.jsonio import write_csv, write_json
 from audit.progress import SILENT, Progress
-from audit.reference import load_reference, reference_models
+from audit.reference import load_reference, reference_models, user_features
 from audit.retrain import REMOVE, RetrainPlan, run_plan
 from audit.seeding import STREAM_TARGETS, sample_rng
 from audit.training.registry import trainer_from_config
@@ -258,7 +259,11 @@ class SupportConfig:
                             aliases=("--audit-T",))
     k_grid: tuple[int, ...] | None = setting(None, "--k-grid", "comma-separated k values (default: the paper's "
                                                                "grid, scaled)", command_only=True, parse="ints")
-    methods: tuple[str, ...] = setting(METHODS, "--methods", "rankings to search", parse="names")
+    methods: tuple[str, ...] = setting(METHODS, "--methods", "rankings to search: datamodels, representation, "
+                                                              "random, and any score matrix of the run (audit "
+                                                              "import-scores, audit gradients)", parse="names")
+    features: str | None = setting(None, "--features", "your own features [n_train + n_test, d] (.npy/.npz) for the "
+                                                       "representation baseline instead of the reference models'")
     all_heuristic: bool = setting(False, "--all-heuristic", "also the heuristic support of every test example",
                                   command_only=True)
     seed: int = setting(0, "--seed", "seed of the subsets, initialisations and data orders (and of the audits' "
@@ -273,7 +278,7 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
                     T: int | None = None, k_grid: Sequence[int] | None = None,
                     methods: Sequence[str] = METHODS, seed: int = 0, all_heuristic: bool = False,
                     block_size: int | None = None, dataset=None, engine: str = "local", address: str | None = None,
-                    progress: Progress = SILENT) -> dict:
+                    features: Path | str | None = None, progress: Progress = SILENT) -> dict:
     """Run the support search for ``n`` class-balanced test targets (or ``targets``) and save it.
 
     ``mode='remove'`` writes RUN/audits/brittleness.{json,csv}; ``mode='relabel'`` writes
@@ -285,12 +290,11 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
     if mode not in MODES:
         raise AuditError(f"unknown mode '{mode}': use remove or relabel")
     methods = list(dict.fromkeys(methods))
-    if not methods or any(m not in METHODS for m in methods):
-        raise AuditError(f"methods must be among {', '.join(METHODS)} (got {', '.join(methods) or 'none'})")
     if engine not in ENGINES:
         raise AuditError(f"unknown engine '{engine}': use local or ray")
     store, dm, ds = pipeline.open_fitted(run_dir, dataset)
     c = store.config
+    matrices = scores.pick(store.path, methods, METHODS, c.n_train, c.n_test)
     T = default_replicates(c.n_train) if T is None else int(T)
     if T < 1:
         raise AuditError(f"T (models per grid point) must be at least 1 (got {T})")
@@ -302,15 +306,18 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
     bias = np.asarray(dm.bias[rows_dm], dtype=np.float32)
 
     # rankings, one candidate list per (target, method)
-    need_ref = "representation" in methods or mode == "relabel"
+    own = user_features(features, c.n_train, c.n_test) if features is not None else None  # --features
+    need_ref = ("representation" in methods and own is None) or mode == "relabel"
     ref = reference_models(store, ds, progress=progress, engine=engine, address=address) if need_ref else None
+    feats = own if own is not None else (ref.features if ref is not None else None)
     y_t = ds.y_test[tgt]
     wrong = wrong_classes(ref.mean_logits[c.n_train + tgt], y_t) if mode == "relabel" else None
     # relabelling an example that already carries the wrong class changes nothing: rank further instead
     wide = K if wrong is None else min(c.n_train, 2 * K)
     lists = np.full((n_t, n_m, K), -1, dtype=np.int64)
     for mi, method in enumerate(methods):
-        ranked = _ranking(method, weights, ref, ds, tgt, wide, seed)
+        ranked = scores.top_k(matrices[method].test_rows(tgt), wide) if method in matrices \
+            else _ranking(method, weights, feats, ds, tgt, wide, seed)
         lists[:, mi] = ranked if wrong is None else without_no_op_flips(ranked, ds.y_train, wrong, K)
     label = np.full((n_t, n_m), REMOVE, dtype=np.int64) if wrong is None else np.repeat(wrong[:, None], n_m, 1)
 
@@ -394,6 +401,7 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
     cdf_ks = sorted(set([0] + grid + [verification_k(grid[-1])]))
     summary = {
         "mode": mode, "n_targets": n_t, "T": T, "k_grid": grid, "max_k": grid[-1], "methods": methods, "seed": seed,
+        "representation_features": str(Path(features).absolute()) if features is not None else "reference models",
         "full_data_accuracy": float(np.mean(full > 0)),
         "per_method": {method: summarize_method(records, method, grid[-1], cdf_ks) for method in methods},
         "heuristic": _heuristic_summary(heur, cdf_ks),
@@ -420,6 +428,7 @@ def _f(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
+
 def _heuristic_summary(h: np.ndarray, cdf_ks: Sequence[int]) -> dict:
     sizes = np.where(h == NOT_FOUND, np.inf, h).astype(np.float64)
     med = float(np.median(sizes)) if len(sizes) else float("nan")
@@ -440,13 +449,15 @@ def without_no_op_flips(lists: np.ndarray, y_train: np.ndarray, wrong: np.ndarra
     return out
 
 
-def _ranking(method: str, weights: np.ndarray, ref, ds, tgt: np.ndarray, K: int, seed: int) -> np.ndarray:
-    """Candidate lists ``[n_targets, K]`` (-1 padded) for one method."""
+def _ranking(method: str, weights: np.ndarray, features: np.ndarray | None, ds, tgt: np.ndarray, K: int,
+             seed: int) -> np.ndarray:
+    """Candidate lists ``[n_targets, K]`` (-1 padded) for one method (``features``: unit rows of every target,
+    train first, for the representation baseline)."""
     if method == "datamodels":
         return datamodel_ranking(weights, K)
     if method == "representation":
         n_train = ds.n_train
-        _, idx = baselines.nearest_neighbours(ref.train_features(n_train), ref.test_features(n_train)[tgt], K)
+        _, idx = baselines.nearest_neighbours(features[:n_train], features[n_train:][tgt], K)
         return np.asarray(idx, dtype=np.int64)
     return np.asarray(baselines.random_same_class(ds.y_train, ds.y_test[tgt], K, seed), dtype=np.int64)
 
@@ -591,6 +602,9 @@ def _support_fraction(run_dir: Path, path: Path, k: int, method: str, command: s
     A k beyond the audit's grid cannot be decided (a support there was never tried): an error.
     """
     what = f"audit {command} {run_dir}"
+    if method not in METHODS and method not in scores.names(run_dir):
+        raise AuditError(f"{run_dir} has no ranking '{method}' to check: use {', '.join(METHODS)} or one of its score "
+                         f"matrices ({', '.join(scores.names(run_dir)) or 'none; audit import-scores adds one'})")
     data = read_result(path, what)
     records = _records(data, path, what)
     if not records:
@@ -616,7 +630,8 @@ def _support_fraction(run_dir: Path, path: Path, k: int, method: str, command: s
     return small / len(records), {"k": k, "method": method, "n_targets": len(records), "n_at_most_k": small}
 
 
-_SUPPORT_METHOD = Param("choice", "datamodels", "ranking whose certified support is checked", METHODS)
+_SUPPORT_METHOD = Param("method", "datamodels", "ranking whose certified support is checked (or a score matrix's "
+                                                "name)", METHODS)
 
 
 class SupportStep(Step[SupportConfig, SupportResult]):
@@ -633,7 +648,7 @@ class SupportStep(Step[SupportConfig, SupportResult]):
         s = run_brittleness(run_dir, mode=self.mode, n=config.n, targets=config.targets, T=config.T,
                             k_grid=config.k_grid, methods=config.methods, seed=config.seed,
                             all_heuristic=config.all_heuristic, engine=config.engine, address=config.address,
-                            dataset=dataset, progress=progress)
+                            dataset=dataset, features=config.features, progress=progress)
         return SupportResult.from_json(s)
 
     def cost_detail(self, result: SupportResult) -> str:
@@ -730,6 +745,10 @@ def support_examples(run_dir: Path, wanted: Sequence[tuple[int, str, int]]) -> d
                                               min(k_max, n_train))
         for row, (target, k) in zip(idx, by_method["representation"]):
             out[(target, "representation")] = [int(j) for j in row[:k]]
+    for name in set(by_method) & set(scores.names(run_dir)):
+        matrix = scores.load(run_dir, name)
+        for target, k in by_method[name]:
+            out[(target, name)] = scores.top_k(matrix.test_rows(np.array([target])), k)[0].tolist()
     return out
 
 

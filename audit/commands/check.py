@@ -16,7 +16,7 @@ from audit.jsonio import write_json
 from audit.store import NOT_WRITABLE
 
 _KIND_TYPE = {"count": Optional[int], "fraction": Optional[float], "miles": Optional[float], "lds": Optional[float],
-              "choice": Optional[str]}
+              "choice": Optional[str], "method": Optional[str]}
 
 
 def _check_parameters() -> list[inspect.Parameter]:

@@ -251,6 +251,11 @@ def quality_section(ctx: Context) -> dict | None:
             rows.append({"estimator": "difference of means", "group": group, "n": cell(g.n_targets),
                          "lds_mean": cell(g.baseline_lds_mean), "lds_median": cell(g.baseline_lds_median),
                          "mse_mean": cell(None), "n_lds": cell(g.baseline_n_lds)})
+        for q in ev.scores.values():  # the run's score matrices (audit import-scores, audit gradients)
+            if (sg := getattr(q, group)) is not None:
+                rows.append({"estimator": f"{q.name} ({q.how})", "group": group, "n": cell(sg.n_targets),
+                             "lds_mean": cell(sg.lds_mean), "lds_median": cell(sg.lds_median),
+                             "mse_mean": cell(None), "n_lds": cell(sg.n_lds)})
     facts = [("held-out subsets", fmt(ev.n_subsets)), ("models per subset (margins averaged)", fmt(ev.repeats)),
              ("models the datamodels were fitted on", fmt(ev.n_fit_models))]
     if num(ev.noise_floor_mse) is not None:

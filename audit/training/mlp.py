@@ -74,6 +74,7 @@ class BatchedMLP:
         self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
         self.mean, self.std, self.chunk = mean, std, chunk  # [B, D] each model's own input statistics
         self.n_models = int(w1.shape[0])
+        self.checkpoints: list[tuple[float, BatchedMLP]] = []  # (mean learning rate of the epoch, model after it)
         # each model's normalisation folded into its first layer: ((x - m) / s) W + b = x (W / s) + (b - (m / s) W)
         self.w1_raw = w1 / std[:, :, None]
         self.b1_raw = b1 - torch.bmm((mean / std)[:, None, :], w1)[:, 0, :]
@@ -111,7 +112,10 @@ class MLPTrainer:
         return {"name": self.name, **asdict(self.cfg)}
 
     def train_block(self, dataset: Dataset, masks: np.ndarray, seeds: Sequence[int],
-                    labels: np.ndarray | None = None, progress: Progress = SILENT) -> BatchedMLP:
+                    labels: np.ndarray | None = None, progress: Progress = SILENT,
+                    checkpoints: bool = False) -> BatchedMLP:
+        """Train a block; ``checkpoints``: also keep the models after every epoch with the epoch's mean
+        learning rate (``.checkpoints`` of the result; TracIn-CP sums over them)."""
         cfg = self.cfg
         masks = np.asarray(masks, dtype=bool)
         n_models, n = masks.shape
@@ -138,12 +142,15 @@ class MLPTrainer:
                                                     anneal_strategy="linear", cycle_momentum=False)
         in_subset = torch.from_numpy(masks)
         rows = torch.arange(n_models)[:, None]
+        saved: list[tuple[float, BatchedMLP]] = []
         with progress.task("training block", total=cfg.epochs, unit="epochs") as bar:
             for _ in range(cfg.epochs):
                 # each model shuffles its own subset: random keys, examples outside the subset last
                 keys = torch.stack([torch.rand(n, generator=g) for g in gens])
                 order = torch.argsort(keys.masked_fill(~in_subset, 2.0), dim=1)
+                lrs = []
                 for step in range(steps_per_epoch):
+                    lrs.append(sched.get_last_lr()[0])
                     pos = torch.arange(step * cfg.batch_size, min((step + 1) * cfg.batch_size, n))
                     idx = order[:, pos]  # [B, bs]
                     valid = (pos[None, :] < sizes[:, None]).float()
@@ -157,5 +164,10 @@ class MLPTrainer:
                     per_model.sum().backward()
                     opt.step()
                     sched.step()
+                if checkpoints:
+                    saved.append((float(np.mean(lrs)), BatchedMLP(*(p.detach().clone() for p in params), mean=mean,
+                                                                   std=std)))
                 bar.advance(1)
-        return BatchedMLP(*(p.detach() for p in params), mean=mean, std=std)
+        model = BatchedMLP(*(p.detach() for p in params), mean=mean, std=std)
+        model.checkpoints = saved
+        return model

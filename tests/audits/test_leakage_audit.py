@@ -377,3 +377,53 @@ def test_found_only_by_and_sources_of_union_count_what_each_ranking_adds():
     union = {0: [la.Candidate(0, 5, 1, None, "pixels+datamodels"), la.Candidate(0, 7, 2, None, "pixels")],
              1: [la.Candidate(1, 5, 1, None, "datamodels+pixels"), la.Candidate(1, 9, 2, None, "representation")]}
     assert la.sources_of_union(union) == {"datamodels+pixels": 2, "pixels": 1, "representation": 1}
+
+
+def test_own_features_replace_the_reference_models(small_digits_run, tmp_path, digits):
+    """--features: the FAISS candidates are the cosine neighbours of the given rows; no reference model is trained;
+    a wrong row count is one error line."""
+    run_dir = copy_run(small_digits_run, tmp_path / "run")
+    feats = np.concatenate([digits.x_train, digits.x_test]).reshape(digits.n_train + digits.n_test, -1)
+    feats = feats.astype(np.float32) + 1.0  # raw pixels: a representation the reference models do not give
+    np.save(tmp_path / "f.npy", feats)
+    s = la.run_leakage(run_dir, k=10, features=tmp_path / "f.npy")
+    assert not (run_dir / "reference.npz").exists() and s["n_reference_models"] == 0
+    assert s["representation_features"] == str((tmp_path / "f.npy").absolute())
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    sims = f[digits.n_train:] @ f[:digits.n_train].T
+    rep = candidates_of(run_dir, "representation")
+    for t in range(0, digits.n_test, 25):
+        assert np.allclose(np.sort(sims[t, rep[t]])[::-1], np.sort(sims[t])[::-1][:10], atol=1e-5)
+    np.save(tmp_path / "short.npy", feats[:-1])
+    with pytest.raises(AuditError, match="n_train \\+ n_test"):
+        la.run_leakage(run_dir, k=10, features=tmp_path / "short.npy")
+    assert_one_line_error(run_cli("leakage", run_dir, "--features", tmp_path / "short.npy"))
+
+
+def test_score_matrices_propose_candidates_too(leak_copy, digits, tmp_path):
+    """--score-methods NAME: the score matrix's top positive scores are listed as candidates (method NAME) with their
+    overlap with the datamodels'; a name the run lacks is one error naming what it has."""
+    from audit import scores
+
+    w = pipeline.load_datamodels(leak_copy).weights[digits.n_train:]
+    np.save(tmp_path / "copy.npy", w.T)
+    scores.import_scores(tmp_path / "copy.npy", leak_copy, n_train=digits.n_train, n_test=digits.n_test)
+    with pytest.raises(AuditError, match="unknown method trak: available this run's score matrices copy"):
+        la.run_leakage(leak_copy, k=10, n_reference=2, score_methods=("trak",))
+    s = la.run_leakage(leak_copy, k=10, n_reference=2, score_methods=("copy",))
+    assert candidates_of(leak_copy, "copy") == candidates_of(leak_copy, "datamodels")  # the same weights
+    assert s["score_methods"]["copy"]["mean_overlap_at_k"] == pytest.approx(s["datamodel_candidates"]["mean_positive"]
+                                                                           / 10)
+    lines = " ".join(b.text for b in la.LEAKAGE.summary(la.LeakageResult.from_json(s)) if hasattr(b, "text"))
+    assert "overlap datamodels vs copy" in lines
+
+
+def test_score_methods_on_the_command_line(leak_copy, digits, tmp_path):
+    from audit import scores
+
+    np.save(tmp_path / "mine.npy", np.random.default_rng(0).standard_normal((digits.n_train, digits.n_test)))
+    scores.import_scores(tmp_path / "mine.npy", leak_copy, n_train=digits.n_train, n_test=digits.n_test)
+    proc = run_cli("leakage", leak_copy, "--k", "5", "--n-reference", "2", "--score-methods", "mine")
+    assert proc.returncode == 0, proc.stderr
+    assert "overlap datamodels vs mine" in " ".join(proc.stdout.split()) and candidates_of(leak_copy, "mine")
+    assert_one_line_error(run_cli("leakage", leak_copy, "--score-methods", "nope"))

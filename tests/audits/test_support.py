@@ -221,3 +221,50 @@ def test_brittleness_on_ray_equals_local(audit_run, digits, tmp_path, local_ray)
             assert ra["methods"][method]["certified"] == rb["methods"][method]["certified"]
             for k, v in ra["methods"][method]["curve"].items():
                 assert rb["methods"][method]["curve"][k] == pytest.approx(v, abs=1e-3)
+
+
+def test_brittleness_ranks_by_a_score_matrix(audit_run, digits, tmp_path, monkeypatch, capsys):
+    """An imported score matrix is a ranking like the others: its candidate lists are its top-k, and its certified
+    supports stand beside the built-in rankings'; a method the run lacks is one error naming the available ones."""
+    from audit import scores
+    from tests.conftest import assert_one_line_error
+
+    rng = np.random.default_rng(3)
+    mine = rng.standard_normal((digits.n_train, digits.n_test)).astype(np.float32)
+    np.save(tmp_path / "mine.npy", mine)
+    scores.import_scores(tmp_path / "mine.npy", audit_run, n_train=digits.n_train, n_test=digits.n_test)
+    proc = _audit_in_process(monkeypatch, capsys, "brittleness", str(audit_run), "--methods", "datamodels,trak")
+    assert_one_line_error(proc)
+    assert "mine" in proc.stderr and "trak" in proc.stderr
+    s = support.run_brittleness(audit_run, targets=[0, 5], T=1, k_grid=[4], methods=("datamodels", "mine"),
+                                dataset=digits)
+    assert list(s["per_method"]) == ["datamodels", "mine"]
+    with np.load(next((audit_run / "retrain").glob("brittleness-grid-*/plan.npz"))) as z:
+        lists = z["lists"].reshape(2, 2, -1)
+    K = lists.shape[-1]
+    np.testing.assert_array_equal(lists[:, 1], scores.top_k(mine[:, [0, 5]].T, K))
+    examples = support.support_examples(audit_run, [(5, "mine", 3)])
+    assert examples[(5, "mine")] == list(np.argsort(-mine[:, 5], kind="stable")[:3])
+    table = support.BRITTLENESS.summary(support.BRITTLENESS.load(audit_run))[0]
+    assert [row[0] for row in table.rows] == ["datamodels", "mine"]
+
+
+def test_own_features_change_the_representation_ranking(audit_run, digits, tmp_path, monkeypatch, capsys):
+    """--features: the representation baseline ranks by the given features (no reference models trained)."""
+    from audit.audits import baselines
+    from tests.conftest import assert_one_line_error
+
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((digits.n_train + digits.n_test, 8)).astype(np.float32)
+    np.savez(tmp_path / "f.npz", feats=feats)
+    s = support.run_brittleness(audit_run, targets=[0, 5], T=1, k_grid=[4], methods=("representation",),
+                                dataset=digits, features=tmp_path / "f.npz")
+    assert not (audit_run / "reference.npz").exists() and s["representation_features"].endswith("f.npz")
+    with np.load(next((audit_run / "retrain").glob("brittleness-grid-*/plan.npz"))) as z:
+        lists = z["lists"]
+    _, want = baselines.nearest_neighbours(feats[:digits.n_train], feats[digits.n_train:][[0, 5]], lists.shape[1])
+    np.testing.assert_array_equal(lists, want)
+    np.save(tmp_path / "bad.npy", feats[:, :, None])
+    proc = _audit_in_process(monkeypatch, capsys, "brittleness", str(audit_run), "--features", str(tmp_path / "bad.npy"))
+    assert_one_line_error(proc)
+    assert "[1797, d]" in proc.stderr

@@ -105,11 +105,13 @@ def audited_run(small_digits_run, digits, tmp_path_factory):
     """A run with every section's data: evaluation, support searches, leakage (+ geo, MTurk, planted), check."""
     from audit import pipeline
     from audit.audits import leakage_audit
+    from audit.audits.gradients import GRADIENTS, GradientsConfig
     from audit.checks import run_checks
     from audit.jsonio import read_json, write_json
 
     base = tmp_path_factory.mktemp("report")
     run = copy_run(small_digits_run, base / "run")
+    GRADIENTS.run(run, GradientsConfig(n_reference=1), dataset=digits)  # score matrices the evaluation scores too
     pipeline.evaluate(run, n_subsets=6)
     targets = [int(t) for t in np.flatnonzero(np.isin(digits.y_test, [0, 1, 2]))[:5]]
     support_json(run, digits, "remove", targets, ("datamodels", "representation", "random"), [1, 2, 4, 8, 16])

@@ -138,6 +138,8 @@ def test_every_section_is_there_with_its_content(full, audited_run, digits):
 
     quality = page.in_section("quality")
     assert "datamodels (LASSO)" in quality and "difference of means" in quality
+    assert "tracin (TracIn-CP" in quality and "influence (influence function" in quality  # the score matrices
+    assert "tracin.npy" in page.in_section("gradients")  # the generic section: the step's summary
     ev = json.loads((audited_run / "evaluation.json").read_text())
     assert render.fmt(ev["test"]["lds_mean"]) in quality
     assert len(page.all("img", "quality")) == 5  # scatter (test, train), LDS (test, train), MSE
