@@ -276,3 +276,25 @@ def test_audit_run_on_an_imported_run_does_the_weight_only_steps(release, tmp_pa
     assert steps["evaluate"]["n_subsets"] == N_EVAL and not steps["influence"].get("skipped")
     assert steps["brittleness"] == {"skipped": True, "reason": IMPORTED_SKIP}
     assert Path(summary["report"]).is_file()
+
+
+def test_imported_run_gets_leakage_and_scores_with_your_own_features(imported, tmp_path):
+    """No reference models on an imported run: --features gives leakage its FAISS baseline, and an imported
+    score matrix is scored on the release's evaluation models."""
+    from audit import scores
+    from audit.audits import leakage_audit as la
+
+    run_dir, _ = imported
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    c = RunStore.open(run, writable=False).config
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "feats.npy", rng.normal(size=(c.n_train + c.n_test, 8)).astype(np.float32))
+    s = la.run_leakage(run, k=5, features=tmp_path / "feats.npy")
+    assert s["n_reference_models"] == 0 and not (run / "reference.npz").exists()
+    assert (run / "audits" / la.CANDIDATES_CSV).exists()
+    w = pipeline.load_datamodels(run).weights[c.n_train:]
+    np.save(tmp_path / "copy.npy", np.asarray(w).T)
+    scores.import_scores(tmp_path / "copy.npy", run, n_train=c.n_train, n_test=c.n_test)
+    result = pipeline.EVALUATE.run(run)
+    assert result.scores["copy"].test.lds_mean == pytest.approx(result.test.lds_mean, abs=1e-6)
