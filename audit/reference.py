@@ -138,7 +138,8 @@ def reference_models(store: RunStore, dataset: Dataset, n_models: int = 3, progr
     if is_imported(store.path):
         raise AuditError(f"{store.path} was imported from a published release, which has no full-data models: the "
                          f"FAISS baseline needs {n_models} (--trainer {store.config.trainer.get('trainer')} on a CUDA "
-                         f"GPU); train them in a run of your own")
+                         f"GPU); pass your own features instead (--features FILE, [n_train + n_test, d]) or train them in a run "
+                         f"of your own")
     blocks = ReferenceStore(store, n_models)
     trainer = store.config.trainer  # the executor builds it (locally) or sends it to the Ray workers
     run_blocks(blocks, dataset, trainer, engine=engine, address=address, progress=progress,
