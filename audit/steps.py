@@ -7,6 +7,7 @@ pick it up from this list (README, "Adding an audit").
 
 from __future__ import annotations
 
+from audit.audits.counterfactual import COUNTERFACTUAL
 from audit.audits.influence import INFLUENCE
 from audit.audits.label_errors import LABEL_ERRORS
 from audit.audits.leakage_audit import LEAKAGE
@@ -14,4 +15,5 @@ from audit.audits.support import BRITTLENESS, MISLABEL
 from audit.contract import Registry
 from audit.pipeline import EVALUATE, FIT, TRAIN
 
-REGISTRY = Registry([TRAIN, FIT, EVALUATE, BRITTLENESS, MISLABEL, LEAKAGE, INFLUENCE, LABEL_ERRORS])
+REGISTRY = Registry([TRAIN, FIT, EVALUATE, BRITTLENESS, MISLABEL, COUNTERFACTUAL, LEAKAGE, INFLUENCE,
+                     LABEL_ERRORS])
