@@ -140,6 +140,10 @@ def audited_run(small_digits_run, digits, tmp_path_factory):
 
     INFLUENCE.run(run, dataset=digits)
     LABEL_ERRORS.run(run, LabelErrorsConfig(n_replay=2), dataset=digits)
+    from audit.audits.counterfactual import CounterfactualConfig, run_counterfactual
+
+    run_counterfactual(run, CounterfactualConfig(n=4, T=1, k_grid=(2, 8), heuristics=("top", "bottom", "random")),
+                       dataset=digits)
     run_checks(run, {"min_lds": -1.0, "max_brittle_fraction": 0.0, "max_mislabel_fraction": 1.0,
                      "support_k": 8, "mislabel_k": 8})  # k within the audits' grid: a k beyond it cannot be decided
     return run
