@@ -132,6 +132,32 @@ def test_audit_predicts_sums_of_weights_and_resumes(audit_run, digits, monkeypat
     assert [p for p in more.points if p.heuristic == "top"] == [p for p in r.points if p.heuristic == "top"]
 
 
+def test_killed_audit_resumes_without_retraining_finished_blocks(audit_run, digits, monkeypatch):
+    from audit.training.mlp import MLPTrainer
+
+    real = MLPTrainer.train_block
+    calls = {"models": 0, "fail_after": 4}
+
+    def counting(self, dataset, masks, seeds, labels=None, progress=None):
+        if calls["fail_after"] is not None and calls["models"] >= calls["fail_after"]:
+            raise KeyboardInterrupt("killed")
+        calls["models"] += len(seeds)
+        return real(self, dataset, masks, seeds, labels)
+
+    monkeypatch.setattr(MLPTrainer, "train_block", counting)
+    config = CounterfactualConfig(**TINY, heuristics=("top", "bottom"))
+    with pytest.raises(KeyboardInterrupt):
+        run_counterfactual(audit_run, config, dataset=digits, block_size=4)
+    assert calls["models"] == 4 and not (audit_run / "audits").exists()
+    calls.update(models=0, fail_after=None)
+    r = run_counterfactual(audit_run, config, dataset=digits, block_size=4)
+    assert calls["models"] == r.models_trained_now > 0 and r.models_reused >= 4
+    store, dm, _ = pipeline.open_fitted(audit_run, digits)
+    req = cf.requests(store, dm, digits, config)
+    sets = {tuple(sorted(req.lists[t, h, :k])) for t in range(3) for h in range(2) for k in (2, 4)}
+    assert r.models_trained_now + 4 == 1 + len(sets)  # every model trained once over the two calls
+
+
 def test_brittleness_models_are_reused(audit_run, digits, monkeypatch):
     """The removed sets the brittleness audit already retrained (same targets, seed, T) are not trained again."""
     calls = _counting(monkeypatch)
