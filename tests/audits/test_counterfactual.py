@@ -213,3 +213,16 @@ def test_cli_prints_the_table_and_the_check_gates(audit_run):
     assert call_main("check", str(audit_run), "--min-counterfactual-spearman", str(min(1.0, value + 0.01))) \
         .returncode == 1
     assert_one_line_error(call_main("check", str(audit_run), "--min-counterfactual-spearman", "1.5"))
+
+
+def test_counterfactual_on_ray_equals_local(audit_run, digits, tmp_path, local_ray):
+    """The retraining as Ray tasks (local instance, CPU trainer) gives the local points."""
+    ray_run = tmp_path / "ray_run"
+    shutil.copytree(audit_run, ray_run)
+    config = dict(n=2, T=1, k_grid=(4,), heuristics=("top", "bottom"))
+    local = run_counterfactual(audit_run, CounterfactualConfig(**config), dataset=digits)
+    remote = run_counterfactual(ray_run, CounterfactualConfig(**config, engine="ray"), dataset=digits)
+    assert remote.models_trained_now == local.models_trained_now > 0
+    for a, b in zip(local.points, remote.points):
+        assert (a.target, a.heuristic, a.k) == (b.target, b.heuristic, b.k) and a.predicted == b.predicted
+        assert b.actual == pytest.approx(a.actual, abs=1e-3)
