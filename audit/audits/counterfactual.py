@@ -363,7 +363,7 @@ class CounterfactualStep(Step[CounterfactualConfig, CounterfactualResult]):
         rate, slowdown, kind = retrain_rate(run_dir, c.alpha)
         return Cost(models=len(todo), rate=rate, slowdown=slowdown, measured_on=kind,
                     detail=f"{n_t} test targets x {n_h} heuristics x {len(req.ks) - 1} sizes x T={req.T}, plus the "
-                           f"T full-data models, less {plan.n_jobs - len(todo)} already trained",
+                           f"T full-data models, less {plan.n_jobs - len(todo):,} already trained",
                     cheaper="--n, --T or --heuristics")
 
 
