@@ -8,6 +8,7 @@ pick it up from this list (README, "Adding an audit").
 from __future__ import annotations
 
 from audit.audits.counterfactual import COUNTERFACTUAL
+from audit.audits.embed import EMBED
 from audit.audits.influence import INFLUENCE
 from audit.audits.label_errors import LABEL_ERRORS
 from audit.audits.leakage_audit import LEAKAGE
@@ -16,4 +17,4 @@ from audit.contract import Registry
 from audit.pipeline import EVALUATE, FIT, TRAIN
 
 REGISTRY = Registry([TRAIN, FIT, EVALUATE, BRITTLENESS, MISLABEL, COUNTERFACTUAL, LEAKAGE, INFLUENCE,
-                     LABEL_ERRORS])
+                     LABEL_ERRORS, EMBED])

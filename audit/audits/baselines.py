@@ -2,7 +2,9 @@
 
 - representation distance: exact cosine nearest neighbours (FAISS ``IndexFlatIP`` on
   L2-normalised features; the caller averages penultimate features over a few models);
-- random same-class training examples (brittleness baseline).
+- random same-class training examples (brittleness baseline);
+- alignment-tolerant pixel matching: a query's shifted and slightly cropped variants, each training
+  image scored by its best match (the pixel leakage baseline).
 """
 
 from __future__ import annotations
@@ -194,3 +196,107 @@ def fuse_rankings(lists: dict[str, np.ndarray], k: int, c: float = 60.0) -> tupl
         scores[q, :len(best)] = [total[j] for j in best]
         found_by.append(["+".join(who[j]) for j in best])
     return idx, scores, found_by
+
+
+# ----- alignment-tolerant pixel matching -------------------------------------------------
+CROP_FRACTION = 0.1  # crops of the variants: about this share of each side (at least one pixel)
+
+
+def _resize_matrix(src: int, dst: int) -> np.ndarray:
+    """Bilinear resampling from ``src`` to ``dst`` samples (pixel centres aligned, edges clamped): ``[dst, src]``."""
+    pos = np.clip((np.arange(dst) + 0.5) * src / dst - 0.5, 0.0, src - 1.0)
+    lo = np.floor(pos).astype(np.int64)
+    hi = np.minimum(lo + 1, src - 1)
+    frac = pos - lo
+    m = np.zeros((dst, src), dtype=np.float32)
+    np.add.at(m, (np.arange(dst), lo), 1.0 - frac)
+    np.add.at(m, (np.arange(dst), hi), frac)
+    return m
+
+
+def _crops(side: int) -> list[tuple[int, int]]:
+    """(start, stop) of the crops along one side: cut about ``CROP_FRACTION``, from either end and the middle."""
+    cut = max(1, int(round(CROP_FRACTION * side)))
+    starts = sorted({0, cut // 2, cut}) if side - cut >= 2 else []
+    return [(s, side - (cut - s)) for s in starts]
+
+
+def aligned_variants(images: np.ndarray, mirror: bool = False) -> np.ndarray:
+    """Versions of images ``[N, H, W, C]`` that undo small misalignments: float32 ``[N, V, H, W, C]``.
+
+    Variant 0 is the image itself; then the eight one-pixel shifts (edge pixels repeated) and
+    crops of about a tenth of each side (at least one pixel; from each end and, where the cut
+    is two pixels or more, the middle) resized back bilinearly; with ``mirror`` also the image mirrored
+    left to right (for data whose classes survive a flip). A near-copy that was shifted,
+    cropped or rescaled slightly matches one of them better than the image itself: the pixel
+    leakage baseline scores a training image by its best match over the variants.
+    """
+    x = np.asarray(images, dtype=np.float32)
+    n, h, w, c = x.shape
+    out = [x]
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    out += [padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+            if (dy, dx) != (0, 0)]
+    for y0, y1 in _crops(h):
+        ry = _resize_matrix(y1 - y0, h)
+        for x0, x1 in _crops(w):
+            rx = _resize_matrix(x1 - x0, w)
+            out.append(np.einsum("Hh,nhwc,Ww->nHWc", ry, x[:, y0:y1, x0:x1], rx, optimize=True))
+    if mirror:
+        out.append(x[:, :, ::-1])
+    return np.stack(out, axis=1)
+
+
+def best_of_variants(scores: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per query, the ``k`` best distinct candidates over its variants' lists, each scored by its best variant.
+
+    ``scores``/``idx`` ``[n, L]`` (all variants' top lists side by side; -1: none). Returns
+    ``(scores, idx)`` ``[n, k]``, best first (-1 / -inf padded).
+    """
+    n, width = idx.shape
+    rows = np.repeat(np.arange(n), width)
+    s, i = scores.ravel(), idx.ravel()
+    valid = i >= 0
+    rows, s, i = rows[valid], s[valid], i[valid]
+    order = np.lexsort((-s, i, rows))  # by query, then candidate, best score first
+    rows, s, i = rows[order], s[order], i[order]
+    first = np.ones(len(i), dtype=bool)
+    first[1:] = (rows[1:] != rows[:-1]) | (i[1:] != i[:-1])
+    rows, s, i = rows[first], s[first], i[first]
+    order = np.lexsort((i, -s, rows))  # by query, best score first, ties by index
+    rows, s, i = rows[order], s[order], i[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+    keep = rank < k
+    out_s = np.full((n, k), -np.inf, dtype=np.float32)
+    out_i = np.full((n, k), -1, dtype=np.int64)
+    out_s[rows[keep], rank[keep]] = s[keep]
+    out_i[rows[keep], rank[keep]] = i[keep]
+    return out_s, out_i
+
+
+def nearest_over_variants(train_feats, query_variants, k: int, total: int | None = None,
+                          progress: Progress = SILENT, use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` cosine neighbours of each query, a training example scoring its best match over the
+    query's variants. ``query_variants``: an iterable of ``[n_chunk, V, D]`` arrays (chunks of queries, in
+    order). Returns ``(scores, idx)`` ``[n_q, k]`` like :func:`nearest_neighbours`."""
+    train = normalise_rows(train_feats, "train features")
+    if not 1 <= k <= len(train):
+        raise AuditError(f"k = {k} neighbours requested but only {len(train)} training examples can be returned; "
+                         f"use 1 <= k <= {len(train)}")
+    index = _flat_ip_index(train.shape[1], use_gpu)
+    index.add(train)
+    all_s, all_i = [], []
+    with progress.task("nearest neighbours (aligned pixels)", total=total, unit="queries") as task:
+        for chunk in query_variants:
+            n, v, d = chunk.shape
+            if d != train.shape[1]:
+                raise AuditError(f"train features have {train.shape[1]} dimensions but query features {d}")
+            q = normalise_rows(chunk.reshape(n * v, d), "query features")
+            s, i = index.search(np.ascontiguousarray(q), k)
+            s, i = best_of_variants(s.reshape(n, v * k), i.reshape(n, v * k), k)
+            all_s.append(s)
+            all_i.append(i)
+            task.advance(n)
+    if not all_s:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate(all_s), np.concatenate(all_i)

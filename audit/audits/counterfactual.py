@@ -44,13 +44,14 @@ from audit import pipeline
 from audit.audits import baselines
 from audit.audits.support import (check_k_grid, default_k_grid as support_grid, default_replicates, retrain_rate,
                                   sample_targets)
-from audit.contract import Block, Cost, Line, Metric, Result, Step, Table, read_result, require, setting
+from audit.contract import (Block, Cost, Line, Metric, Result, Step, Table, file_stamp, read_result, require,
+                            setting)
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.execution import ENGINES, address_setting, engine_setting
 from audit.jsonio import write_csv, write_json
 from audit.progress import SILENT, Progress
-from audit.reference import Reference, load_reference
+from audit.reference import REFERENCE_FILE, Reference, load_reference
 from audit.retrain import REMOVE, finished_margins, RetrainPlan, run_rows
 from audit.seeding import STREAM_COUNTERFACTUAL
 from audit.store import RunStore
@@ -319,13 +320,10 @@ class CounterfactualStep(Step[CounterfactualConfig, CounterfactualResult]):
                 progress: Progress = SILENT) -> CounterfactualResult:
         return run_counterfactual(run_dir, config, dataset=dataset, progress=progress)
 
-    def is_current(self, run_dir: Path | str, config: CounterfactualConfig | None = None) -> bool:
-        """As every step; and not when it left out the representation heuristic for want of reference
-        features that the run has now."""
-        if not super().is_current(run_dir, config):
-            return False
-        r = self.load(run_dir)
-        return not ("representation" in r.skipped and load_reference(Path(run_dir)) is not None)
+    def input_digests(self, run_dir: Path) -> dict:
+        """The fit's digest plus the reference models' file (its stamp): the representation heuristic's sets come
+        from those features, so reference models trained (or retrained) after the step make it out of date."""
+        return {**super().input_digests(run_dir), "reference": file_stamp(Path(run_dir) / REFERENCE_FILE)}
 
     def cost_detail(self, result: CounterfactualResult) -> str:
         return f"{result.models_trained_now:,} models retrained ({result.models_reused:,} rows reused)"

@@ -30,7 +30,8 @@ import numpy as np
 from pydantic import Field
 
 from audit import pipeline
-from audit.audits.baselines import centred_pixels, fuse_rankings, nearest_neighbours, normalise_rows
+from audit.audits.baselines import (aligned_variants, centred_pixels, fuse_rankings, nearest_neighbours,
+                                   nearest_over_variants, normalise_rows)
 from audit.audits.geo import leakage_efficacy, nearest_train_distance_miles
 from audit.audits.leakage import (NEAR_COPY, POSSIBLE_COPY, candidate_overlap, candidates_table, datamodel_candidates,
                                   near_copy_distance, pixel_spread, planted_recall)
@@ -57,6 +58,7 @@ PAPER_FMOW_CDF = {"0.25": 0.20, "2.6": 0.80}  # paper §4.2.2: share of test ima
 RECALL_KS = (1, 5, 10)
 METHODS = ("datamodels", "representation", "pixels")  # the rankings that propose candidates
 COMBINED = ("union", "fused")  # any method's top k; reciprocal rank fusion of the methods' lists
+PIXEL_QUERY_CHUNK = 512  # test images whose aligned variants are searched at once
 PIXEL_SIDE = 32  # the pixel baseline compares images block-averaged down to at most this many pixels a side
 N_REFERENCE = 3
 PLANT_MODELS = 1000  # planted twin run: enough for a strong signal, a few minutes on digits
@@ -119,21 +121,60 @@ def full_rank(scores_row: np.ndarray, j: int) -> int:
     return int((s > s[j]).sum() + 1)
 
 
-def pixel_rows(x: np.ndarray) -> np.ndarray:
-    """Images as centred pixel rows for the pixel baseline; images wider than ``PIXEL_SIDE`` are
-    block-averaged down first (what a near-copy keeps is its coarse layout, and CIFAR/FMoW-sized
-    pixel rows would cost more memory than the features)."""
+def pixel_images(x: np.ndarray) -> np.ndarray | None:
+    """Images ``[N, H, W, C]`` as float32, block-averaged down when wider than ``PIXEL_SIDE`` (what a
+    near-copy keeps is its coarse layout, and CIFAR/FMoW-sized pixel rows would cost more memory than
+    the features); None for data that are not images (rows of features)."""
     a = np.asarray(x)
-    if a.ndim == 4 and max(a.shape[1:3]) > PIXEL_SIDE:
+    if a.ndim != 4:
+        return None
+    if max(a.shape[1:3]) > PIXEL_SIDE:
         f = int(math.ceil(max(a.shape[1:3]) / PIXEL_SIDE))
         h, w = a.shape[1] // f * f, a.shape[2] // f * f
-        a = a[:, :h, :w].reshape(len(a), h // f, f, w // f, f, a.shape[3]).mean(axis=(2, 4))
-    return centred_pixels(a)
+        return a[:, :h, :w].reshape(len(a), h // f, f, w // f, f, a.shape[3]).mean(axis=(2, 4)).astype(np.float32)
+    return a.astype(np.float32)
+
+
+def pixel_rows(x: np.ndarray) -> np.ndarray:
+    """Images (:func:`pixel_images`) or feature rows as centred rows for the pixel baseline."""
+    images = pixel_images(x)
+    return centred_pixels(x if images is None else images)
+
+
+def _variant_rows(x: np.ndarray, mirror: bool, chunk: int = PIXEL_QUERY_CHUNK):
+    """Per chunk of images, the centred rows of their aligned variants ``[n, V, D]`` (one variant for non-images)."""
+    for start in range(0, len(x), chunk):
+        images = pixel_images(x[start:start + chunk])
+        if images is None:
+            yield pixel_rows(x[start:start + chunk])[:, None]
+            continue
+        v = aligned_variants(images, mirror=mirror)
+        yield centred_pixels(v.reshape(-1, *v.shape[2:])).reshape(v.shape[0], v.shape[1], -1)
 
 
 def pixel_candidates(ds: Dataset, k: int, progress: Progress = SILENT) -> tuple[np.ndarray, np.ndarray]:
-    """FAISS top-``k`` training images of each test image by the correlation of their pixels: ``(scores, idx)``."""
-    return nearest_neighbours(pixel_rows(ds.x_train), pixel_rows(ds.x_test), k, progress=progress)
+    """Top-``k`` training images of each test image by pixel correlation, a training image scoring its best
+    match over the test image's aligned variants (one-pixel shifts, ~10% crops resized back, and the
+    mirror image where a flip keeps the class: :func:`audit.audits.baselines.aligned_variants`):
+    ``(scores, idx)``, by FAISS exact search."""
+    return nearest_over_variants(pixel_rows(ds.x_train), _variant_rows(ds.x_test, _mirror(ds)), k, total=ds.n_test,
+                                 progress=progress)
+
+
+def _mirror(ds: Dataset) -> bool:
+    return "flip" in default_families(ds)
+
+
+def pixel_scores(ds: Dataset, test_ids: np.ndarray) -> np.ndarray:
+    """Every training image's pixel score for each of ``test_ids`` (best correlation over the aligned
+    variants, as :func:`pixel_candidates` ranks them): float32 ``[len(test_ids), n_train]``."""
+    train = normalise_rows(pixel_rows(ds.x_train))
+    out = []
+    for rows in _variant_rows(ds.x_test[np.asarray(test_ids, dtype=np.int64)], _mirror(ds)):
+        n, v, d = rows.shape
+        q = normalise_rows(rows.reshape(n * v, d))
+        out.append((q @ train.T).reshape(n, v, -1).max(axis=1))
+    return np.concatenate(out) if out else np.zeros((0, ds.n_train), np.float32)
 
 
 def combined_candidates(top: Mapping[str, np.ndarray], k: int) -> dict[str, tuple[np.ndarray, list[list[str]]]]:
@@ -351,7 +392,10 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
                             "representation": "FAISS exact inner product on L2-normalised penultimate features "
                                               "of full-data reference models",
                             "pixels": f"FAISS exact inner product on centred, L2-normalised pixels (images "
-                                      f"block-averaged to at most {PIXEL_SIDE} pixels a side): pixel correlation",
+                                      f"block-averaged to at most {PIXEL_SIDE} pixels a side): pixel correlation, "
+                                      "each training image scored by its best match over the test image's "
+                                      "one-pixel shifts, ~10% crops resized back and (where a flip keeps the class) "
+                                      "mirror image",
                             "union": "every method's top k, by the best rank any method gives",
                             "fused": "reciprocal rank fusion (1 / (60 + rank), summed over the methods)"}}
 
@@ -387,10 +431,9 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     if pairs is not None and len(pairs):
         w_pl = np.asarray(dm.weights[n_train + pairs[:, 0]], dtype=np.float64)
         s_pl = ref.test_features(n_train)[pairs[:, 0]] @ ref.train_features(n_train).T
-        px_train, px_test = normalise_rows(pixel_rows(ds.x_train)), normalise_rows(pixel_rows(ds.x_test[pairs[:, 0]]))
         cands = {**top, **{name: idx for name, (idx, _) in combined.items()}}
         planted = planted_report(pairs, cands, {"datamodels": w_pl, "representation": s_pl,
-                                                "pixels": px_test @ px_train.T}, k, families=planted_families(ds))
+                                                "pixels": pixel_scores(ds, pairs[:, 0])}, k, families=planted_families(ds))
         out["planted"] = planted
         summary["planted"] = {m: {"recall_at_k": r["recall_at_k"], "median_full_rank": r["median_full_rank"]}
                               for m, r in planted["methods"].items()} | {"n_planted": planted["n_planted"]}
@@ -735,6 +778,29 @@ class LeakageResult(Result):
 class PlantedMethod(Result):
     recall_at_k: dict[str, float | None]
     median_full_rank: float | None = None
+    full_rank: list[int | None] | None = None  # per planted copy, its rank among all training images
+
+
+def found_only_by(methods: Mapping[str, PlantedMethod], k: int) -> dict[str, int] | None:
+    """Per single ranking (datamodels, representation, pixels), the planted copies it alone has in its top
+    ``k`` (None when the full ranks were not saved)."""
+    ranks = {m: methods[m].full_rank for m in METHODS if m in methods and methods[m].full_rank is not None}
+    if len(ranks) < 2:
+        return None
+    hit = {m: np.array([r is not None and r <= k for r in v]) for m, v in ranks.items()}
+    return {m: int((h & ~np.any([hit[o] for o in hit if o != m], axis=0)).sum()) for m, h in hit.items()}
+
+
+def sources_of_union(union: Mapping[int, Sequence[Candidate]]) -> dict[str, int]:
+    """How many (test, training) candidate pairs of the union each combination of rankings proposed,
+    most first: ``{"pixels": 812, "datamodels+pixels": 40, ...}``."""
+    counts: dict[str, int] = {}
+    for cands in union.values():
+        for c in cands:
+            key = "+".join(sorted((c.found_by or "?").split("+"), key=lambda m: (m not in METHODS, METHODS.index(m)
+                                                                                 if m in METHODS else 0, m)))
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 class PlantedFamily(Result):
@@ -820,6 +886,7 @@ class Candidate:
     train: int
     rank: int
     score: float | None  # datamodel weight, or cosine similarity for "representation"
+    found_by: str | None = None  # combined rankings: the methods that proposed it ("datamodels+pixels")
 
 
 @dataclass(frozen=True)
@@ -860,7 +927,7 @@ def read_candidates(path: Path) -> dict[str, dict[int, list[Candidate]]] | None:
         if t is None or j is None:
             continue
         out.setdefault(str(r.get("method") or "datamodels"), {}).setdefault(int(t), []).append(
-            Candidate(int(t), int(j), int(rank or 0), _number(r.get("weight"))))
+            Candidate(int(t), int(j), int(rank or 0), _number(r.get("weight")), r.get("found_by") or None))
     for lists in out.values():
         for v in lists.values():
             v.sort(key=lambda c: (c.rank, c.train))

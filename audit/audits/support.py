@@ -304,11 +304,14 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
     # rankings, one candidate list per (target, method)
     need_ref = "representation" in methods or mode == "relabel"
     ref = reference_models(store, ds, progress=progress, engine=engine, address=address) if need_ref else None
-    lists = np.full((n_t, n_m, K), -1, dtype=np.int64)
-    for mi, method in enumerate(methods):
-        lists[:, mi] = _ranking(method, weights, ref, ds, tgt, K, seed)
     y_t = ds.y_test[tgt]
     wrong = wrong_classes(ref.mean_logits[c.n_train + tgt], y_t) if mode == "relabel" else None
+    # relabelling an example that already carries the wrong class changes nothing: rank further instead
+    wide = K if wrong is None else min(c.n_train, 2 * K)
+    lists = np.full((n_t, n_m, K), -1, dtype=np.int64)
+    for mi, method in enumerate(methods):
+        ranked = _ranking(method, weights, ref, ds, tgt, wide, seed)
+        lists[:, mi] = ranked if wrong is None else without_no_op_flips(ranked, ds.y_train, wrong, K)
     label = np.full((n_t, n_m), REMOVE, dtype=np.int64) if wrong is None else np.repeat(wrong[:, None], n_m, 1)
 
     trainer = c.trainer if engine == "ray" else trainer_from_config(c.trainer)  # Ray: workers build it
@@ -422,6 +425,19 @@ def _heuristic_summary(h: np.ndarray, cdf_ks: Sequence[int]) -> dict:
     med = float(np.median(sizes)) if len(sizes) else float("nan")
     return {"n": int(len(h)), "median": med, "fraction_not_found": float((h == NOT_FOUND).mean()) if len(h) else None,
             "cdf": support_cdf(sizes, cdf_ks)}
+
+
+def without_no_op_flips(lists: np.ndarray, y_train: np.ndarray, wrong: np.ndarray, k: int) -> np.ndarray:
+    """Candidate lists ``[n_t, L]`` without the training examples already labelled with their target's
+    wrong class (relabelling them to it changes nothing), first ``k`` kept, -1 padded: ``[n_t, k]``."""
+    lists = np.asarray(lists, dtype=np.int64)
+    keep = (lists >= 0) & (np.asarray(y_train)[np.maximum(lists, 0)] != np.asarray(wrong)[:, None])
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    out = np.take_along_axis(lists, order, axis=1)
+    out[~np.take_along_axis(keep, order, axis=1)] = -1
+    if out.shape[1] < k:
+        out = np.pad(out, ((0, 0), (0, k - out.shape[1])), constant_values=-1)
+    return out
 
 
 def _ranking(method: str, weights: np.ndarray, ref, ds, tgt: np.ndarray, K: int, seed: int) -> np.ndarray:

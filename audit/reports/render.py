@@ -19,8 +19,10 @@ from rich.text import Text
 
 from audit import findings, pipeline
 from audit.audits.counterfactual import COUNTERFACTUAL
+from audit.audits.embed import EMBED, Extreme, Spectrum
 from audit.audits.geo import haversine_miles
-from audit.audits.leakage_audit import LEAKAGE, Candidate, GeoTable, LeakageFile, MTurkScores
+from audit.audits.leakage_audit import (LEAKAGE, Candidate, GeoTable, LeakageFile, MTurkScores, found_only_by,
+                                        sources_of_union)
 from audit.audits.support import SupportRecord, read_records
 from audit.checks import read_check_report
 from audit.contract import Line, Step
@@ -530,6 +532,7 @@ def leakage_section(ctx: Context, n_show: int = 8, n_cand: int = 5) -> dict | No
                 planted.append({"where": where, "method": method, "n": fmt(n),
                                 "recall": ", ".join(f"@{k}: {pct(v)}" for k, v in r.recall_at_k.items()),
                                 "median_rank": fmt(r.median_full_rank, 1)})
+    who = _who_finds_what(data, cands or {})
     figures = []
     geo = data.geo if data is not None else None
     if geo is not None and geo.efficacy:
@@ -571,8 +574,29 @@ def leakage_section(ctx: Context, n_show: int = 8, n_cand: int = 5) -> dict | No
             facts += [("mean leakage score", fmt(ms.leakage_score.mean)),
                       ("test images with leakage score ≥ 0.5", fmt(ms.leakage_score.n_at_least_half))]
     pairs = _leak_pairs(ctx, data, cands or {}, mturk, geo_table, n_show, n_cand)
-    return {"facts": facts, "figures": figures, "overlap": overlap, "planted": planted, "pairs": pairs["items"], "k": n_cand,
+    return {"facts": facts, "figures": figures, "overlap": overlap, "planted": planted, "who": who,
+            "pairs": pairs["items"], "k": n_cand,
             "order": pairs["order"], "csv": _rel(LEAKAGE, "candidates") if cands is not None else None}
+
+
+def _who_finds_what(data: LeakageFile | None, by: dict[str, dict[int, list[Candidate]]]) -> dict | None:
+    """Which rankings propose the union's candidate pairs, and the planted copies each ranking alone finds."""
+    union = by.get("union")
+    sources = sources_of_union(union) if union else {}
+    k = data.summary.k if data is not None else None
+    only: list[dict] = []
+    for sec, label in ((data.planted if data else None, "this run's planted copies"),
+                       (data.planted_check if data else None, "planted twin run")):
+        counts = found_only_by(sec.methods, k) if sec is not None and k else None
+        if counts is not None:
+            union_recall = sec.methods["union"].recall_at_k.get(str(k)) if "union" in sec.methods else None
+            only.append({"where": label, "n": fmt(sec.n_planted), "union": pct(union_recall),
+                         "only": [(m, fmt(v)) for m, v in counts.items()]})
+    if not sources and not only:
+        return None
+    total = sum(sources.values())
+    return {"k": fmt(k), "sources": [{"by": key.replace("+", " + "), "n": fmt(v), "share": pct(v / total)}
+                                     for key, v in sources.items()], "only": only}
 
 
 def _leak_pairs(ctx: Context, data: LeakageFile | None, by: dict[str, dict[int, list[Candidate]]],
@@ -602,7 +626,8 @@ def _leak_pairs(ctx: Context, data: LeakageFile | None, by: dict[str, dict[int, 
     items = []
     for t in order[:n_show]:
         strips = []
-        for method, label in (("datamodels", "datamodel candidates (largest weights)"),
+        for method, label in (("union", "every ranking's top candidates (union, by best rank)"),
+                              ("datamodels", "datamodel candidates (largest weights)"),
                               ("representation", "representation neighbours (FAISS)"),
                               ("pixels", "pixel neighbours (correlation of pixels)"),
                               ("annotation", "shown to annotators (top and bottom weights)")):
@@ -612,7 +637,7 @@ def _leak_pairs(ctx: Context, data: LeakageFile | None, by: dict[str, dict[int, 
             for c in by.get(method, {}).get(t, [])[: n_cand if method != "annotation" else None]:
                 w, j = c.score, c.train
                 similarity = method in ("representation", "pixels")
-                extra: dict = {"weight": fmt(w, 3) if w is not None and not similarity else None,
+                extra: dict = {"weight": fmt(w, 3) if w is not None and not similarity else None, "by": c.found_by,
                                "sim": fmt(w, 2) if w is not None and similarity else None,
                                "score": pct(pair_score[(t, j)]) if (t, j) in pair_score else None,
                                "star": copies.get(t) == j}
@@ -655,6 +680,45 @@ def counterfactual_section(ctx: Context) -> dict | None:
              ("models trained / rows reused", f"{fmt(r.models_trained_now)} / {fmt(r.models_reused)}")]
     return {"rows": rows, "figures": figures, "facts": facts, "file": _rel(COUNTERFACTUAL),
             "skipped": [f"{h} left out: {why}" for h, why in r.skipped.items()]}
+def embed_section(ctx: Context, n_points: int = 60) -> dict | None:
+    """RUN/audits/embed.json: variance curves (datamodels vs representation), component ends, clusters."""
+    r = ctx.read(EMBED.load)
+    if r is None:
+        return None
+
+    def curve(sp: Spectrum) -> tuple[list[int], list[float]]:
+        cum = np.cumsum(sp.ratios)
+        xs = np.unique(np.geomspace(1, max(sp.computed, 1), n_points).round().astype(int))
+        return [int(x) for x in xs], [float(cum[x - 1]) for x in xs]
+
+    spectra = {"datamodel embeddings": r.datamodels}
+    if r.representation is not None:
+        spectra["representation"] = r.representation
+    figure = plots.lines({f"{name} (50%: {sp.count_label(0.5)}, 90%: {sp.count_label(0.9)})": curve(sp)
+                          for name, sp in spectra.items()}, "principal components", "cumulative explained variance",
+                         "explained variance: datamodel embeddings vs representation", log_x=True, ylim=(0, 1.02))
+    counts = [{"name": name, "shape": f"{sp.n_samples} × {sp.width}", "c50": sp.count_label(0.5),
+               "c90": sp.count_label(0.9), "how": "full spectrum" if sp.exact else f"top {sp.computed} components"}
+              for name, sp in spectra.items()]
+
+    def thumbs(split: str, ends: list[Extreme]) -> list[dict]:
+        return [ctx.images.example(split, e.index, caption=ctx.images.caption(split, e.index)
+                                   + [("pc", fmt(e.coordinate, 3))]) for e in ends]
+
+    components = [{"n": c.component + 1, "variance": pct(c.variance_ratio),
+                   "strips": [{"label": f"{split}, most {end}", "kind": kind, "items": thumbs(split, ends)}
+                              for split, end, kind, ends in (("train", "positive", "pos", c.train_positive),
+                                                             ("train", "negative", "neg", c.train_negative),
+                                                             ("test", "positive", "pos", c.test_positive),
+                                                             ("test", "negative", "neg", c.test_negative))]}
+                  for c in r.top]
+    clusters = [{"id": c.cluster, "size": c.size, "majority": c.majority, "purity": pct(c.purity),
+                 "mix": ", ".join(f"{name} {n}" for name, n in c.class_counts.items()),
+                 "examples": [ctx.images.example("test", i) for i in c.examples]} for c in r.clusters]
+    return {"figure": figure, "counts": counts, "note": None if r.representation is not None else r.representation_note,
+            "method": r.method, "components": components, "k": r.k, "cluster_space": r.cluster_space,
+            "clusters": clusters, "per_end": len(r.top[0].train_positive) if r.top else 0,
+            "files": [_rel(EMBED, role) for role in ("result", "clusters", "train", "test", "variance")]}
 
 
 def check_section(ctx: Context) -> dict | None:
@@ -715,6 +779,7 @@ STEP_SECTIONS: dict[str, tuple[SectionSpec, ...]] = {
     "leakage": (SectionSpec("leakage", LEAKAGE.title, "leakage.html", leakage_section, "audit leakage"),),
     "counterfactual": (SectionSpec("counterfactual", COUNTERFACTUAL.title, "counterfactual.html",
                                    counterfactual_section, "audit counterfactual"),),
+    "embed": (SectionSpec("embed", EMBED.title, "embed.html", embed_section, "audit embed"),),
 }
 PAGE_ORDER = ("findings", "summary", "check", "quality", "nearest")  # first on the page, then the audits
 

@@ -92,3 +92,54 @@ def test_random_same_class_excludes_the_query_itself():
         assert i not in row.tolist()
     assert (idx[:3, 2] == -1).all() and sorted(idx[0, :2].tolist()) == [1, 2]
     assert (idx[3, 1:] == -1).all() and idx[3, 0] == 4
+
+
+# ----- alignment-tolerant pixel matching -------------------------------------------------
+def test_aligned_variants_hold_the_image_every_one_pixel_shift_and_resized_crops():
+    from audit.data.planting import _shift_one_pixel
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 8, 8, 2)).astype(np.float32)
+    v = baselines.aligned_variants(x)
+    # itself, 8 shifts, 2 x 2 crops (a cut of one pixel from either end of each side)
+    assert v.shape == (3, 1 + 8 + 4, 8, 8, 2)
+    assert np.array_equal(v[:, 0], x)
+    for img, variants in zip(x, v):
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                shifted = _shift_one_pixel(img, dy, dx)
+                assert any(np.array_equal(shifted, u) for u in variants[:9])
+    assert baselines.aligned_variants(x, mirror=True).shape[1] == 14
+    assert np.array_equal(baselines.aligned_variants(x, mirror=True)[:, -1], x[:, :, ::-1])
+    assert baselines._crops(32) == [(0, 29), (1, 30), (3, 32)]  # a cut of three pixels: either end, the middle
+    assert baselines.aligned_variants(np.zeros((1, 32, 32, 3))).shape[1] == 1 + 8 + 3 * 3
+
+
+def test_resize_matrix_is_identity_at_equal_size_and_averages_otherwise():
+    assert np.allclose(baselines._resize_matrix(5, 5), np.eye(5))
+    m = baselines._resize_matrix(7, 8)
+    assert m.shape == (8, 7) and np.allclose(m.sum(axis=1), 1.0) and (m >= 0).all()
+    ramp = np.arange(7, dtype=np.float32)
+    up = m @ ramp
+    assert up[0] == 0 and up[-1] == 6 and (np.diff(up) > 0).all()  # a ramp stays a ramp, edges clamped
+
+
+def test_best_of_variants_keeps_each_candidate_once_at_its_best_score():
+    scores = np.array([[0.9, 0.5, 0.95, 0.1], [0.3, 0.2, 0.8, 0.7]], dtype=np.float32)
+    idx = np.array([[4, 2, 2, 7], [1, -1, 1, 3]])
+    s, i = baselines.best_of_variants(scores, idx, 3)
+    assert i.tolist() == [[2, 4, 7], [1, 3, -1]]
+    assert np.allclose(s[0], [0.95, 0.9, 0.1]) and np.allclose(s[1, :2], [0.8, 0.7]) and s[1, 2] == -np.inf
+
+
+def test_nearest_over_variants_equals_brute_force_maximum():
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(50, 6)).astype(np.float32)
+    queries = rng.normal(size=(9, 4, 6)).astype(np.float32)
+    s, i = baselines.nearest_over_variants(train, [queries[:5], queries[5:]], 5, total=9)
+    t = train / np.linalg.norm(train, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=2, keepdims=True)
+    best = np.einsum("nvd,td->nvt", q, t).max(axis=1)
+    want = np.argsort(-best, axis=1, kind="stable")[:, :5]
+    assert np.array_equal(i, want)
+    assert np.allclose(s, np.take_along_axis(best, want, axis=1), atol=1e-5)

@@ -213,6 +213,17 @@ def test_cli_prints_the_table_and_the_check_gates(audit_run):
     assert call_main("check", str(audit_run), "--min-counterfactual-spearman", str(min(1.0, value + 0.01))) \
         .returncode == 1
     assert_one_line_error(call_main("check", str(audit_run), "--min-counterfactual-spearman", "1.5"))
+    # current until reference models appear (the representation heuristic's sets come from their features)
+    config = CounterfactualConfig(n=3, T=1, k_grid=(2, 4), heuristics=("top", "bottom"))
+    assert COUNTERFACTUAL.is_current(audit_run, config)
+    assert not COUNTERFACTUAL.is_current(audit_run, CounterfactualConfig(n=3, T=1, k_grid=(2, 4)))
+    from audit.jsonio import save_npz
+
+    n = 1797  # digits: train and test targets
+    save_npz(audit_run / "reference.npz", features=np.ones((n, 4), np.float32),
+             mean_logits=np.zeros((n, 10), np.float32),
+             n_models=np.array(1))
+    assert not COUNTERFACTUAL.is_current(audit_run, config)
 
 
 def test_counterfactual_on_ray_equals_local(audit_run, digits, tmp_path, local_ray):

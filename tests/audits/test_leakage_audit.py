@@ -348,3 +348,32 @@ def test_planted_check_by_family_reports_each_family_and_the_union(leak_copy):
     assert r["by_family"]["brightness"]["methods"]["pixels"]["recall_at_k"]["1"] == 1.0
     twin_rows = candidates_of(Path(r["run"]), "fused")
     assert twin_rows and all(len(v) <= 10 for v in twin_rows.values())
+
+
+def test_pixel_baseline_finds_shifted_and_cropped_copies_that_plain_correlation_misses():
+    """Digits copies moved by a pixel or cropped by one pixel and resized back: each is its test image's
+    best pixel match over the aligned variants, while the plain pixel correlation ranks them far down."""
+    from audit.data import load_dataset
+    from audit.data.planting import apply_planting, planted_families, planted_pairs
+
+    ds = apply_planting(load_dataset("digits"), plant=40, plant_seed=5, plant_families="shift,crop")
+    pairs, fams = planted_pairs(ds), planted_families(ds)
+    _, idx = la.pixel_candidates(ds, 10)
+    assert np.array_equal(idx[pairs[:, 0], 0], pairs[:, 1])
+    full = la.pixel_scores(ds, pairs[:, 0])
+    assert np.array_equal(full.argmax(axis=1), pairs[:, 1])
+    plain = la.normalise_rows(la.pixel_rows(ds.x_test[pairs[:, 0]])) @ la.normalise_rows(la.pixel_rows(ds.x_train)).T
+    plain_rank = (plain > plain[np.arange(len(pairs)), pairs[:, 1]][:, None]).sum(axis=1) + 1
+    for family in ("shift", "crop"):
+        assert np.median(plain_rank[fams == la.PLANT_FAMILIES.index(family)]) > 10
+
+
+def test_found_only_by_and_sources_of_union_count_what_each_ranking_adds():
+    ranks = {"datamodels": [1, 30, None, 2], "representation": [40, 3, None, 1], "pixels": [50, 1, 2, 1]}
+    methods = {m: la.PlantedMethod(recall_at_k={}, full_rank=r) for m, r in ranks.items()}
+    # copy 0: datamodels only; 1: representation and pixels; 2: pixels only; 3: all three
+    assert la.found_only_by(methods, 10) == {"datamodels": 1, "representation": 0, "pixels": 1}
+    assert la.found_only_by({"datamodels": methods["datamodels"]}, 10) is None
+    union = {0: [la.Candidate(0, 5, 1, None, "pixels+datamodels"), la.Candidate(0, 7, 2, None, "pixels")],
+             1: [la.Candidate(1, 5, 1, None, "datamodels+pixels"), la.Candidate(1, 9, 2, None, "representation")]}
+    assert la.sources_of_union(union) == {"datamodels+pixels": 2, "pixels": 1, "representation": 1}

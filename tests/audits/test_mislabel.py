@@ -33,4 +33,20 @@ def test_mislabel_relabels_instead_of_removing(audit_run, digits):
     with np.load(grid_dir / "plan.npz") as z:
         labels = z["list_label"].reshape(3, 3)
     assert (labels == np.array([r["wrong_class"] for r in out["targets"]])[:, None]).all()
+    # and no list holds an example already labelled with that class (its relabelling would change nothing)
+    with np.load(grid_dir / "plan.npz") as z:
+        lists = z["lists"].reshape(3, 3, -1)
+    y = np.asarray(digits.y_train)
+    for t, r in enumerate(out["targets"]):
+        assert not (y[lists[t][lists[t] >= 0]] == r["wrong_class"]).any()
     assert not (audit_run / "audits" / "brittleness.json").exists()
+
+
+def test_without_no_op_flips_skips_examples_already_of_the_wrong_class():
+    from audit.audits.support import without_no_op_flips
+
+    y_train = np.array([0, 1, 2, 1, 0, 2])
+    lists = np.array([[1, 0, 3, 4, 2], [5, 2, -1, 0, 1]])
+    out = without_no_op_flips(lists, y_train, np.array([1, 2]), 3)
+    assert out.tolist() == [[0, 4, 2], [0, 1, -1]]
+    assert without_no_op_flips(lists[:, :2], y_train, np.array([1, 2]), 3).tolist() == [[0, -1, -1], [-1, -1, -1]]

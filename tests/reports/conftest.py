@@ -144,6 +144,9 @@ def audited_run(small_digits_run, digits, tmp_path_factory):
 
     run_counterfactual(run, CounterfactualConfig(n=4, T=1, k_grid=(2, 8), heuristics=("top", "bottom", "random")),
                        dataset=digits)
+    from audit.audits.embed import EMBED
+
+    EMBED.run(run, dataset=digits)  # after leakage: its reference models give the representation curve
     run_checks(run, {"min_lds": -1.0, "max_brittle_fraction": 0.0, "max_mislabel_fraction": 1.0,
                      "support_k": 8, "mislabel_k": 8})  # k within the audits' grid: a k beyond it cannot be decided
     return run

@@ -53,6 +53,13 @@ def test_report_loads_cleanly_and_looks_like_a_page(chromium, audited_run, tmp_p
     n_thumbs = run.dom.count('<figure class="thumb')
     assert n_thumbs > 20 and run.dom.count('class="lbl"') == n_thumbs
     assert run.dom.count('class="pred') == n_thumbs
+    # the datamodel-embedding section is laid out: its spectrum figure, component strips and cluster grids
+    start = run.dom.find('<section id="embed"')
+    assert start > 0, "no embed section"
+    embed = run.dom[start:run.dom.find("</section>", start)]
+    assert embed.count('<figure class="plot"') == 1 and "components for 90%" in embed
+    assert embed.count('class="component"') >= 1 and embed.count('class="cluster"') >= 2
+    assert embed.count('<figure class="thumb') > 20 and embed.count('class="lbl"') == embed.count('<figure class="thumb')
     with Image.open(shot) as im:
         a = np.asarray(im.convert("L"), dtype=np.float64)
     assert a.shape == (2000, 1280)

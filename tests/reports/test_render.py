@@ -154,6 +154,8 @@ def test_every_section_is_there_with_its_content(full, audited_run, digits):
 
     leak = page.in_section("leakage")
     assert "Candidate pairs" in leak and "datamodels vs representation" in leak
+    assert leak.index("Who finds what") < leak.index("Candidate pairs") and "candidate pairs proposed by" in leak
+    assert "every ranking's top candidates (union" in leak and "by datamodels" in leak  # the union strip leads
     assert "Planted duplicates" in leak and "MTurk workers" in leak
     captions = " ".join(a["alt"] for a in page.all("img", "leakage"))
     assert "Fig. 12" in captions and "Fig. 40" in captions and "annotation score" in captions.lower()
