@@ -19,6 +19,7 @@ from audit.commands import evaluate as evaluate_cmd
 from audit.commands import export as export_cmd
 from audit.commands import findings as findings_cmd
 from audit.commands import fit as fit_cmd
+from audit.commands import import_release as import_cmd
 from audit.commands import leakage as leakage_cmd
 from audit.commands import report as report_cmd
 from audit.commands import run as run_cmd
@@ -33,6 +34,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.command("train")(train_cmd.train)
 app.command("fit")(fit_cmd.fit)
 app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("import")(import_cmd.import_)
 app.command("run")(run_cmd.run)
 app.command("brittleness")(brittleness_cmd.brittleness)
 app.command("mislabel")(brittleness_cmd.mislabel)

@@ -31,6 +31,7 @@ Library code: no printing; long loops report through ``audit.progress``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -855,6 +856,12 @@ def evaluate(datamodels: Datamodels, masks_eval: np.ndarray, margins_eval: np.nd
         else:
             floor = np.full(T, np.nan)
         per_target["noise_floor_mse"] = floor.astype(np.float32)
+    return _evaluation_summary(T, n_train, m, n_rep, lds, mse, base, floor), per_target
+
+
+def _evaluation_summary(T: int, n_train: int, m: int, n_rep: int | None, lds: np.ndarray, mse: np.ndarray,
+                        base: np.ndarray | None, floor: np.ndarray | None) -> dict:
+    """The summary of an evaluation: 'all', 'train' and 'test' groups and top-level copies of 'all'."""
     groups = {"all": np.arange(T), "train": np.arange(min(n_train, T)), "test": np.arange(n_train, T)}
     result: dict = {"n_targets": int(T), "n_train_targets": int(n_train), "n_test_targets": int(T - n_train),
                     "n_eval_models": int(m), "replicates": n_rep}
@@ -864,4 +871,137 @@ def evaluate(datamodels: Datamodels, masks_eval: np.ndarray, margins_eval: np.nd
                 "n_lds", "n_lds_undefined"):
         result[key] = result["all"][key]
     result["noise_floor_mse"] = result["all"].get("noise_floor_mse") if floor is not None else None
-    return result, per_target
+    return result
+
+
+# ----- streamed evaluation (memory-mapped models, a memory budget) ---------------------------------
+def memory_budget(memory_gb: float | None = None) -> int:
+    """Bytes a streamed step may hold: ``memory_gb`` GiB, else half of the memory available now
+    (``os.sysconf``: SC_AVPHYS_PAGES x SC_PAGE_SIZE; 2 GiB where the system does not say)."""
+    if memory_gb is not None:
+        if not memory_gb > 0:
+            raise AuditError(f"--memory-gb must be positive (got {memory_gb})")
+        return int(memory_gb * 2**30)
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 2
+    except (ValueError, OSError, AttributeError):
+        return 2 * 2**30
+
+
+def _block_rows(source, rows: np.ndarray, cols: slice, dtype=np.float64) -> np.ndarray:
+    """``source[rows][:, cols]`` as ``dtype`` (a memory map or the run's joined margins: only those rows are read)."""
+    return np.asarray(source[rows, cols] if not isinstance(source, np.ndarray) else source[rows][:, cols], dtype=dtype)
+
+
+def streamed_difference_of_means(masks, margins, rows: np.ndarray, n_train: int, cols: slice,
+                                 block: int) -> np.ndarray:
+    """``difference_of_means`` for the targets ``cols`` only, reading the models ``rows`` (all finite) of the
+    memory-mapped ``masks`` [M, n_train] (bool or uint8) and ``margins`` [M, T] (any float) ``block`` at a time;
+    the same arithmetic (float64, margins centred per target first), weights float32 [len(cols), n_train]."""
+    targets = np.arange(cols.start, cols.stop)
+    train_t = targets[targets < n_train]
+    t = len(targets)
+
+    def blocks() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for b0 in range(0, len(rows), block):
+            r = rows[b0:b0 + block]
+            x = np.asarray(masks[r], dtype=bool)
+            Y = torch.as_tensor(np.ascontiguousarray(_block_rows(margins, r, cols).T))
+            D = torch.ones_like(Y)
+            if train_t.size:
+                D[: train_t.size] = torch.as_tensor(~x[:, train_t].T, dtype=torch.float64)
+            yield torch.as_tensor(x.astype(np.float64)), Y, D
+
+    dy_sum, d_sum = torch.zeros(t, 1, dtype=torch.float64), torch.zeros(t, 1, dtype=torch.float64)
+    for _, Y, D in blocks():  # pass 1: each target's mean over its models, to centre as the dense path does
+        dy_sum += (D * Y).sum(1, keepdim=True)
+        d_sum += D.sum(1, keepdim=True)
+    mean = dy_sum / d_sum.clamp_min(1)
+    s1 = torch.zeros(t, n_train, dtype=torch.float64)
+    n1 = torch.zeros(t, n_train, dtype=torch.float64)
+    s_all = torch.zeros(t, 1, dtype=torch.float64)
+    for X, Y, D in blocks():  # pass 2: sums over the models with and without each training example
+        DY = D * (Y - mean)
+        s1 += DY @ X
+        n1 += D @ X
+        s_all += DY.sum(1, keepdim=True)
+    n0 = d_sum - n1
+    w = s1 / n1.clamp_min(1) - (s_all - s1) / n0.clamp_min(1)
+    w = torch.where((n1 > 0) & (n0 > 0), w, torch.zeros_like(w)).float().numpy()
+    w[np.arange(train_t.size), train_t] = 0.0
+    return w
+
+
+def streamed_evaluate(datamodels: Datamodels, masks_eval, margins_eval, n_train: int, train_masks=None,
+                      train_margins=None, rows: np.ndarray | None = None, *, margins_replicates=None,
+                      memory_gb: float | None = None,
+                      progress: Progress = SILENT) -> tuple[dict, dict[str, np.ndarray]]:
+    """``evaluate`` with the difference-of-means baseline from the training models ``rows`` of
+    ``train_masks`` / ``train_margins``, over blocks of targets and of models under a memory budget
+    (:func:`memory_budget`): every array may be a memory map (bool/uint8 masks, float16 margins,
+    converted per block), and no [models, targets] array is whole in memory. The results equal
+    ``evaluate`` (dense) up to float summation order.
+
+    Memory: the evaluation masks as bool [m, n_train] stay whole (and the datamodels' weights); half the
+    rest of the budget goes to a block of targets (≈ 8 x (12 m + 4 n_train) bytes per target), a quarter to
+    a block of training models (≈ 8 x (n_train + 4 targets) + 2 T bytes per model) and a quarter to a block
+    of evaluation masks as float32 for the products.
+    """
+    budget = memory_budget(memory_gb)
+    masks_e = np.asarray(masks_eval, dtype=bool)
+    m = masks_e.shape[0]
+    T = datamodels.n_targets
+    if masks_e.shape != (m, n_train) or datamodels.weights.shape != (T, n_train) or margins_eval.shape[1] != T:
+        raise AuditError(f"shapes disagree: masks {masks_e.shape}, margins {margins_eval.shape}, "
+                         f"datamodels {datamodels.weights.shape}, n_train={n_train}")
+    with_base = train_masks is not None and rows is not None and len(rows) > 0
+    left = max(budget - masks_e.nbytes, 2**24)
+    chunk = int(min(T, max(1, left // 2 // (8 * (12 * m + 4 * n_train)))))
+    block = int(max(1, left // 4 // (8 * (n_train + 4 * chunk) + 2 * T)))
+    eval_block = int(max(1, left // 4 // (4 * n_train + 4 * chunk)))  # rows of float32 masks per product
+
+    def product(w: np.ndarray) -> np.ndarray:
+        """masks_eval (as float32, a block of rows at a time) @ w.T: [m, len(w)] float32."""
+        return np.concatenate([masks_e[r0:r0 + eval_block].astype(np.float32) @ w.T
+                               for r0 in range(0, m, eval_block)] or [np.zeros((0, len(w)), np.float32)])
+    out = {k: np.full(T, np.nan) for k in ("mse", "lds", "base", "floor")}
+    cnt_all = np.zeros(T, np.int64)
+    n_rep = None
+    with progress.task("evaluate: blocks of targets", total=-(-T // chunk)) as bar:
+        for c0 in range(0, T, chunk):
+            cols = slice(c0, min(T, c0 + chunk))
+            targets = np.arange(cols.start, cols.stop)
+            if margins_replicates is not None:
+                reps = np.asarray(margins_replicates[..., cols], dtype=np.float64)
+                n_rep = int(reps.shape[1])
+                measured = reps.mean(1)
+            else:
+                measured = _block_rows(margins_eval, slice(None), cols)
+            valid = np.ones(measured.shape, bool)
+            tr = targets < n_train
+            valid[:, tr] = ~masks_e[:, targets[tr]]
+            valid &= np.isfinite(measured)
+            pred = (product(datamodels.weights[cols]) + datamodels.bias[None, cols]).astype(np.float64)
+            cnt = valid.sum(0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out["mse"][cols] = np.where(cnt > 0, np.where(valid, (pred - measured) ** 2, 0.0).sum(0)
+                                            / np.maximum(cnt, 1), np.nan)
+            out["lds"][cols] = spearman_columns(pred, measured, valid)
+            cnt_all[cols] = cnt
+            if with_base:
+                bw = streamed_difference_of_means(train_masks, train_margins, np.asarray(rows), n_train, cols, block)
+                out["base"][cols] = spearman_columns(product(bw), measured, valid)
+            if margins_replicates is not None and n_rep is not None and n_rep >= 2:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out["floor"][cols] = np.where(cnt > 0, np.where(valid, reps.var(1, ddof=1), 0).sum(0)
+                                                  / np.maximum(cnt, 1), np.nan) / n_rep
+            bar.advance()
+    per_target = {"mse": out["mse"].astype(np.float32), "lds": out["lds"].astype(np.float32),
+                  "n_eval_models": cnt_all}
+    base = out["base"] if with_base else None
+    floor = out["floor"] if margins_replicates is not None else None
+    if base is not None:
+        per_target["baseline_lds"] = base.astype(np.float32)
+    if floor is not None:
+        per_target["noise_floor_mse"] = floor.astype(np.float32)
+    return _evaluation_summary(T, n_train, m, n_rep, out["lds"], out["mse"], base, floor), per_target

@@ -36,12 +36,12 @@ from audit.contract import (
 )
 from audit.data import Dataset, dataset_kind, dataset_name, load_dataset
 from audit.data.planting import LABEL_PLANT_OPTIONS, label_plant_options
-from audit.datamodels import Datamodels, difference_of_means, fit_datamodels
-from audit.datamodels import evaluate as score
+from audit.datamodels import Datamodels, fit_datamodels, streamed_evaluate
 from audit.errors import AuditError
 from audit.execution import address_setting, engine_setting, train_local, train_ray
 from audit.jsonio import read_json, save_npz, write_json
 from audit.progress import SILENT, Progress
+from audit.release import ReleaseModels, is_imported, release_models, release_weights
 from audit.store import RUN_JSON, STREAM_EVAL, RunConfig, RunStore
 from audit.training.registry import (
     DEFAULT_TRAINER,
@@ -105,6 +105,8 @@ class EvaluateConfig:
 
     n_subsets: int = setting(200, "--n-subsets", "held-out subsets to train", aliases=("--eval-subsets",))
     repeats: int = setting(1, "--repeats", "models per held-out subset, margins averaged", aliases=("-r",))
+    memory_gb: float | None = setting(None, "--memory-gb", "memory the streamed evaluation may hold, GiB "
+                                      "(default: half of the memory available)", volatile=True)
 PATH_KINDS = ("npz", "cifar10", "fmow", "folder", "csv")  # dataset specs whose argument is a file or folder
 
 
@@ -241,13 +243,28 @@ def _device(device: str) -> str:
 
 
 def load_datamodels(run_dir: Path):
+    """The run's datamodels: its fitted datamodels.npz, else (an imported run) the release's weights."""
     path = Path(run_dir) / DATAMODELS_FILE
+    if not path.exists() and is_imported(run_dir):
+        return _release_datamodels(Path(run_dir))
     if not path.exists():
         raise AuditError(f"{run_dir} has no {DATAMODELS_FILE}; run `audit fit {run_dir}` first")
     try:
         return Datamodels.load(path)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise AuditError(f"{path} is unreadable ({type(exc).__name__}: {exc}); run `audit fit {run_dir}` again") from None
+
+
+def _release_datamodels(run_dir: Path) -> Datamodels:
+    c = RunStore.read_config(run_dir)
+    published = release_weights(run_dir, c.n_train)
+    if published is None:
+        raise AuditError(f"{run_dir} was imported without the release's datamodels/ files; run `audit fit {run_dir}` "
+                         f"on its training data, or import the release again with its .pt files")
+    weights, bias, lam = published
+    nan = np.full(len(bias), np.nan, np.float32)
+    return Datamodels(weights=weights, bias=bias, lam=lam, val_mse=nan, lam_ratio=nan,
+                      n_models_fit=c.n_models, n_train=c.n_train, info={"source": "release"})
 
 
 def open_fitted(run_dir: Path, dataset: Dataset | None = None) -> tuple[RunStore, Datamodels, Dataset]:
@@ -290,12 +307,14 @@ def _scatter_sample(dm, masks_eval: np.ndarray, measured: np.ndarray, n_train: i
 
 
 def evaluate(run_dir: Path, *, n_subsets: int = EvaluateConfig.n_subsets, repeats: int = EvaluateConfig.repeats,
-             progress: Progress = SILENT) -> dict:
+             memory_gb: float | None = None, progress: Progress = SILENT) -> dict:
     """Train held-out models (``repeats`` per subset), then score datamodels and the baseline on them."""
     store = RunStore.open(run_dir, writable=False)
     dm = load_datamodels(run_dir)
-    ds = dataset_of(store)
     c = store.config
+    if is_imported(store.path):  # the release's evaluation models: nothing to train
+        return _evaluate_on(store, dm, release_models(store.path, c.n_train, c.n_test), memory_gb, progress)
+    ds = dataset_of(store)
     eval_config = RunConfig(dataset=c.dataset, fingerprint=c.fingerprint, n_train=c.n_train, n_test=c.n_test,
                             alpha=c.alpha, n_models=n_subsets * repeats, seed=c.seed, stream=STREAM_EVAL,
                             repeats=repeats, block_size=c.block_size, trainer=c.trainer,
@@ -310,12 +329,36 @@ def evaluate(run_dir: Path, *, n_subsets: int = EvaluateConfig.n_subsets, repeat
         raise AuditError(f"only {int(keep.sum())} held-out subsets trained without diverging; evaluation needs 5+")
     masks_eval = np.asarray(eval_store.masks[:n_eval]).reshape(n_subsets, repeats, c.n_train)[keep, 0]
     rows = store.finished_rows()
-    baseline = difference_of_means(np.asarray(store.masks[rows]), np.asarray(store.margins[rows]), c.n_train)
-    result, per_target = score(dm, masks_eval, margins[keep].mean(1), c.n_train, baseline_weights=baseline,
-                               margins_replicates=margins[keep] if repeats > 1 else None)
+    result, per_target = streamed_evaluate(dm, masks_eval, margins[keep].mean(1), c.n_train, store.masks,
+                                           store.margins, rows, margins_replicates=margins[keep] if repeats > 1
+                                           else None, memory_gb=memory_gb, progress=progress)
     result.update({"n_subsets": int(keep.sum()), "n_subsets_requested": n_subsets, "repeats": repeats,
                    "n_fit_models": int(len(rows))})
     per_target.update(_scatter_sample(dm, masks_eval, margins[keep].mean(1), c.n_train, c.n_targets))
+    write_json(store.path / EVALUATION_JSON, result)
+    save_npz(store.path / EVALUATION_TARGETS, **per_target)
+    return result
+
+
+def _evaluate_on(store: RunStore, dm: Datamodels, models: ReleaseModels, memory_gb: float | None,
+                 progress: Progress) -> dict:
+    """Score an imported run's datamodels on the release's evaluation models (the last rows), against
+    difference of means from its training models; streamed from the memory maps."""
+    c = store.config
+    n_eval = len(models.eval_masks)
+    if not len(models.masks):
+        raise AuditError(f"{store.path} was imported without the release's data/ files (masks and margins), which "
+                         f"evaluate needs: import the release again with them into a new --run")
+    if n_eval < 5:
+        raise AuditError(f"{store.path} was imported with {n_eval} evaluation models and its release has no "
+                         f"others; import it again with --eval-models 5 or more (the release has 10,000)")
+    rows = np.arange(len(models.masks))
+    result, per_target = streamed_evaluate(dm, models.eval_masks, models.eval_margins, c.n_train, models.masks,
+                                           models.margins, rows, memory_gb=memory_gb, progress=progress)
+    result.update({"n_subsets": n_eval, "n_subsets_requested": n_eval, "repeats": 1, "n_fit_models": len(rows)})
+    sample = min(n_eval, 2000)  # the scatter plot's dots: the first evaluation models
+    per_target.update(_scatter_sample(dm, np.asarray(models.eval_masks[:sample], bool), models.eval_margins[:sample],
+                                      c.n_train, c.n_targets))
     write_json(store.path / EVALUATION_JSON, result)
     save_npz(store.path / EVALUATION_TARGETS, **per_target)
     return result
@@ -354,6 +397,9 @@ class TrainStep(Step[TrainConfig, TrainResult]):
     def compute(self, run_dir: Path, config: TrainConfig, *, dataset: Dataset | None = None,
                 progress: Progress = SILENT) -> TrainResult:
         config.check()
+        if is_imported(run_dir):
+            raise AuditError(f"{run_dir} was imported from a published release: its models are the release's, "
+                             f"so it trains none; use `audit train` with another --run to train models of your own")
         spec = self.spec or RunStore.open(run_dir, writable=False).config.dataset
         s = train(spec, run_dir, n_models=config.n_models, alpha=config.alpha, seed=config.seed,
                   trainer=config.trainer, trainer_options=parse_trainer_options(config.options),
@@ -393,6 +439,9 @@ class TrainStep(Step[TrainConfig, TrainResult]):
         if not (run_dir / RUN_JSON).exists():
             return False
         store = RunStore.open(run_dir, writable=False)
+        if is_imported(run_dir):  # the release's models, whatever --n-models says
+            rec = self.record(run_dir)
+            return rec is not None and rec.inputs.get(self.name) == self.state(run_dir)
         if store.config.n_models < config.n_models or not np.asarray(store.done).all():
             return False
         if config.plant_labels is not None and \
@@ -584,7 +633,7 @@ class EvaluateStep(Step[EvaluateConfig, EvaluateResult]):
     def compute(self, run_dir: Path, config: EvaluateConfig, *, dataset: Dataset | None = None,
                 progress: Progress = SILENT) -> EvaluateResult:
         return EvaluateResult.from_json(evaluate(run_dir, n_subsets=config.n_subsets, repeats=config.repeats,
-                                                 progress=progress))
+                                                 memory_gb=config.memory_gb, progress=progress))
 
     def summary(self, r: EvaluateResult) -> list[Block]:
         rows = []

@@ -28,6 +28,7 @@ from audit.errors import AuditError
 from audit.execution import BlockTask, run_blocks
 from audit.jsonio import output_file, read_json, save_npz, write_json
 from audit.progress import SILENT, Progress
+from audit.release import is_imported
 from audit.seeding import STREAM_REFERENCE, model_seed
 from audit.store import RunStore, claim_block
 
@@ -132,6 +133,10 @@ def reference_models(store: RunStore, dataset: Dataset, n_models: int = 3, progr
         ref = _read(path)
         if ref.n_models >= n_models:
             return ref
+    if is_imported(store.path):
+        raise AuditError(f"{store.path} was imported from a published release, which has no full-data models: the "
+                         f"FAISS baseline needs {n_models} (--trainer {store.config.trainer.get('trainer')} on a CUDA "
+                         f"GPU); train them in a run of your own")
     blocks = ReferenceStore(store, n_models)
     trainer = store.config.trainer  # the executor builds it (locally) or sends it to the Ray workers
     run_blocks(blocks, dataset, trainer, engine=engine, address=address, progress=progress,

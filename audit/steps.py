@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from audit.audits.counterfactual import COUNTERFACTUAL
 from audit.audits.embed import EMBED
+from audit.audits.heuristic import HEURISTIC
 from audit.audits.influence import INFLUENCE
 from audit.audits.label_errors import LABEL_ERRORS
 from audit.audits.leakage_audit import LEAKAGE
@@ -16,5 +17,5 @@ from audit.audits.support import BRITTLENESS, MISLABEL
 from audit.contract import Registry
 from audit.pipeline import EVALUATE, FIT, TRAIN
 
-REGISTRY = Registry([TRAIN, FIT, EVALUATE, BRITTLENESS, MISLABEL, COUNTERFACTUAL, LEAKAGE, INFLUENCE,
+REGISTRY = Registry([TRAIN, FIT, EVALUATE, BRITTLENESS, MISLABEL, COUNTERFACTUAL, LEAKAGE, INFLUENCE, HEURISTIC,
                      LABEL_ERRORS, EMBED])

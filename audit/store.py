@@ -27,6 +27,7 @@ from audit.data.dataset import Dataset
 from audit.errors import AuditError, is_disk_full
 from audit.execution import BlockTask
 from audit.jsonio import read_json, write_json
+from audit.release import is_imported, release_models
 from audit.seeding import STREAM_EVAL, STREAM_MAIN, model_seed, subset_mask  # noqa: F401  (STREAM_EVAL re-exported)
 
 RUN_JSON = "run.json"
@@ -153,6 +154,11 @@ class RunStore:
         self.path = Path(path)
         self.config = config
         mode = "r+" if writable else "r"
+        if is_imported(self.path):  # `audit import`: the release's files, memory-mapped and checked
+            models = release_models(self.path, config.n_train, config.n_test)
+            self.masks, self.margins = models.masks, models.margins
+            self.done, self._inode = np.ones(len(models.masks), bool), None
+            return
         try:
             self.masks = np.load(self.path / "masks.npy", mmap_mode=mode)
             self.margins = np.load(self.path / "margins.npy", mmap_mode=mode)
@@ -347,9 +353,10 @@ class RunStore:
         """Indices of models that are done and did not diverge (all margins finite)."""
         done = np.flatnonzero(np.asarray(self.done))
         finite = np.ones(len(done), dtype=bool)
-        for start in range(0, len(done), 4096):
-            chunk = done[start:start + 4096]
-            finite[start:start + 4096] = np.isfinite(self.margins[chunk]).all(axis=1)
+        step = max(1, min(4096, 2**26 // max(1, self.config.n_targets)))  # ≤ 256 MiB of float32 rows at a time
+        for start in range(0, len(done), step):
+            chunk = done[start:start + step]
+            finite[start:start + step] = np.isfinite(self.margins[chunk]).all(axis=1)
         return done[finite]
 
     def summary(self) -> dict:

@@ -19,6 +19,7 @@ from audit.contract import Cost, Result, Step, config_json, settings_of
 from audit.errors import AuditError
 from audit.jsonio import write_json
 from audit.progress import SILENT, Progress
+from audit.release import is_imported
 from audit.reports.render import render_report
 from audit.steps import REGISTRY
 
@@ -111,8 +112,13 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
                           "seconds": round(time.perf_counter() - start, 2)})
 
     dataset = None
+    imported = is_imported(run_dir)
     for step in REGISTRY:
         if step.name in REGISTRY.audits() and step.name not in options.audits:
+            continue
+        if imported and needs_models_of_its_own(step):
+            steps[step.name] = {"skipped": True, "reason": IMPORTED_SKIP}
+            save()
             continue
         runner = pipeline.TRAIN.for_dataset(spec) if step is pipeline.TRAIN else step
         config = options.config(step)
@@ -136,6 +142,8 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
             on_step(step, result, entry)
     if on_cost:
         for step in left_out(options):
+            if imported and needs_models_of_its_own(step):
+                continue
             try:
                 cost = step.cost(run_dir, options.config(step))
             except AuditError:
@@ -154,6 +162,16 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
 def left_out(options: RunOptions) -> list[Step]:
     """The audits `audit run` leaves out by default (``in_run`` false) that these options did not choose."""
     return [REGISTRY[name] for name in REGISTRY.audits() if not REGISTRY[name].in_run and name not in options.audits]
+
+
+IMPORTED_SKIP = "the run was imported from a published release: this step trains models of its own (the " \
+                "release's trainer on a CUDA GPU)"
+
+
+def needs_models_of_its_own(step: Step) -> bool:
+    """Does the step train models (retraining audits; leakage's full-data reference models)? An imported run
+    has none to train; its evaluation uses the release's evaluation models instead."""
+    return step is not pipeline.EVALUATE and (step.retrains or step.name == "leakage")
 
 
 def skipped_summary(step: Step, result: Result) -> dict:

@@ -50,6 +50,7 @@ from sklearn.decomposition import PCA
 from audit import pipeline
 from audit.contract import Block, Line, Result, Step, Table, file_stamp, setting
 from audit.data.dataset import Dataset
+from audit.datamodels import memory_budget
 from audit.errors import AuditError
 from audit.jsonio import output_file, write_csv, write_json
 from audit.progress import SILENT, Progress
@@ -73,8 +74,9 @@ class EmbedConfig:
     clusters: int = setting(10, "--clusters", "k: spectral clusters of the test targets' datamodel embeddings (>= 2)")
     max_components: int = setting(100, "--max-components", "principal components kept: their coordinates are saved "
                                                            "and the clusters are computed on them")
-    memory_gb: float = setting(4.0, "--memory-gb", "memory budget for the embeddings and the clustering's affinity "
-                                                   "matrix (dense exact PCA when it fits, else sparse truncated)")
+    memory_gb: float | None = setting(None, "--memory-gb", "memory budget for the embeddings and the clustering's "
+                                                          "affinity matrix, GiB (dense exact PCA when it fits, else "
+                                                          "sparse truncated; default: half of the memory available)")
     cluster_seed: int = setting(0, "--cluster-seed", "random_state of the PCA solver and the spectral clustering")
 
 
@@ -175,7 +177,8 @@ def read_embeddings(weights: Any, rows: np.ndarray, budget: float, *, dense: boo
                 nnz += block.nnz
                 if nnz * 8 > budget / 2:
                     raise AuditError(f"the {what} embeddings have more than {nnz:,} non-zero weights "
-                                     f"({nnz * 8 / 1e9:.1f} GB), over half the memory budget of {budget / 1e9:g} GB; "
+                                     f"({nnz * 8 / 2**30:.1f} GiB), over half the memory budget of "
+                                     f"{budget / 2**30:.3g} GiB; "
                                      "raise --memory-gb")
                 parts.append(block)
             bar.advance(len(block) if dense else block.shape[0])
@@ -265,8 +268,8 @@ def check_clusters(k: int, n: int, budget: float) -> None:
         raise AuditError(f"--clusters {k} asks for at least as many clusters as there are test targets ({n})")
     need = AFFINITY_COPIES * n * n * 8
     if need > budget:
-        raise AuditError(f"clustering {n} test targets needs about {need / 1e9:.1f} GB for the affinity matrix, over "
-                         f"the memory budget of {budget / 1e9:g} GB; raise --memory-gb")
+        raise AuditError(f"clustering {n} test targets needs about {need / 2**30:.1f} GiB for the affinity matrix, over "
+                         f"the memory budget of {budget / 2**30:.3g} GiB; raise --memory-gb")
 
 
 def spectral_clusters(x: np.ndarray, k: int, seed: int, budget: float) -> tuple[np.ndarray, float]:
@@ -307,10 +310,8 @@ def embed(weights: Any, ds: Dataset, config: EmbedConfig, *, features: np.ndarra
                              ("--max-components", config.max_components, 1)):
         if value < low:
             raise AuditError(f"{flag} must be at least {low} (got {value})")
-    if config.memory_gb <= 0:
-        raise AuditError(f"--memory-gb must be positive (got {config.memory_gb})")
+    budget = memory_budget(config.memory_gb)
     n_train, n_test = ds.n_train, ds.n_test
-    budget = config.memory_gb * 1e9
     check_clusters(config.clusters, n_test, budget)  # before any work
     dense = dense_fits(n_train, n_train, budget)
     x_train, zero_train = read_embeddings(weights, np.arange(n_train), budget, dense=dense, progress=progress)

@@ -10,6 +10,7 @@ from audit.training.mlp import MLPTrainer
 DEFAULT_TRAINER = {"digits": "mlp", "npz": "mlp", "cifar10": "resnet9", "fmow": "resnet18",
                    "folder": "mlp", "csv": "mlp", "hf": "mlp"}  # users' own images: CPU unless --trainer
 GPU_TRAINERS = ("resnet9", "resnet18")
+IMPORTED = "imported"  # the trainer of a run made by `audit import`: the release's models, none of our own
 
 
 def make_trainer(name: str, **options) -> Trainer:
@@ -18,6 +19,11 @@ def make_trainer(name: str, **options) -> Trainer:
         return MLPTrainer(**options)
     if name in ("resnet9", "resnet18"):
         return make_gpu_trainer(name, **options)
+    if name == IMPORTED:
+        trainer = options.get("trainer", "resnet9")
+        raise AuditError(f"this run was imported from a published release and has no models of its own to "
+                         f"train: this step retrains models, which needs the --trainer {trainer} on a CUDA GPU; "
+                         f"train a run of your own with `audit train --trainer {trainer}` on a GPU machine")
     raise AuditError(f"unknown trainer '{name}': use mlp, resnet9 or resnet18")
 
 

@@ -60,7 +60,7 @@ def test_component_counts_agree_with_a_direct_svd_on_both_memory_branches():
     np.testing.assert_allclose(dense.datamodels.ratios, ratios[:len(dense.datamodels.ratios)], atol=1e-5)
     # a budget too small for the dense branch: sparse CSR + ARPACK, the top components only
     budget_gb = 1e-4  # 100 kB: the 60 × 60 dense branch needs 115 kB
-    assert not E.dense_fits(ds.n_train, ds.n_train, budget_gb * 1e9)
+    assert not E.dense_fits(ds.n_train, ds.n_train, budget_gb * 2**30)
     sparse, arrays, _ = E.embed(w, ds, EmbedConfig(clusters=3, max_components=20, memory_gb=budget_gb))
     assert "ARPACK" in sparse.method and not sparse.datamodels.exact and sparse.datamodels.computed == 20
     np.testing.assert_allclose(sparse.datamodels.ratios, ratios[:20], atol=1e-4)

@@ -135,10 +135,12 @@ def audited_run(small_digits_run, digits, tmp_path_factory):
     cand[pairs[:, 0], 0] = pairs[:, 1]
     data["planted"] = leakage_audit.planted_report(pairs, {"datamodels": cand}, {"datamodels": w}, 5)
     write_json(run / "audits" / "leakage.json", data)
+    from audit.audits.heuristic import HEURISTIC
     from audit.audits.influence import INFLUENCE
     from audit.audits.label_errors import LABEL_ERRORS, LabelErrorsConfig
 
     INFLUENCE.run(run, dataset=digits)
+    HEURISTIC.run(run, dataset=digits)
     LABEL_ERRORS.run(run, LabelErrorsConfig(n_replay=2), dataset=digits)
     from audit.audits.counterfactual import CounterfactualConfig, run_counterfactual
 

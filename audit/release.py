@@ -1,0 +1,305 @@
+"""The published datamodels release (one dataset's folder): its files, their checks, memory-mapped views.
+
+Layout (PCT = the subset percentage α·100): ``data/train_masks_{PCT}pct.npy`` bool [M, N_train],
+``data/{train,test}_margins_{PCT}pct.npy`` float16 [M, N_train] / [M, N_test],
+``data/{train,test}_logits_{PCT}pct.npy`` float16 [M, N, classes] (CIFAR-10 only) and
+``datamodels/{train,test}_{PCT}pct.pt`` (a dict: ``weight`` [N_train, N], ``bias`` [N], ``lam`` [N]).
+The last ``eval_models`` rows of the masks and margins are the evaluation models; the rest train.
+
+An imported run keeps ``release.json``: each file's absolute path and fingerprint (see
+:func:`fingerprint`). Nothing is copied: the arrays are read memory-mapped, and a file moved or
+changed since the import is one error when the run is opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from audit.errors import AuditError
+from audit.jsonio import read_json
+
+RELEASE_JSON = "release.json"
+DATA_ROLES = ("train_masks", "train_margins", "test_margins")
+LOGIT_ROLES = ("train_logits", "test_logits")
+WEIGHT_ROLES = ("train_weights", "test_weights")
+MASK_DTYPES = (np.dtype(bool), np.dtype(np.uint8))
+VALUE_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))
+_HEAD, _BLOCK, _SAMPLES = 1 << 16, 1 << 12, 16
+
+
+def release_paths(pct: int) -> dict[str, str]:
+    """Role -> path of each file of the layout, relative to the dataset's folder."""
+    return {"train_masks": f"data/train_masks_{pct}pct.npy", "train_margins": f"data/train_margins_{pct}pct.npy",
+            "test_margins": f"data/test_margins_{pct}pct.npy", "train_logits": f"data/train_logits_{pct}pct.npy",
+            "test_logits": f"data/test_logits_{pct}pct.npy", "train_weights": f"datamodels/train_{pct}pct.pt",
+            "test_weights": f"datamodels/test_{pct}pct.pt"}
+
+
+def fingerprint(path: Path) -> dict:
+    """Size, modification time (ns) and a SHA-256 of the first 64 KiB, 16 evenly spaced 4 KiB blocks
+    and the last 4 KiB: reads ≈ 130 KiB of a file of any size, and sees a truncated, rewritten or
+    replaced file (a change inside an unsampled block that keeps size and mtime is not seen)."""
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(_HEAD))
+        for k in range(_SAMPLES):
+            f.seek(st.st_size * k // _SAMPLES)
+            h.update(f.read(_BLOCK))
+        f.seek(max(0, st.st_size - _BLOCK))
+        h.update(f.read(_BLOCK))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+
+
+@dataclass(frozen=True)
+class NpyInfo:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+def npy_info(path: Path) -> NpyInfo:
+    """The shape and dtype in an .npy header; ValueError when the file is not a whole .npy array."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        offset = f.tell()
+    if fortran:
+        raise ValueError("is stored in Fortran order; save it in C order")
+    need = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    size = path.stat().st_size
+    if size < need:
+        raise ValueError(f"is truncated ({size:,} bytes, its header needs {need:,})")
+    return NpyInfo(tuple(int(n) for n in shape), dtype)
+
+
+def load_pt(path: Path) -> dict[str, torch.Tensor]:
+    """A datamodels .pt dict, memory-mapped where torch can (weights_only: no code runs)."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # an old (non-zip) torch.save file cannot be memory-mapped
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(data, dict) or not {"weight", "bias", "lam"} <= set(data):
+        raise ValueError("is not a dict with weight, bias and lam")
+    for key in ("weight", "bias", "lam"):
+        if not isinstance(data[key], torch.Tensor):
+            raise ValueError(f"has a {key} that is not a tensor")
+    return data
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the dataset says the files must hold."""
+
+    name: str
+    n_train: int
+    n_test: int
+    n_classes: int
+
+    def describe(self) -> str:
+        return f"{self.name} (N_train={self.n_train}, N_test={self.n_test}, {self.n_classes} classes)"
+
+
+def _shape(shape: tuple) -> str:
+    return "[" + ", ".join(str(n) for n in shape) + "]"
+
+
+def check_release(folder: Path, pct: int, expected: Expected, eval_models: int) -> dict:
+    """Check every file of the release for ``pct`` against the dataset; returns release.json's content
+    (without fingerprints). AuditError naming every mismatch (one line) and what to pass."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AuditError(f"{folder} is not a folder; give one dataset's folder of the release (holding data/ "
+                         f"and/or datamodels/)")
+    rel = release_paths(pct)
+    present = {role: folder / p for role, p in rel.items() if (folder / p).is_file()}
+    if not present:
+        found = sorted({p.name.rsplit("_", 1)[-1].split("pct")[0]
+                        for sub in ("data", "datamodels") for p in (folder / sub).glob("*pct.*")})
+        hint = f"; it holds files for --pct {' or '.join(found)}: pass one of them" if found else \
+            " (expected data/train_masks_{PCT}pct.npy ... and/or datamodels/{train,test}_{PCT}pct.pt)"
+        raise AuditError(f"{folder} holds none of the release's files for --pct {pct}{hint}")
+    problems: list[str] = []
+    sizes = {"train": expected.n_train, "test": expected.n_test}
+    n_models = None
+    data_roles = [r for r in DATA_ROLES if r in present]
+    if data_roles:
+        problems += [f"{rel[r]} is missing" for r in DATA_ROLES if r not in present]
+        shapes: dict[str, tuple] = {}
+        for role in data_roles + [r for r in LOGIT_ROLES if r in present]:
+            try:
+                info = npy_info(present[role])
+            except (OSError, ValueError) as exc:
+                problems.append(f"{rel[role]} {exc}" if isinstance(exc, ValueError) and str(exc).startswith(("is ",))
+                                else f"{rel[role]} is not a readable .npy file ({exc})")
+                continue
+            split = role.split("_")[0]
+            n = expected.n_train if role == "train_masks" else sizes[split]
+            dtypes = MASK_DTYPES if role == "train_masks" else VALUE_DTYPES
+            want = (None, n, expected.n_classes) if role in LOGIT_ROLES else (None, n)
+            if info.dtype not in dtypes:
+                problems.append(f"{rel[role]} is {info.dtype}, expected {' or '.join(map(str, dtypes))}")
+            if len(info.shape) != len(want) or any(w is not None and s != w for s, w in zip(info.shape, want)):
+                problems.append(f"{rel[role]} has shape {_shape(info.shape)}, expected "
+                                f"{_shape(['M' if w is None else w for w in want])}")
+            else:
+                shapes[role] = info.shape
+        rows = {r: s[0] for r, s in shapes.items()}
+        if len(set(rows.values())) > 1:
+            problems.append("the files disagree on the number of models M ("
+                            + ", ".join(f"{rel[r]}: {m}" for r, m in rows.items()) + ")")
+        elif rows:
+            n_models = next(iter(rows.values()))
+            if not 0 <= eval_models <= n_models - 2:
+                problems.append(f"--eval-models {eval_models} leaves {n_models - eval_models} of the {n_models} "
+                                f"models to train on: pass --eval-models below {n_models - 1}")
+    weight_roles = [r for r in WEIGHT_ROLES if r in present]
+    if weight_roles:
+        problems += [f"{rel[r]} is missing (the run's datamodels need both splits)"
+                     for r in WEIGHT_ROLES if r not in present]
+        for role in weight_roles:
+            n = sizes[role.split("_")[0]]
+            try:
+                d = load_pt(present[role])
+            except (OSError, ValueError, RuntimeError, EOFError, zipfile.BadZipFile, AttributeError) as exc:
+                problems.append(f"{rel[role]} is not a readable datamodels .pt "
+                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+                continue
+            for key, want in (("weight", (expected.n_train, n)), ("bias", (n,)), ("lam", (n,))):
+                t = d[key]
+                if tuple(t.shape) != want:
+                    problems.append(f"{rel[role]} has {key} {_shape(tuple(t.shape))}, expected {_shape(want)}")
+                if not t.is_floating_point():
+                    problems.append(f"{rel[role]} has {key} of {t.dtype}, expected a float tensor")
+    if problems:
+        raise AuditError(f"{folder} does not match {expected.describe()} at --pct {pct}: " + "; ".join(problems)
+                         + ": pass this dataset's folder of the release with its --dataset and --pct, or "
+                           "replace the files named")
+    return {"folder": str(folder.absolute()), "pct": pct, "n_models": n_models, "eval_models": eval_models,
+            "files": {role: str(path.absolute()) for role, path in present.items()}}
+
+
+def record_release(content: dict) -> dict:
+    """release.json's content with the fingerprint of each file."""
+    return {**content, "fingerprints": {role: fingerprint(Path(p)) for role, p in content["files"].items()}}
+
+
+def is_imported(run_dir: Path | str) -> bool:
+    """Was the run made by `audit import` (its models and weights are a release's files)?"""
+    return (Path(run_dir) / RELEASE_JSON).is_file()
+
+
+def read_release(run_dir: Path | str, verify: bool = True) -> dict:
+    """release.json, each file checked against its fingerprint; one error for a moved or changed file."""
+    path = Path(run_dir) / RELEASE_JSON
+    try:
+        data = read_json(path)
+        files, prints = data["files"], data["fingerprints"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AuditError(f"{path} is unreadable ({exc}); import the release again into a new --run") from None
+    if verify:
+        for role, name in files.items():
+            file = Path(name)
+            if not file.is_file():
+                raise AuditError(f"{run_dir} was imported from {file}, which is not there any more; put it back, "
+                                 f"or import the release from where it is now into a new --run")
+            if fingerprint(file) != prints.get(role):
+                raise AuditError(f"{file} changed since {run_dir} was imported from it (size, time or sampled "
+                                 f"contents differ); restore it, or import the release again into a new --run")
+    return data
+
+
+class JoinedMargins:
+    """The rows ``start:stop`` of [train margins | test margins] as float32 [rows, N_train + N_test],
+    read from the memory maps per indexing (no whole copy); indexes like a 2-D array by rows, or by
+    ``(rows, columns)``."""
+
+    def __init__(self, parts: list[np.ndarray], start: int, stop: int) -> None:
+        self.parts, self.start, self.stop = parts, start, stop
+        self.shape = (stop - start, sum(p.shape[1] for p in parts))
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        index = np.arange(self.start, self.stop)[rows]
+        if not (isinstance(cols, slice) and cols.step in (None, 1)):
+            return self[rows][..., cols]  # whole rows, then the columns in the order asked for
+        start, stop, _ = cols.indices(self.shape[1])
+        out, offset = [], 0
+        for p in self.parts:  # a column range: only its bytes of each row are read, from the parts holding it
+            a, b = max(start, offset) - offset, min(stop, offset + p.shape[1]) - offset
+            if a < b:
+                out.append(np.asarray(p[index, a:b], dtype=np.float32))
+            offset += p.shape[1]
+        if not out:
+            return np.zeros(np.shape(index) + (0,), np.float32)
+        return np.concatenate(out, axis=-1)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+@dataclass(frozen=True)
+class ReleaseModels:
+    """The release's models as the run sees them: training rows first, then the evaluation rows."""
+
+    masks: np.ndarray  # [M - E, N_train] memory map
+    margins: JoinedMargins  # [M - E, N_train + N_test]
+    eval_masks: np.ndarray  # [E, N_train] memory map
+    eval_margins: JoinedMargins  # [E, N_train + N_test]
+
+
+def release_models(run_dir: Path | str, n_train: int, n_test: int, data: dict | None = None) -> ReleaseModels:
+    """Memory-mapped views of an imported run's models (empty when it imported weights only)."""
+    data = read_release(run_dir) if data is None else data
+    files = data["files"]
+    if "train_masks" not in files:
+        empty = np.zeros((0, n_train), bool)
+        none = JoinedMargins([np.zeros((0, n_train), np.float16), np.zeros((0, n_test), np.float16)], 0, 0)
+        return ReleaseModels(empty, none, empty, none)
+    masks = np.load(files["train_masks"], mmap_mode="r")
+    parts = [np.load(files[r], mmap_mode="r") for r in ("train_margins", "test_margins")]
+    m, e = masks.shape[0], int(data["eval_models"])
+    return ReleaseModels(masks[: m - e], JoinedMargins(parts, 0, m - e), masks[m - e:], JoinedMargins(parts, m - e, m))
+
+
+def release_weights(run_dir: Path | str, n_train: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(weights [N_train + N_test, N_train] float32, bias, lam), train targets first; None without .pt files.
+
+    The .pt tensors are memory-mapped; their transposes are written once into the one float32
+    array of the run's layout (the only copy: (N_train + N_test) x N_train x 4 bytes)."""
+    data = read_release(run_dir)
+    files = data["files"]
+    if not all(r in files for r in WEIGHT_ROLES):
+        return None
+    parts = [load_pt(Path(files[r])) for r in WEIGHT_ROLES]
+    n_targets = sum(int(p["bias"].shape[0]) for p in parts)
+    weights = np.empty((n_targets, n_train), np.float32)
+    row = 0
+    for p in parts:
+        w = p["weight"]  # [N_train, N]
+        for c0 in range(0, w.shape[1], 4096):  # a block of targets at a time from the memory map
+            block = w[:, c0:c0 + 4096].to(torch.float32).numpy()
+            weights[row + c0: row + c0 + block.shape[1]] = block.T
+        row += w.shape[1]
+    bias = np.concatenate([p["bias"].to(torch.float32).numpy() for p in parts])
+    lam = np.concatenate([p["lam"].to(torch.float32).numpy() for p in parts])
+    return weights, bias, lam
+
+
+def file_size(data: dict) -> int:
+    """Total bytes of the release's files a run reads."""
+    return sum(os.path.getsize(p) for p in data["files"].values())

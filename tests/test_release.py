@@ -1,0 +1,278 @@
+"""`audit import` of a release in the published layout (fixtures/make_release.py), and streamed evaluate."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from audit import pipeline
+from audit.audits.influence import INFLUENCE
+from audit.datamodels import Datamodels, difference_of_means, evaluate, streamed_evaluate
+from audit.errors import AuditError
+from audit.release import release_paths
+from audit.release_import import import_release
+from audit.store import RunStore
+from tests.cli_inprocess import call_main
+from tests.conftest import FIXTURES, assert_one_line_error, run_cli
+
+SPEC = f"cifar10:{FIXTURES / 'cifar10'}"  # 40 train, 20 test, 10 classes
+N_MODELS, N_EVAL = 60, 20
+
+
+def _maker():
+    spec = importlib.util.spec_from_file_location("make_release", FIXTURES / "make_release.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+write_release = _maker().write_release
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("release") / "cifar"
+    truth = write_release(folder, n_models=N_MODELS)
+    return folder, truth
+
+
+@pytest.fixture(scope="module")
+def imported(release, tmp_path_factory):
+    folder, truth = release
+    run_dir = tmp_path_factory.mktemp("runs") / "cifar-release"
+    import_release(folder, SPEC, run_dir, eval_models=N_EVAL)
+    return run_dir, truth
+
+
+def test_imported_weights_are_the_pt_values_transposed(imported, release):
+    run_dir, truth = imported
+    dm = pipeline.load_datamodels(run_dir)
+    folder = release[0]
+    train = torch.load(folder / release_paths(50)["train_weights"], weights_only=True)
+    test = torch.load(folder / release_paths(50)["test_weights"], weights_only=True)
+    np.testing.assert_array_equal(dm.weights[:40], train["weight"].numpy().T)
+    np.testing.assert_array_equal(dm.weights[40:], test["weight"].numpy().T)
+    np.testing.assert_array_equal(dm.bias, np.r_[train["bias"].numpy(), test["bias"].numpy()])
+    np.testing.assert_array_equal(dm.weights, truth["weights"])
+    assert not (run_dir / pipeline.DATAMODELS_FILE).exists()  # read from the release, not copied
+
+
+def test_training_and_evaluation_rows(imported, release):
+    run_dir, _ = imported
+    folder = release[0]
+    masks = np.load(folder / release_paths(50)["train_masks"])
+    margins = np.c_[np.load(folder / release_paths(50)["train_margins"]),
+                    np.load(folder / release_paths(50)["test_margins"])].astype(np.float32)
+    store = RunStore.open(run_dir, writable=False)
+    assert store.config.n_models == N_MODELS - N_EVAL
+    np.testing.assert_array_equal(np.asarray(store.masks), masks[: N_MODELS - N_EVAL])
+    np.testing.assert_array_equal(store.margins[:], margins[: N_MODELS - N_EVAL])
+    for rows, cols in (([3, 1], slice(38, 45)), (slice(2, 9), [44, 0, 39]), (5, slice(None, None, 3)),
+                       (np.arange(40) % 2 == 0, slice(41, 41))):
+        np.testing.assert_array_equal(store.margins[rows, cols], margins[: N_MODELS - N_EVAL][rows, cols])
+    assert pipeline.TRAIN.is_current(run_dir) and pipeline.FIT.is_current(run_dir)
+
+
+def test_evaluate_scores_the_last_rows_against_difference_of_means(imported, release):
+    run_dir, truth = imported
+    folder = release[0]
+    r = pipeline.EVALUATE.run(run_dir)
+    masks = np.load(folder / release_paths(50)["train_masks"])
+    margins = np.c_[np.load(folder / release_paths(50)["train_margins"]),
+                    np.load(folder / release_paths(50)["test_margins"])].astype(np.float32)
+    dm = pipeline.load_datamodels(run_dir)
+    k = N_MODELS - N_EVAL
+    base = difference_of_means(masks[:k], margins[:k], 40)
+    dense, _ = evaluate(dm, masks[k:], margins[k:], 40, baseline_weights=base)
+    assert r.n_subsets == N_EVAL and r.n_fit_models == k
+    assert r.all.lds_mean == pytest.approx(dense["all"]["lds_mean"], abs=1e-9)
+    assert r.all.baseline_lds_mean == pytest.approx(dense["all"]["baseline_lds_mean"], abs=1e-9)
+    assert r.all.lds_mean > r.all.baseline_lds_mean  # the true weights beat difference of means
+
+
+@pytest.mark.parametrize("memory_gb", [None, 1e-6])  # the default, and a budget of one target and model a block
+def test_streamed_evaluate_equals_dense(rng, memory_gb):
+    n_train, n_test, m, m_eval = 30, 12, 80, 25
+    w = rng.normal(size=(n_train + n_test, n_train)).astype(np.float32)
+    dm = Datamodels(weights=w, bias=rng.normal(size=n_train + n_test).astype(np.float32), lam=np.zeros(0),
+                    val_mse=np.zeros(0), lam_ratio=np.zeros(0), n_models_fit=m, n_train=n_train)
+    masks = rng.random((m, n_train)) < 0.5
+    margins = (masks @ w.T + rng.normal(size=(m, n_train + n_test))).astype(np.float16)
+    masks_e = rng.random((m_eval, n_train)) < 0.5
+    margins_e = (masks_e @ w.T + rng.normal(size=(m_eval, n_train + n_test))).astype(np.float16)
+    base = difference_of_means(masks, margins.astype(np.float32), n_train)
+    dense, dense_t = evaluate(dm, masks_e, margins_e.astype(np.float32), n_train, baseline_weights=base)
+    streamed, streamed_t = streamed_evaluate(dm, masks_e, margins_e, n_train, masks.astype(np.uint8), margins,
+                                             np.arange(m), memory_gb=memory_gb)
+    for key in ("lds", "mse", "baseline_lds"):
+        np.testing.assert_allclose(streamed_t[key], dense_t[key], rtol=1e-6, atol=1e-7)
+    for group in ("all", "train", "test"):
+        for key in ("lds_mean", "mse_mean", "baseline_lds_mean"):
+            assert streamed[group][key] == pytest.approx(dense[group][key], rel=1e-6)
+
+
+def test_replicates_streamed_equals_dense(rng):
+    n_train, m_eval, reps = 10, 15, 3
+    w = rng.normal(size=(n_train + 4, n_train)).astype(np.float32)
+    dm = Datamodels(weights=w, bias=np.zeros(n_train + 4, np.float32), lam=np.zeros(0), val_mse=np.zeros(0),
+                    lam_ratio=np.zeros(0), n_models_fit=1, n_train=n_train)
+    masks_e = rng.random((m_eval, n_train)) < 0.5
+    r = masks_e[:, None] @ w.T + rng.normal(size=(m_eval, reps, n_train + 4))
+    dense, dense_t = evaluate(dm, masks_e, None, n_train, margins_replicates=r)
+    streamed, streamed_t = streamed_evaluate(dm, masks_e, r.mean(1), n_train, margins_replicates=r, memory_gb=1e-6)
+    np.testing.assert_allclose(streamed_t["noise_floor_mse"], dense_t["noise_floor_mse"], rtol=1e-6)
+    assert streamed["noise_floor_mse"] == pytest.approx(dense["noise_floor_mse"], rel=1e-6)
+
+
+def test_a_weight_only_audit_runs_on_an_imported_run(imported):
+    run_dir, _ = imported
+    result = INFLUENCE.run(run_dir)
+    assert INFLUENCE.is_current(run_dir) and result is not None
+
+
+def test_retraining_steps_say_what_they_need(imported):
+    run_dir, _ = imported
+    with pytest.raises(AuditError, match="resnet9 on a CUDA GPU"):
+        pipeline.make_trainer("imported", trainer="resnet9")
+    with pytest.raises(AuditError, match="imported from a published release"):
+        pipeline.TRAIN.run(run_dir)
+    result = call_main("leakage", str(run_dir))  # its FAISS baseline trains full-data reference models
+    assert_one_line_error(result)
+    assert "full-data models" in result.stderr and "CUDA GPU" in result.stderr
+    assert_one_line_error(call_main("brittleness", str(run_dir), "--n", "2"))
+
+
+def test_weights_only_and_data_only(tmp_path):
+    write_release(tmp_path / "w", data=False)
+    import_release(tmp_path / "w", SPEC, tmp_path / "rw", eval_models=N_EVAL)
+    assert pipeline.load_datamodels(tmp_path / "rw").weights.shape == (60, 40)
+    assert RunStore.open(tmp_path / "rw", writable=False).config.n_models == 0
+    assert INFLUENCE.run(tmp_path / "rw") is not None  # weights are all it needs
+    with pytest.raises(AuditError, match="without the release's data/ files"):
+        pipeline.EVALUATE.run(tmp_path / "rw")
+    write_release(tmp_path / "d", weights=False, logits=False)
+    import_release(tmp_path / "d", SPEC, tmp_path / "rd", eval_models=N_EVAL)
+    with pytest.raises(AuditError, match="audit fit"):
+        pipeline.load_datamodels(tmp_path / "rd")
+    fitted = pipeline.FIT.run(tmp_path / "rd", pipeline.FitConfig(n_lambdas=4))  # on the release's training rows
+    assert fitted.n_models == N_MODELS - N_EVAL
+    assert pipeline.load_datamodels(tmp_path / "rd").weights.shape == (60, 40)
+
+
+def test_a_moved_or_changed_file_is_one_error(release, tmp_path):
+    folder = tmp_path / "cifar"
+    shutil.copytree(release[0], folder)
+    import_release(folder, SPEC, tmp_path / "run", eval_models=N_EVAL)
+    margins = folder / release_paths(50)["test_margins"]
+    arr = np.load(margins)
+    arr[-1, -1] += 1
+    np.save(margins, arr)
+    for args in (["evaluate", str(tmp_path / "run")], ["influence", str(tmp_path / "run")]):
+        result = call_main(*args)
+        assert_one_line_error(result)
+        assert "changed since" in result.stderr
+    margins.rename(tmp_path / "moved.npy")
+    assert_one_line_error(proc := call_main("evaluate", str(tmp_path / "run")))
+    assert "not there any more" in proc.stderr
+
+
+def _truncate(path: Path) -> None:
+    os.truncate(path, path.stat().st_size - 100)
+
+
+def _wrong_dtype(path: Path) -> None:
+    np.save(path, np.load(path).astype(np.float64))
+
+
+def _wrong_shape(path: Path) -> None:
+    np.save(path, np.load(path)[:, :-1])
+
+
+def _bad_pt(path: Path) -> None:
+    d = torch.load(path, weights_only=True)
+    torch.save({**d, "weight": d["weight"][:-1]}, path)
+
+
+BAD = {  # name -> (role, change)
+    "missing margins": ("train_margins", lambda p: p.unlink()),
+    "missing test .pt": ("test_weights", lambda p: p.unlink()),
+    "truncated masks": ("train_masks", _truncate),
+    "float64 margins": ("test_margins", _wrong_dtype),
+    "wrong shape": ("train_margins", _wrong_shape),
+    "wrong weight shape": ("train_weights", _bad_pt),
+    "truncated .pt": ("test_weights", _truncate),
+    "logits of another class count": ("test_logits", lambda p: np.save(p, np.load(p)[..., :3])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_release_is_one_error_and_writes_nothing(release, tmp_path, name):
+    folder = tmp_path / "cifar"
+    shutil.copytree(release[0], folder)
+    role, change = BAD[name]
+    change(folder / release_paths(50)[role])
+    result = call_main("import", str(folder), "--dataset", SPEC, "--eval-models", str(N_EVAL),
+                       "--run", str(tmp_path / "run"))
+    assert_one_line_error(result)
+    assert release_paths(50)[role] in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_release_in_a_real_process(release, tmp_path):
+    folder = tmp_path / "cifar"
+    shutil.copytree(release[0], folder)
+    _truncate(folder / release_paths(50)["train_masks"])
+    _wrong_dtype(folder / release_paths(50)["test_margins"])
+    proc = run_cli("import", str(folder), "--dataset", SPEC, "--eval-models", str(N_EVAL), "--run", str(tmp_path / "run"))
+    assert_one_line_error(proc)
+    assert "train_masks_50pct.npy is truncated" in proc.stderr and "test_margins_50pct.npy is float64" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_uint8_masks_give_the_same_evaluation(imported, release, tmp_path):
+    folder = tmp_path / "cifar"
+    shutil.copytree(release[0], folder)
+    masks = folder / release_paths(50)["train_masks"]
+    np.save(masks, np.load(masks).astype(np.uint8))
+    import_release(folder, SPEC, tmp_path / "run", eval_models=N_EVAL)
+    assert pipeline.EVALUATE.run(tmp_path / "run").all == pipeline.EVALUATE.run(imported[0]).all
+
+
+@pytest.mark.parametrize("args, says", [(["--pct", "20"], "--pct 50"), (["--eval-models", "59"], "--eval-models"),
+                                        (["--dataset", "digits"], "N_train=1")])
+def test_wrong_options_in_a_real_process(release, tmp_path, args, says):
+    options = {"--dataset": SPEC, "--eval-models": str(N_EVAL), **dict(zip(args[::2], args[1::2]))}
+    opts = [x for kv in options.items() for x in kv]
+    proc = run_cli("import", str(release[0]), *opts, "--run", str(tmp_path / "run"))
+    assert_one_line_error(proc)
+    assert says in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_import_in_a_real_process_then_evaluate(release, tmp_path):
+    proc = run_cli("import", str(release[0]), "--dataset", SPEC, "--eval-models", str(N_EVAL),
+                   "--run", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((tmp_path / "run" / "release.json").read_text())
+    assert set(saved["fingerprints"]) == set(release_paths(50))
+    assert all(set(f) == {"size", "mtime_ns", "sha256"} for f in saved["fingerprints"].values())
+    assert_one_line_error(call_main("import", str(release[0]), "--dataset", SPEC, "--run", str(tmp_path / "run")))
+
+
+def test_audit_run_on_an_imported_run_does_the_weight_only_steps(release, tmp_path):
+    from audit.workflow import IMPORTED_SKIP, RunOptions, run_pipeline
+
+    import_release(release[0], SPEC, tmp_path / "run", eval_models=N_EVAL)
+    summary = run_pipeline(SPEC, tmp_path / "run", RunOptions.from_values(audits=("influence", "brittleness")))
+    steps = summary["steps"]
+    assert steps["train"]["skipped"] and steps["fit"]["skipped"]  # the release's models and weights
+    assert steps["evaluate"]["n_subsets"] == N_EVAL and not steps["influence"].get("skipped")
+    assert steps["brittleness"] == {"skipped": True, "reason": IMPORTED_SKIP}
+    assert Path(summary["report"]).is_file()
