@@ -62,6 +62,8 @@ def _validate(key: str, kind: str, value: Any, choices: tuple[str, ...] = ()) ->
         raise AuditError(f"{key} = {value!r} is a fraction; use a value between 0 and 1")
     if kind == "lds" and not -1.0 <= v <= 1.0:
         raise AuditError(f"{key} = {value!r}; LDS is a Spearman correlation between -1 and 1")
+    if kind == "correlation" and not -1.0 <= v <= 1.0:
+        raise AuditError(f"{key} = {value!r}; use a correlation between -1 and 1")
     if kind == "miles" and v <= 0:
         raise AuditError(f"{key} = {value!r}; use a distance in miles > 0")
     return v

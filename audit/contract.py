@@ -480,5 +480,9 @@ class Registry:
         """The steps after fit and evaluate that `audit run --audits` chooses among."""
         return tuple(s.name for s in self if s.name not in ("train", "fit", "evaluate"))
 
+    def default_audits(self) -> tuple[str, ...]:
+        """The audits `audit run` runs when --audits is not given: those with ``in_run``."""
+        return tuple(name for name in self.audits() if self[name].in_run)
+
     def metrics(self) -> tuple[tuple[Step, Metric], ...]:
         return tuple((s, m) for s in self for m in s.metrics)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ContextManager, Sequence
@@ -40,6 +41,17 @@ from audit.training.base import Trainer
 
 PLAN_JSON = "plan.json"
 REMOVE = -1  # list_label value meaning "remove the examples" (otherwise: relabel to this class)
+
+
+def edit_key(lists: np.ndarray, list_label: np.ndarray, l: int, k: int, r: int) -> tuple:
+    """What a model of a plan is: (new label or REMOVE, replicate, the sorted edited examples as bytes).
+
+    Two rows with the same key ask about the same model (the same edit of the same training set,
+    the same seed), in one plan or in two.
+    """
+    edited = lists[l, :k]
+    edited = np.unique(edited[edited >= 0]).astype(np.int32)
+    return (int(list_label[l]) if len(edited) else REMOVE, int(r), edited.tobytes())
 
 
 @dataclass(frozen=True)
@@ -79,10 +91,7 @@ class RetrainPlan:
         keys: dict[tuple, int] = {}
         job_list, job_k, job_rep, row_job = [], [], [], np.empty(len(row_k), dtype=np.int32)
         for i, (l, k, r) in enumerate(zip(row_list.tolist(), row_k.tolist(), row_rep.tolist())):
-            edited = lists[l, :k]
-            edited = np.unique(edited[edited >= 0])
-            label = int(list_label[l]) if len(edited) else REMOVE
-            key = (label, r, edited.tobytes())
+            key = edit_key(lists, list_label, l, k, r)
             if key not in keys:
                 keys[key] = len(job_k)
                 job_list.append(l), job_k.append(k), job_rep.append(r)
@@ -90,6 +99,11 @@ class RetrainPlan:
         as32 = lambda a: np.asarray(a, dtype=np.int32)  # noqa: E731
         return cls(lists=lists, list_label=list_label, job_list=as32(job_list), job_k=as32(job_k),
                    job_rep=as32(job_rep), row_job=row_job, row_target=row_target)
+
+    def job_keys(self) -> list[tuple]:
+        """Each job's :func:`edit_key`: what its model is trained on, whichever plan holds it."""
+        return [edit_key(self.lists, self.list_label, l, k, r)
+                for l, k, r in zip(self.job_list.tolist(), self.job_k.tolist(), self.job_rep.tolist())]
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in ("lists", "list_label", "job_list", "job_k", "job_rep",
@@ -283,6 +297,66 @@ def run_plan(root: Path | str, name: str, plan: RetrainPlan, dataset: Dataset, t
     if not store.complete:
         raise AuditError(f"{path}: another process holds some retraining blocks; wait for it and run again")
     return store.row_margins(), trained
+
+
+def finished_margins(root: Path | str, *, seed: int, trainer: dict, fingerprint: str) -> dict[tuple, float]:
+    """``{(edit key, target): margin}`` of every finished row of every job dir under ``root`` whose models
+    were trained with this seed, trainer and data (the models other audits' plans already trained).
+
+    A job dir that cannot be read is passed over: it only caches models. (The batched CPU trainer
+    sizes an epoch by the largest training set in a block, so a model found here can differ from the
+    one a fresh plan would train by a step per epoch: an equally valid model of the same edit and seed.)
+    """
+    out: dict[tuple, float] = {}
+    for meta_path in sorted(Path(root).glob(f"*/{PLAN_JSON}")):
+        folder = meta_path.parent
+        try:
+            meta = read_json(meta_path)
+            if (meta.get("seed"), meta.get("trainer"), meta.get("fingerprint")) != (seed, trainer, fingerprint):
+                continue
+            with np.load(folder / "plan.npz", allow_pickle=False) as z:
+                plan = RetrainPlan(**{name: np.asarray(z[name]) for name in RetrainPlan.__dataclass_fields__})
+            margins = np.asarray(np.load(folder / "margins.npy", mmap_mode="r"))
+            done = np.asarray(np.load(folder / "done.npy", mmap_mode="r"))
+            keys = plan.job_keys()
+            if margins.shape != (plan.n_rows,) or done.shape != (plan.n_jobs,):
+                continue
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
+            continue
+        for row in np.flatnonzero(done[plan.row_job]).tolist():
+            out[(keys[int(plan.row_job[row])], int(plan.row_target[row]))] = float(margins[row])
+    return out
+
+
+def run_rows(root: Path | str, name: str, lists: np.ndarray, list_label: np.ndarray, row_list: np.ndarray,
+             row_k: np.ndarray, row_rep: np.ndarray, row_target: np.ndarray, dataset: Dataset,
+             trainer: Trainer | dict, *, seed: int, trainer_config: dict, fingerprint: str, block_size: int,
+             options: dict | None = None, progress: Progress = SILENT, description: str = "retraining",
+             engine: str = "local", address: str | None = None) -> tuple[np.ndarray, int, int]:
+    """Margins of the rows ``(list, k, replicate, target)``, training only the models no job dir under
+    ``root`` has finished (any audit's, :func:`finished_margins`); the rest form a plan of their own
+    (resumable like every plan). Returns (row margins, models trained now, rows found already trained).
+    """
+    full = RetrainPlan.build(lists, list_label, row_list, row_k, row_rep, row_target)
+    found = finished_margins(root, seed=seed, trainer=trainer_config, fingerprint=fingerprint)
+    keys = full.job_keys()
+    margins = np.full(full.n_rows, np.nan, dtype=np.float32)
+    missing = []
+    for row, (job, target) in enumerate(zip(full.row_job.tolist(), full.row_target.tolist())):
+        value = found.get((keys[job], target))
+        if value is None:
+            missing.append(row)
+        else:
+            margins[row] = value
+    trained = 0
+    if missing:
+        rows = np.asarray(missing)
+        plan = RetrainPlan.build(full.lists, full.list_label, *(np.asarray(a).ravel()[rows]
+                                                                for a in (row_list, row_k, row_rep, row_target)))
+        margins[rows], trained = run_plan(root, name, plan, dataset, trainer, seed=seed, trainer_config=trainer_config,
+                                          fingerprint=fingerprint, block_size=block_size, options=options,
+                                          progress=progress, description=description, engine=engine, address=address)
+    return margins, trained, full.n_rows - len(missing)
 
 
 def plan_from_requests(lists: Sequence[np.ndarray] | np.ndarray, list_label: Sequence[int],

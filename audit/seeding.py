@@ -16,6 +16,7 @@ STREAM_EVAL = 1  # held-out evaluation models
 STREAM_REFERENCE = 2  # full-data reference models
 STREAM_RETRAIN = 3  # retraining plans of the support audits
 STREAM_TARGETS = 7  # the class-balanced sample of audited test targets (a draw, not models)
+STREAM_COUNTERFACTUAL = 8  # the random removed sets of the counterfactual audit (a draw)
 
 
 def sample_rng(seed: int, stream: int) -> np.random.Generator:

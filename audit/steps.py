@@ -7,6 +7,7 @@ pick it up from this list (README, "Adding an audit").
 
 from __future__ import annotations
 
+from audit.audits.counterfactual import COUNTERFACTUAL
 from audit.audits.embed import EMBED
 from audit.audits.gradients import GRADIENTS
 from audit.audits.heuristic import HEURISTIC
@@ -17,5 +18,5 @@ from audit.audits.support import BRITTLENESS, MISLABEL
 from audit.contract import Registry
 from audit.pipeline import EVALUATE, FIT, TRAIN
 
-REGISTRY = Registry([TRAIN, FIT, GRADIENTS, EVALUATE, BRITTLENESS, MISLABEL, LEAKAGE, INFLUENCE, HEURISTIC,
-                     LABEL_ERRORS, EMBED])
+REGISTRY = Registry([TRAIN, FIT, GRADIENTS, EVALUATE, BRITTLENESS, MISLABEL, COUNTERFACTUAL, LEAKAGE, INFLUENCE,
+                     HEURISTIC, LABEL_ERRORS, EMBED])

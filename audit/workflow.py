@@ -32,7 +32,7 @@ class RunOptions:
     """What `audit run` does: the settings of each step (defaults: the steps' own) and which audits."""
 
     configs: Mapping[str, Any] = field(default_factory=dict)  # step name -> its settings dataclass
-    audits: tuple[str, ...] = REGISTRY.audits()
+    audits: tuple[str, ...] = REGISTRY.default_audits()
 
     @classmethod
     def from_values(cls, audits: tuple[str, ...] | None = None, **values: Any) -> "RunOptions":
@@ -46,7 +46,7 @@ class RunOptions:
         for s in REGISTRY:
             names = {f.name for f in settings_of(s.config_type)}
             configs[s.name] = s.config_type(**{k: v for k, v in values.items() if k in names})
-        return cls(configs=configs, audits=REGISTRY.audits() if audits is None else tuple(audits))
+        return cls(configs=configs, audits=REGISTRY.default_audits() if audits is None else tuple(audits))
 
     def config(self, step: Step) -> Any:
         return self.configs.get(step.name) or step.config_type()
@@ -97,7 +97,8 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
     is the step's line of run_summary.json (``skipped`` when its result was already current,
     ``step_seconds`` its cost: when skipped, the cost recorded when it last ran).
     ``on_cost(step, cost, hint)`` is called before an audit that retrains many models starts
-    (:meth:`Step.cost`), with the option that would skip it.
+    (:meth:`Step.cost`), with the option that would skip it, and at the end for each audit left out
+    by default (``Step.in_run`` false), with how to run it.
     """
     options = options or RunOptions()
     options.check()
@@ -139,12 +140,28 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
         save()
         if on_step:
             on_step(step, result, entry)
+    if on_cost:
+        for step in left_out(options):
+            if imported and needs_models_of_its_own(step):
+                continue
+            try:
+                cost = step.cost(run_dir, options.config(step))
+            except AuditError:
+                continue  # what it would cost cannot be said now; its own command says why
+            if cost is not None:
+                on_cost(step, cost, f"not part of `audit run` by default: add it with --audits "
+                                    f"{','.join((*options.audits, step.name))} or run `audit {step.name} {run_dir}`")
     found = findings.refresh(run_dir)  # before the report, which may show them
     t0 = time.perf_counter()
     report = render_report(run_dir, progress=progress)
     steps["report"] = {"path": str(report), "step_seconds": round(time.perf_counter() - t0, 2)}
     save()
     return {"dataset": spec, "steps": steps, "report": str(report), "findings": found}
+
+
+def left_out(options: RunOptions) -> list[Step]:
+    """The audits `audit run` leaves out by default (``in_run`` false) that these options did not choose."""
+    return [REGISTRY[name] for name in REGISTRY.audits() if not REGISTRY[name].in_run and name not in options.audits]
 
 
 IMPORTED_SKIP = "the run was imported from a published release: this step trains models of its own (the " \

@@ -143,3 +143,32 @@ def test_ray_retraining_equals_local(tmp_path, digits, local_ray):
     np.testing.assert_allclose(remote, local, rtol=1e-4, atol=1e-4)
     again, n_again = run_plan(tmp_path / "ray", "t", plan, digits, trainer.config(), engine="ray", **kw)
     assert n_again == 0 and np.array_equal(again, remote)  # resumed: nothing retrained
+
+
+def test_finished_rows_of_any_plan_are_found_by_what_their_model_is(tmp_path, digits):
+    """run_rows trains only the models no job dir has finished: same edit, replicate, seed, trainer and data."""
+    from audit.retrain import finished_margins, run_rows
+
+    trainer = {"name": "mlp", **TINY_MLP}
+    plan = make_plan()
+    meta = dict(seed=0, trainer=trainer, fingerprint=digits.fingerprint())
+    store = RetrainStore.open_or_create(tmp_path / "other-audit", plan, block_size=4, **meta)
+    done = np.array([0, 1, plan.row_job[12]])  # finished by hand with known margins: no training needed to test the lookup
+    rows = np.flatnonzero(np.isin(plan.row_job, done))
+    store.write_jobs(done, rows, rows.astype(np.float32) + 0.5)
+    found = finished_margins(tmp_path, **meta)
+    keys = plan.job_keys()
+    assert found == {(keys[plan.row_job[r]], int(plan.row_target[r])): r + 0.5 for r in rows}
+    assert finished_margins(tmp_path, **{**meta, "seed": 1}) == {}
+    assert finished_margins(tmp_path, **{**meta, "trainer": {**trainer, "epochs": 2}}) == {}
+    # another plan asking, in another order and padding, for the same removals: answered without training
+    lists = np.array([[9, 5, -1, -1]])  # the same set {5, 9} as make_plan's list 0 at k = 2
+    asked = [(0, 2, 0, N_TRAIN), (0, 0, 1, N_TRAIN + 1), (0, 0, 0, N_TRAIN)]
+    a = np.array(asked)
+    margins, trained, reused = run_rows(tmp_path, "asker", lists, np.array([REMOVE]), a[:, 0], a[:, 1], a[:, 2],
+                                        a[:, 3], digits, MLPTrainer(**TINY_MLP), block_size=4, trainer_config=trainer,
+                                        seed=0, fingerprint=digits.fingerprint())
+    expect = [found[(keys[plan.row_job[12]], N_TRAIN)], found[(keys[plan.row_job[7]], N_TRAIN + 1)],
+              found[(keys[plan.row_job[0]], N_TRAIN)]]
+    assert trained == 0 and reused == 3 and margins.tolist() == expect
+    assert not (tmp_path / "asker").exists() and len(list(tmp_path.glob("asker-*"))) == 0

@@ -56,6 +56,9 @@ def test_run_does_every_step_then_skips_what_is_current(tmp_path):
     assert summary["steps"]["train"]["trained"] == 60 and summary["steps"]["fit"]["n_models"] == 60
     assert (run / "report.html").stat().st_size > 0 and "report.html" in first.stdout.replace("\n", "")
     assert "what we found" in first.stdout and "leaked test image: " in first.stdout
+    out = " ".join(first.stdout.split())  # an audit left out by default says what it would cost and how to run it
+    assert "counterfactual: up to" in out and "not part of `audit run` by default" in out
+    assert "--audits leakage,counterfactual" in out
     assert (run / "findings.json").is_file() and (run / "findings.csv").is_file()
     weights = np.load(run / "datamodels.npz")["weights"]
 
@@ -73,6 +76,16 @@ def test_the_cost_line_names_the_option_that_skips_the_audit():
     assert skip_hint(BRITTLENESS, RunOptions(audits=("brittleness", "leakage", "influence"))) == \
         "skip it with --audits leakage,influence"
     assert skip_hint(BRITTLENESS, RunOptions(audits=("brittleness",))) == "skip it with --audits ''"
+
+
+def test_counterfactual_runs_only_when_named():
+    from audit.steps import REGISTRY
+    from audit.workflow import left_out
+
+    assert "counterfactual" in REGISTRY.audits() and "counterfactual" not in REGISTRY.default_audits()
+    assert RunOptions().audits == RunOptions.from_values().audits == REGISTRY.default_audits()
+    assert [s.name for s in left_out(RunOptions())] == ["counterfactual"]
+    assert left_out(RunOptions(audits=("counterfactual",))) == []
 
 
 def test_run_rejects_bad_options_in_one_line(tmp_path):

@@ -16,6 +16,7 @@ from audit.jsonio import write_json
 from audit.store import NOT_WRITABLE
 
 _KIND_TYPE = {"count": Optional[int], "fraction": Optional[float], "miles": Optional[float], "lds": Optional[float],
+              "correlation": Optional[float],
               "choice": Optional[str], "method": Optional[str]}
 
 

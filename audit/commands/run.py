@@ -30,8 +30,10 @@ def run(
                                                         "folder:DIR, csv:FILE or hf:DIR (options after ?, "
                                                         "e.g. folder:DIR?size=32x32)"),
     run: Optional[Path] = typer.Option(None, "--run", help="run directory (default runs/<dataset>)"),
-    audits: str = typer.Option(",".join(REGISTRY.audits()), "--audits",
-                               help="comma-separated audits to run ('' for none)"),
+    audits: str = typer.Option(",".join(REGISTRY.default_audits()), "--audits",
+                               help="comma-separated audits to run ('' for none)" + "".join(
+                                   f"; {a} runs only when named" for a in REGISTRY.audits()
+                                   if a not in REGISTRY.default_audits())),
     settings: dict | None = None,
 ) -> None:
     """Train, fit and evaluate datamodels, run the audits, render the report; resumes if interrupted."""

@@ -130,8 +130,10 @@ def histograms(series: Mapping[str, Sequence[float]], xlabel: str, title: str, b
 
 
 @_styled
-def scatter_predicted(groups: Sequence[dict], title: str) -> str | None:
-    """Predicted vs actual margins; ``groups``: dicts with ``pred``, ``actual``, ``label``."""
+def scatter_predicted(groups: Sequence[dict], title: str, xlabel: str = "predicted margin (datamodel)",
+                      ylabel: str = "actual margin (held-out model)") -> str | None:
+    """Predicted vs actual values (margins by default), a colour per group; ``groups``: dicts with ``pred``,
+    ``actual``, ``label``."""
     groups = [g for g in groups if len(g["pred"])]
     if not groups:
         return None
@@ -146,8 +148,8 @@ def scatter_predicted(groups: Sequence[dict], title: str) -> str | None:
         ax.plot([lo, hi], [lo, hi], color="k", lw=0.7, ls="--")
     ax.axhline(0, color="#999", lw=0.5)
     ax.axvline(0, color="#999", lw=0.5)
-    ax.set_xlabel("predicted margin (datamodel)")
-    ax.set_ylabel("actual margin (held-out model)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(frameon=False, fontsize=7, loc="upper left", markerscale=1.5)
     return to_uri(fig)

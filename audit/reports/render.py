@@ -18,6 +18,7 @@ import numpy as np
 from rich.text import Text
 
 from audit import findings, pipeline
+from audit.audits.counterfactual import COUNTERFACTUAL
 from audit.audits.embed import EMBED, Extreme, Spectrum
 from audit.audits.geo import haversine_miles
 from audit.audits.leakage_audit import (LEAKAGE, Candidate, GeoTable, LeakageFile, MTurkScores, found_only_by,
@@ -656,6 +657,34 @@ def _leak_pairs(ctx: Context, data: LeakageFile | None, by: dict[str, dict[int, 
     return {"items": items, "order": why}
 
 
+def counterfactual_section(ctx: Context) -> dict | None:
+    """audits/counterfactual.json: predicted vs actual effect of removing training sets, a colour per heuristic
+    (paper Fig. 8), and the Spearman / Pearson correlations per heuristic and overall."""
+    r = ctx.read(COUNTERFACTUAL.load)
+    if r is None:
+        return None
+    rows = [{"heuristic": h, "n": cell(c.n_points), "spearman": cell(c.spearman), "pearson": cell(c.pearson)}
+            for h, c in [*r.per_heuristic.items(), ("all heuristics", r.overall)]]
+    groups = []
+    for h in r.heuristics:
+        pts = [p for p in r.points if p.heuristic == h and p.actual is not None]
+        c = r.per_heuristic.get(h)
+        score = f", Spearman {c.spearman:.2f}" if c is not None and c.spearman is not None else ""
+        groups.append({"pred": np.array([p.predicted for p in pts]), "actual": np.array([p.actual for p in pts]),
+                       "label": f"{h}{score}"})
+    uri = plots.scatter_predicted(groups, f"{r.n_targets} test targets, k = {', '.join(map(str, r.k_grid))}",
+                                  xlabel="predicted effect (sum of the removed weights)",
+                                  ylabel="actual effect (drop in mean margin)")
+    figures = [{"uri": uri, "caption": "Each dot is one test target and one removed set: the drop in its margin the "
+                                       "datamodel predicts against the drop measured on models retrained without the "
+                                       "set (full-data models minus retrained, means over T models). Dashed: y = x."}] \
+        if uri else []
+    facts = [("test targets", fmt(r.n_targets)), ("models per point (T)", fmt(r.T)),
+             ("sizes of the removed sets (k)", ", ".join(map(str, r.k_grid))),
+             ("full-data accuracy on the targets", fmt(r.full_data_accuracy)),
+             ("models trained / rows reused", f"{fmt(r.models_trained_now)} / {fmt(r.models_reused)}")]
+    return {"rows": rows, "figures": figures, "facts": facts, "file": _rel(COUNTERFACTUAL),
+            "skipped": [f"{h} left out: {why}" for h, why in r.skipped.items()]}
 def embed_section(ctx: Context, n_points: int = 60) -> dict | None:
     """RUN/audits/embed.json: variance curves (datamodels vs representation), component ends, clusters."""
     r = ctx.read(EMBED.load)
@@ -753,6 +782,8 @@ STEP_SECTIONS: dict[str, tuple[SectionSpec, ...]] = {
     "mislabel": (SectionSpec("mislabel", REGISTRY["mislabel"].title, "support.html",
                              lambda ctx: support_section(ctx, "mislabel"), "audit mislabel"),),
     "leakage": (SectionSpec("leakage", LEAKAGE.title, "leakage.html", leakage_section, "audit leakage"),),
+    "counterfactual": (SectionSpec("counterfactual", COUNTERFACTUAL.title, "counterfactual.html",
+                                   counterfactual_section, "audit counterfactual"),),
     "embed": (SectionSpec("embed", EMBED.title, "embed.html", embed_section, "audit embed"),),
 }
 PAGE_ORDER = ("findings", "summary", "check", "quality", "nearest")  # first on the page, then the audits

@@ -144,6 +144,10 @@ def audited_run(small_digits_run, digits, tmp_path_factory):
     INFLUENCE.run(run, dataset=digits)
     HEURISTIC.run(run, dataset=digits)
     LABEL_ERRORS.run(run, LabelErrorsConfig(n_replay=2), dataset=digits)
+    from audit.audits.counterfactual import CounterfactualConfig, run_counterfactual
+
+    run_counterfactual(run, CounterfactualConfig(n=4, T=1, k_grid=(2, 8), heuristics=("top", "bottom", "random")),
+                       dataset=digits)
     from audit.audits.embed import EMBED
 
     EMBED.run(run, dataset=digits)  # after leakage: its reference models give the representation curve

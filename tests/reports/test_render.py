@@ -288,3 +288,17 @@ def test_findings_come_first_and_every_image_has_its_labels(full):
     for chunk in thumbs:
         caption = chunk.split("</figure>")[0]
         assert 'class="lbl"' in caption and re.search(r'class="pred( differs)?"', caption), caption[:300]
+
+
+def test_counterfactual_section_has_the_scatter_and_the_correlations(full, audited_run):
+    """Fig. 8: predicted vs actual effect, a colour per heuristic, and Spearman / Pearson per heuristic and overall."""
+    from audit.audits.counterfactual import COUNTERFACTUAL
+
+    _, _, page = full
+    r = COUNTERFACTUAL.load(audited_run)
+    text = " ".join(page.in_section("counterfactual").split())
+    for heuristic in ("top", "bottom", "random", "all heuristics", "Spearman", "Pearson"):
+        assert heuristic in text, heuristic
+    assert render.fmt(r.overall.spearman) in text and render.fmt(r.per_heuristic["top"].pearson) in text
+    images = page.all("img", "counterfactual")
+    assert len(images) == 1 and "retrained" in images[0]["alt"]
