@@ -37,6 +37,7 @@ from audit.jsonio import read_json, write_json
 SCORES_DIR = "scores"
 BUILT_IN = ("datamodels", "representation", "random", "pixels")  # rankings that are not score matrices
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+IMPORTED = "imported from"  # how an imported matrix's "how" starts
 CHUNK = 4096  # rows converted or scored at a time
 
 
@@ -228,11 +229,31 @@ def check_matrix(matrix: np.ndarray, n_train: int, n_test: int, what: str) -> Li
     return "test" if matrix.shape[1] == n_test else "all"
 
 
+def _imported(how: str) -> bool:
+    return how.startswith(IMPORTED)
+
+
+def _keep_other_origin(run_dir: Path | str, name: str, how: str) -> None:
+    """Refuse to replace a score matrix of the other origin (a step's with an import, or an import with a step's):
+    re-importing a name, or re-running the step that computed it, replaces it; nothing else does."""
+    meta = info_path(run_dir, name)
+    if not meta.is_file():
+        return
+    try:
+        old = ScoreInfo.from_json(read_json(meta))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return  # unreadable: replacing it loses nothing readable
+    if _imported(old.how) != _imported(how):
+        raise AuditError(f"score matrix '{name}' of {run_dir} came from {old.source} ({old.how}); this would replace "
+                         f"it: import under another --name, or delete {matrix_path(run_dir, name)} and {meta} first")
+
+
 def save_matrix(run_dir: Path | str, name: str, matrix: np.ndarray, *, n_train: int, n_test: int, source: str,
                 how: str) -> ScoreInfo:
     """Check ``matrix`` [n_train, n_targets] and save it as the run's score matrix ``name`` (transposed to the
     run's layout, written to a temporary file and moved in place: nothing half-written)."""
     check_name(name)
+    _keep_other_origin(run_dir, name, how)
     targets = check_matrix(matrix, n_train, n_test, source)
     info = ScoreInfo(name=name, source=source, how=how, shape_given=list(matrix.shape), targets=targets,
                      n_train=n_train, n_test=n_test)
@@ -263,7 +284,7 @@ def import_scores(path: Path | str, run_dir: Path | str, *, n_train: int, n_test
     name = check_name(name if name is not None else path.stem.lower())
     matrix = read_score_file(path, key)
     return save_matrix(run_dir, name, matrix, n_train=n_train, n_test=n_test, source=str(path.absolute()),
-                       how=f"imported from {path.name}" + (f" ({key})" if key else ""))
+                       how=f"{IMPORTED} {path.name}" + (f" ({key})" if key else ""))
 
 
 # ----- using them ---------------------------------------------------------------------------------

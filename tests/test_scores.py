@@ -106,3 +106,22 @@ def test_bad_names_and_console_script(run_copy, tmp_path):
     ok = call_main("import-scores", str(tmp_path / "s.npy"), "--run", str(run_copy), "--name", "zeros")
     assert ok.returncode == 0, ok.stderr
     assert scores.load(run_copy, "zeros").weights.shape == (N_TEST, N_TRAIN)
+
+
+def test_import_never_replaces_a_computed_matrix_nor_a_step_an_imported_one(run_copy, tmp_path):
+    computed = np.ones((N_TRAIN, N_TEST), np.float32)
+    scores.save_matrix(run_copy, "tracin", computed, n_train=N_TRAIN, n_test=N_TEST, source="audit gradients",
+                       how="TracIn-CP, last layer")
+    np.save(tmp_path / "tracin.npy", np.zeros((N_TRAIN, N_TEST), np.float32))
+    proc = run_cli("import-scores", tmp_path / "tracin.npy", "--run", run_copy)
+    assert_one_line_error(proc)
+    assert "audit gradients" in proc.stderr and "--name" in proc.stderr
+    assert np.array_equal(scores.load(run_copy, "tracin").weights, computed.T)  # the computed scores survive
+    ok = call_main("import-scores", str(tmp_path / "tracin.npy"), "--run", str(run_copy), "--name", "mine")
+    assert ok.returncode == 0, ok.stderr
+    again = call_main("import-scores", str(tmp_path / "tracin.npy"), "--run", str(run_copy), "--name", "mine")
+    assert again.returncode == 0, again.stderr  # re-importing a name replaces the earlier import
+    with pytest.raises(AuditError, match="came from"):
+        scores.save_matrix(run_copy, "mine", computed, n_train=N_TRAIN, n_test=N_TEST, source="audit gradients",
+                           how="TracIn-CP, last layer")
+    assert not scores.load(run_copy, "mine").weights.any()  # the import survives a step of the same name
