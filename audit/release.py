@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,9 +85,12 @@ def npy_info(path: Path) -> NpyInfo:
 def load_pt(path: Path) -> dict[str, torch.Tensor]:
     """A datamodels .pt dict, memory-mapped where torch can (weights_only: no code runs)."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # an old (non-zip) torch.save file cannot be memory-mapped
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # an old (non-zip) torch.save file cannot be memory-mapped
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # not a torch.save file, or one holding more than tensors
+        raise ValueError(f"is not a torch.save file of tensors ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict) or not {"weight", "bias", "lam"} <= set(data):
         raise ValueError("is not a dict with weight, bias and lam")
     for key in ("weight", "bias", "lam"):

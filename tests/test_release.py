@@ -208,6 +208,7 @@ BAD = {  # name -> (role, change)
     "wrong shape": ("train_margins", _wrong_shape),
     "wrong weight shape": ("train_weights", _bad_pt),
     "truncated .pt": ("test_weights", _truncate),
+    "text file as .pt": ("train_weights", lambda p: p.write_text("not a torch file\n")),
     "logits of another class count": ("test_logits", lambda p: np.save(p, np.load(p)[..., :3])),
 }
 
