@@ -146,7 +146,10 @@ def test_retraining_steps_say_what_they_need(imported):
     result = call_main("leakage", str(run_dir))  # its FAISS baseline trains full-data reference models
     assert_one_line_error(result)
     assert "full-data models" in result.stderr and "CUDA GPU" in result.stderr
-    assert_one_line_error(call_main("brittleness", str(run_dir), "--n", "2"))
+    for command in ("brittleness", "mislabel"):  # they retrain: --features (the FAISS baseline's fix) is no way out
+        result = call_main(command, str(run_dir), "--n", "2")
+        assert_one_line_error(result)
+        assert "no models of its own to train" in result.stderr and "--features" not in result.stderr
 
 
 def test_weights_only_and_data_only(tmp_path):

@@ -305,6 +305,8 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
     weights = np.asarray(dm.weights[rows_dm], dtype=np.float32)
     bias = np.asarray(dm.bias[rows_dm], dtype=np.float32)
 
+    # the trainer first: a run that cannot retrain (an imported one) says so before any reference model is made
+    trainer = c.trainer if engine == "ray" else trainer_from_config(c.trainer)  # Ray: workers build it
     # rankings, one candidate list per (target, method)
     own = user_features(features, c.n_train, c.n_test) if features is not None else None  # --features
     need_ref = ("representation" in methods and own is None) or mode == "relabel"
@@ -321,7 +323,6 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
         lists[:, mi] = ranked if wrong is None else without_no_op_flips(ranked, ds.y_train, wrong, K)
     label = np.full((n_t, n_m), REMOVE, dtype=np.int64) if wrong is None else np.repeat(wrong[:, None], n_m, 1)
 
-    trainer = c.trainer if engine == "ray" else trainer_from_config(c.trainer)  # Ray: workers build it
     bs = int(block_size or min(c.block_size, 64))
     common = dict(seed=seed, trainer_config=c.trainer, fingerprint=c.fingerprint, block_size=bs, engine=engine,
                   address=address)
