@@ -122,11 +122,18 @@ def load(run_dir: Path | str, name: str) -> ScoreMatrix:
     path, meta = matrix_path(run_dir, name), info_path(run_dir, name)
     if not path.is_file() or not meta.is_file():
         raise AuditError(f"{run_dir} has no score matrix '{name}' (available: {', '.join(names(run_dir)) or 'none'})")
-    fix = f"import it again (audit import-scores FILE --run {run_dir} --name {name}) or delete {path}"
+    again = f"import it again (audit import-scores FILE --run {run_dir} --name {name})"
+    errors = (OSError, ValueError, TypeError, AttributeError)
     try:
         info = ScoreInfo.from_json(read_json(meta))
+    except errors as exc:
+        raise AuditError(f"{meta} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0]}); {again}, rerun the "
+                         f"step that made it (e.g. audit gradients {run_dir}) or delete {path} and {meta}") from None
+    # a step's matrix is made again by that step (an import under its name is refused: see _keep_other_origin)
+    fix = (again if _imported(info.how) else f"run `{info.source} {run_dir}` again") + f" or delete {path}"
+    try:
         weights = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, TypeError, AttributeError) as exc:
+    except errors as exc:
         raise AuditError(f"{path} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0]}); {fix}") from None
     rows = info.n_test + (info.n_train if info.targets == "all" else 0)
     if weights.shape != (rows, info.n_train) or weights.dtype != np.float32:

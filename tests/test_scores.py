@@ -125,3 +125,16 @@ def test_import_never_replaces_a_computed_matrix_nor_a_step_an_imported_one(run_
         scores.save_matrix(run_copy, "mine", computed, n_train=N_TRAIN, n_test=N_TEST, source="audit gradients",
                            how="TracIn-CP, last layer")
     assert not scores.load(run_copy, "mine").weights.any()  # the import survives a step of the same name
+
+
+def test_a_broken_matrix_names_the_broken_file_and_a_fix_that_works(run_copy, tmp_path):
+    scores.save_matrix(run_copy, "tracin", np.ones((N_TRAIN, N_TEST), np.float32), n_train=N_TRAIN, n_test=N_TEST,
+                       source="audit gradients", how="TracIn-CP, last layer")
+    npy, meta = scores.matrix_path(run_copy, "tracin"), scores.info_path(run_copy, "tracin")
+    npy.write_bytes(npy.read_bytes()[:5000])
+    with pytest.raises(AuditError, match="tracin.npy is unreadable") as e:
+        scores.load(run_copy, "tracin")
+    assert f"audit gradients {run_copy}` again" in str(e.value) and "import-scores" not in str(e.value)
+    meta.write_text('{"name":')
+    with pytest.raises(AuditError, match=r"tracin\.json is unreadable"):
+        scores.load(run_copy, "tracin")
