@@ -77,7 +77,8 @@ class EmbedConfig:
     memory_gb: float | None = setting(None, "--memory-gb", "memory budget for the embeddings and the clustering's "
                                                           "affinity matrix, GiB (dense exact PCA when it fits, else "
                                                           "sparse truncated; default: half of the memory available)")
-    cluster_seed: int = setting(0, "--cluster-seed", "random_state of the PCA solver and the spectral clustering")
+    cluster_seed: int = setting(0, "--cluster-seed", "random_state of the PCA solver and the spectral clustering",
+                                minimum=0)
 
 
 # ----- typed result ------------------------------------------------------------------------------
@@ -307,7 +308,7 @@ def embed(weights: Any, ds: Dataset, config: EmbedConfig, *, features: np.ndarra
     """
     start = time.perf_counter()
     for flag, value, low in (("--components", config.components, 1), ("--per-end", config.per_end, 1),
-                             ("--max-components", config.max_components, 1)):
+                             ("--max-components", config.max_components, 1), ("--cluster-seed", config.cluster_seed, 0)):
         if value < low:
             raise AuditError(f"{flag} must be at least {low} (got {value})")
     budget = memory_budget(config.memory_gb)

@@ -199,3 +199,14 @@ def test_the_report_shows_the_sections(embedded):
     assert section.count('class="cluster"') == r.k
     assert section.count('<figure class="thumb') == sum(4 * EmbedConfig().per_end for _ in r.top) + sum(
         len(c.examples) for c in r.clusters)
+
+
+def test_a_negative_cluster_seed_is_one_line(small_digits_run, digits, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(small_digits_run, run, ignore=shutil.ignore_patterns("claims", "*.lock", "audits"))
+    proc = call_main("embed", str(run), "--cluster-seed", "-1")  # was an internal error from scikit-learn
+    assert_one_line_error(proc)
+    assert "--cluster-seed" in proc.stderr and not EMBED.path(run).exists()
+    with pytest.raises(AuditError, match="--cluster-seed must be at least 0"):
+        E.embed(np.zeros((digits.n_train + digits.n_test, digits.n_train), np.float32), digits,
+                EmbedConfig(cluster_seed=-1))
