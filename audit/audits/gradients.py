@@ -149,8 +149,10 @@ def compute_gradients(run_dir: Path, config: GradientsConfig, dataset: Dataset |
     methods = list(dict.fromkeys(config.gradient_methods))
     if not methods or any(m not in METHODS for m in methods):
         raise AuditError(f"--gradient-methods must be among {', '.join(METHODS)} (got {', '.join(methods) or 'none'})")
-    if config.n_reference < 1 or not 0 < config.damping < 1e6:
-        raise AuditError(f"--n-reference {config.n_reference} must be at least 1 and --damping {config.damping} positive")
+    if config.n_reference < 1:
+        raise AuditError(f"--n-reference must be at least 1 (got {config.n_reference})")
+    if not 0 < config.damping < 1e6:
+        raise AuditError(f"--damping must be a positive number below 1e6 (got {config.damping})")
     start = time.perf_counter()
     store = pipeline.RunStore.open(run_dir, writable=False)
     ds = pipeline.dataset_of(store) if dataset is None else dataset
