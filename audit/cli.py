@@ -51,7 +51,6 @@ for _step in REGISTRY:  # a registered step without a hand-written command gets 
         app.command(_step.name)(step_cmd.command_for(_step))
 
 
-INTERRUPTED = "interrupted; run the same command to resume (finished work is saved)"
 
 
 def main() -> None:
@@ -102,7 +101,7 @@ def _fail(message: str) -> NoReturn:
 
 
 def _interrupted() -> NoReturn:
-    print(INTERRUPTED, file=sys.stderr)
+    print(interrupt.INTERRUPTED, file=sys.stderr)
     sys.exit(130)
 
 

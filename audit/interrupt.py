@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 
+INTERRUPTED = "interrupted; run the same command to resume (finished work is saved)"  # the one line on Ctrl-C
 _requested = False
 
 

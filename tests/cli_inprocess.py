@@ -1,6 +1,6 @@
 """Run the `audit` console entry point inside the test process (no interpreter start-up per call).
 
-``audit.cli.main`` is what the console script runs: it maps AuditError to one ``error:``
+``audit.cli.main`` is what the console script runs (through ``audit.entry``): it maps AuditError to one ``error:``
 line and exit 2, and anything unexpected to one "internal error (a bug)" line and exit 1
 with the traceback saved to a file (set AUDIT_DEBUG=1 to have it raised here instead).
 Subprocess runs (``tests.conftest.run_cli``) remain the end-to-end check; this is for

@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "audit.datamodels": 4, "audit.pipeline": 4, "audit.reference": 4, "audit.release_import": 4, "audit.scores": 4,
     "audit.audits": 5, "audit.steps": 5,
     "audit.reports": 6, "audit.checks": 6, "audit.findings": 6, "audit.export": 6,
-    "audit.workflow": 7, "audit.commands": 7, "audit.cli": 7, "audit.__main__": 7,
+    "audit.workflow": 7, "audit.commands": 7, "audit.cli": 7, "audit.entry": 7, "audit.__main__": 7,
 }
 NAMES = ("data", "training", "store", "datamodels", "audits", "reports", "commands")
 # imports that may stay inside a function: optional or slow to import, deferred on purpose
