@@ -65,6 +65,22 @@ def _flat_ip_index(dim: int, use_gpu: bool | None):
     return cpu
 
 
+def _check_dimensions(train_dim: int, query_dim: int) -> None:
+    if train_dim != query_dim:
+        raise AuditError(f"train features have {train_dim} dimensions but query features {query_dim}; compute both "
+                         f"with the same models")
+
+
+def _exact_index(train: np.ndarray, k: int, limit: int, use_gpu: bool | None):
+    """The exact inner-product index of the unit ``train`` rows, once ``1 <= k <= limit`` is checked."""
+    if not 1 <= k <= limit:
+        raise AuditError(f"k = {k} neighbours requested but only {limit} training examples can be returned; "
+                         f"use 1 <= k <= {limit}")
+    index = _flat_ip_index(train.shape[1], use_gpu)
+    index.add(train)
+    return index
+
+
 def nearest_neighbours(train_feats, query_feats, k: int, exclude_self: bool = False,
                        use_gpu: bool | None = None, progress: Progress = SILENT) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` cosine neighbours of each query among the training features.
@@ -76,18 +92,11 @@ def nearest_neighbours(train_feats, query_feats, k: int, exclude_self: bool = Fa
     """
     train = normalise_rows(train_feats, "train features")
     query = normalise_rows(query_feats, "query features")
-    if train.shape[1] != query.shape[1]:
-        raise AuditError(f"train features have {train.shape[1]} dimensions but query features "
-                         f"{query.shape[1]}; compute both with the same models")
+    _check_dimensions(train.shape[1], query.shape[1])
     if exclude_self and len(query) != len(train):
         raise AuditError(f"exclude_self needs the queries to be the training set ({len(train)} rows), "
                          f"got {len(query)}")
-    limit = len(train) - (1 if exclude_self else 0)
-    if not 1 <= k <= limit:
-        raise AuditError(f"k = {k} neighbours requested but only {limit} training examples can be returned; "
-                         f"use 1 <= k <= {limit}")
-    index = _flat_ip_index(train.shape[1], use_gpu)
-    index.add(train)
+    index = _exact_index(train, k, len(train) - (1 if exclude_self else 0), use_gpu)
     kk = k + 1 if exclude_self else k
     scores = np.empty((len(query), k), dtype=np.float32)
     idx = np.empty((len(query), k), dtype=np.int64)
@@ -280,17 +289,12 @@ def nearest_over_variants(train_feats, query_variants, k: int, total: int | None
     query's variants. ``query_variants``: an iterable of ``[n_chunk, V, D]`` arrays (chunks of queries, in
     order). Returns ``(scores, idx)`` ``[n_q, k]`` like :func:`nearest_neighbours`."""
     train = normalise_rows(train_feats, "train features")
-    if not 1 <= k <= len(train):
-        raise AuditError(f"k = {k} neighbours requested but only {len(train)} training examples can be returned; "
-                         f"use 1 <= k <= {len(train)}")
-    index = _flat_ip_index(train.shape[1], use_gpu)
-    index.add(train)
+    index = _exact_index(train, k, len(train), use_gpu)
     all_s, all_i = [], []
     with progress.task("nearest neighbours (aligned pixels)", total=total, unit="queries") as task:
         for chunk in query_variants:
             n, v, d = chunk.shape
-            if d != train.shape[1]:
-                raise AuditError(f"train features have {train.shape[1]} dimensions but query features {d}")
+            _check_dimensions(train.shape[1], d)
             q = normalise_rows(chunk.reshape(n * v, d), "query features")
             s, i = index.search(np.ascontiguousarray(q), k)
             s, i = best_of_variants(s.reshape(n, v * k), i.reshape(n, v * k), k)
