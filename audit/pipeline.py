@@ -361,7 +361,7 @@ def _evaluate_on(store: RunStore, dm: Datamodels, models: ReleaseModels, memory_
     result.update({"n_subsets": n_eval, "n_subsets_requested": n_eval, "repeats": 1, "n_fit_models": len(rows)})
     if score_names(store.path):  # imported attribution scores, on the same evaluation models
         result["scores"] = evaluate_scores(store.path, np.asarray(models.eval_masks, dtype=bool),
-                                           np.asarray(models.eval_margins), c.n_train, c.n_test)
+                                           models.eval_margins, c.n_train, c.n_test)  # read a column block at a time
     sample = min(n_eval, 2000)  # the scatter plot's dots: the first evaluation models
     per_target.update(_scatter_sample(dm, np.asarray(models.eval_masks[:sample], bool), models.eval_margins[:sample],
                                       c.n_train, c.n_targets))

@@ -30,7 +30,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from audit.contract import Result
-from audit.datamodels import spearman_columns, target_rows
+from audit.datamodels import spearman_columns
 from audit.errors import AuditError
 from audit.jsonio import read_json, write_json
 
@@ -39,6 +39,7 @@ BUILT_IN = ("datamodels", "representation", "random", "pixels")  # rankings that
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 IMPORTED = "imported from"  # how an imported matrix's "how" starts
 CHUNK = 4096  # rows converted or scored at a time
+MODEL_BLOCK = 4096  # evaluation models whose masks are float32 at once (LDS)
 
 
 class ScoreInfo(Result):
@@ -307,23 +308,30 @@ def _group(lds: np.ndarray) -> ScoreGroup:
                       lds_median=float(np.median(ok)) if ok.size else None)
 
 
-def lds_of(matrix: ScoreMatrix, masks_eval: np.ndarray, measured: np.ndarray, n_train: int) -> np.ndarray:
+def lds_of(matrix: ScoreMatrix, masks_eval: np.ndarray, measured: Any, n_train: int,
+           model_block: int = MODEL_BLOCK) -> np.ndarray:
     """Per-row LDS of a score matrix: Spearman over the held-out models between ``masks @ scores`` and the
     measured margins ``measured`` [m, n_train + n_test] (train targets only over models that leave them out,
-    as for the datamodels)."""
+    as for the datamodels). Streamed: ``CHUNK`` targets at a time (their columns of ``measured`` only, which
+    may be a memory map or the release's joined margins) and the masks as float32 ``model_block`` rows at a
+    time, so no [models, targets] or float32 [models, n_train] array is whole in memory."""
     masks_eval = np.asarray(masks_eval, dtype=bool)
     first = matrix.first_target
-    valid = target_rows(masks_eval, measured.shape[1])[:, first:] & np.isfinite(measured[:, first:])
-    x = masks_eval.astype(np.float32)
     out = np.empty(matrix.weights.shape[0], dtype=np.float64)
     for start in range(0, len(out), CHUNK):
         w = np.asarray(matrix.weights[start:start + CHUNK], dtype=np.float32)
-        cols = slice(first + start, first + start + len(w))
-        out[start:start + len(w)] = spearman_columns(x @ w.T, measured[:, cols], valid[:, start:start + len(w)])
+        lo, hi = first + start, first + start + len(w)
+        pred = np.concatenate([masks_eval[r:r + model_block].astype(np.float32) @ w.T
+                               for r in range(0, len(masks_eval), model_block)])
+        y = np.asarray(measured[:, lo:hi], dtype=np.float32)
+        valid = np.isfinite(y)
+        if lo < n_train:  # a train target counts only the models whose subset left it out (eq. 9)
+            valid[:, :n_train - lo] &= ~masks_eval[:, lo:min(hi, n_train)]
+        out[start:start + len(w)] = spearman_columns(pred, y, valid)
     return out
 
 
-def evaluate_scores(run_dir: Path | str, masks_eval: np.ndarray, measured: np.ndarray, n_train: int,
+def evaluate_scores(run_dir: Path | str, masks_eval: np.ndarray, measured: Any, n_train: int,
                     n_test: int) -> dict[str, Any]:
     """``{name: ScoreQuality json}`` for every score matrix of the run (evaluation.json "scores")."""
     out: dict[str, Any] = {}
