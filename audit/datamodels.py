@@ -83,42 +83,154 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 def _budget(device: torch.device, memory_gb: float | None) -> float:
-    """Bytes the solver may use for per-target state (and a shared Gram matrix)."""
-    if memory_gb is not None:
-        return memory_gb * 2**30
-    if device.type == "cuda":
+    """Bytes the solver may use: ``memory_gb`` GiB, else half the free memory of a CUDA device, else
+    half of the host memory available now (:func:`memory_budget`)."""
+    if memory_gb is None and device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return 0.5 * free
-    return 3.0 * 2**30
+    return float(memory_budget(memory_gb))
+
+
+def _read_rows(source, rows: np.ndarray, cols: slice | None = None, dtype=np.float32) -> np.ndarray:
+    """``source[rows][:, cols]`` as ``dtype``, reading the rows in file order (a memory map, the release's
+    joined margins or an array) and returning them in the order asked for."""
+    rows = np.asarray(rows, np.int64)
+    if rows.size and np.all(rows[1:] > rows[:-1]):
+        order, back = rows, None
+    else:
+        order, back = np.unique(rows, return_inverse=True)
+    key = (order, slice(None) if cols is None else cols)
+    out = np.asarray(source[key] if not isinstance(source, np.ndarray) else source[order][:, key[1]], dtype=dtype)
+    return out if back is None else out[back]
+
+
+class ModelRows:
+    """Rows ``rows`` of a matrix [M, n] (the models' subset masks, or any features) as the solver reads
+    them: float32 blocks [b, n] on the device, in the order of ``rows``.
+
+    Held whole on the device as float32 when that fits ``resident_bytes`` (one block: the dense path),
+    else whole as uint8 when the matrix is 0/1 (bool or uint8) and that fits (a block converted to float32
+    at a time), else read from ``source`` (a memory map) a block at a time. No float32 [M, n] copy exists
+    unless it fits the budget."""
+
+    def __init__(self, source, rows: np.ndarray, device: torch.device, resident_bytes: float,
+                 block_bytes: float = 2**27) -> None:
+        rows = np.asarray(rows, np.int64)
+        self.m, self.n = int(len(rows)), int(source.shape[1])
+        self.device = device
+        self.block = int(max(1, block_bytes // (4 * max(self.n, 1))))
+        self._source, self._rows, self._start = source, rows, 0
+        binary = np.dtype(source.dtype) in (np.dtype(bool), np.dtype(np.uint8))
+        self._f32: torch.Tensor | None = None
+        self._u8: torch.Tensor | None = None
+        if 4.0 * self.m * self.n <= resident_bytes:
+            self.mode = "float32"
+            self._f32 = torch.empty(self.m, self.n, device=device)
+            for a, b, x in self._read_blocks():
+                self._f32[a:b] = x
+        elif binary and 1.0 * self.m * self.n <= resident_bytes:
+            self.mode = "uint8"
+            self._u8 = torch.empty(self.m, self.n, dtype=torch.uint8, device=device)
+            for a in range(0, self.m, self.block):
+                self._u8[a:a + self.block] = torch.as_tensor(
+                    _read_rows(source, rows[a:a + self.block], dtype=np.uint8), device=device)
+        else:
+            self.mode = "source"
+
+    @classmethod
+    def of(cls, X: torch.Tensor | np.ndarray, device: torch.device | None = None) -> "ModelRows":
+        """A matrix held whole as float32 (solver API and tests)."""
+        X = torch.as_tensor(np.asarray(X, np.float32) if isinstance(X, np.ndarray) else X, dtype=torch.float32,
+                            device=device)
+        out = cls.__new__(cls)
+        out.m, out.n, out.device, out.block = int(X.shape[0]), int(X.shape[1]), X.device, max(1, int(X.shape[0]))
+        out._source, out._rows, out._start, out._u8, out._f32, out.mode = None, None, 0, None, X, "float32"
+        return out
+
+    def part(self, a: int, b: int) -> "ModelRows":
+        """Rows a..b of these rows, sharing their storage."""
+        out = self.__class__.__new__(self.__class__)
+        out.__dict__.update(self.__dict__)
+        out.m = int(b - a)
+        out._start = self._start + a
+        if self._f32 is not None:
+            out._f32 = self._f32[a:b]
+        if self._u8 is not None:
+            out._u8 = self._u8[a:b]
+        if self._rows is not None:
+            out._rows = self._rows[a:b]
+            out._start = 0
+        return out
+
+    def _read_blocks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        for a in range(0, self.m, self.block):
+            b = min(self.m, a + self.block)
+            yield a, b, torch.as_tensor(_read_rows(self._source, self._rows[a:b]), device=self.device)
+
+    def blocks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(first row, end row, float32 rows [b, n]) over all rows; one block when held as float32."""
+        if self._f32 is not None:
+            yield 0, self.m, self._f32
+        elif self._u8 is not None:
+            for a in range(0, self.m, self.block):
+                b = min(self.m, a + self.block)
+                yield a, b, self._u8[a:b].to(torch.float32)
+        else:
+            yield from self._read_blocks()
+
+    def columns(self, c0: int, c1: int) -> torch.Tensor:
+        """Columns c0..c1 of every row, float32 [m, c1 - c0]."""
+        if self._f32 is not None:
+            return self._f32[:, c0:c1].clone()
+        if self._u8 is not None:
+            return self._u8[:, c0:c1].to(torch.float32)
+        return torch.as_tensor(_read_rows(self._source, self._rows, slice(c0, c1)), device=self.device)
+
+    def matmul_t(self, A: torch.Tensor) -> torch.Tensor:
+        """A [t, m] @ rows [m, n] -> [t, n], one block of rows at a time."""
+        out = torch.zeros(A.shape[0], self.n, device=self.device)
+        for a, b, x in self.blocks():
+            out.addmm_(A[:, a:b], x)
+        return out
+
+    def column_sums(self) -> torch.Tensor:
+        out = torch.zeros(self.n, device=self.device, dtype=torch.float64)
+        for _, _, x in self.blocks():
+            out += x.sum(0, dtype=torch.float64)
+        return out.float()
 
 
 # ----- problems: one batch of targets over one set of rows ---------------------------------------
 class _DataOracle:
-    """Gradient, ‖r‖²/m and intercept at Z for targets with their own rows (data form: 2 GEMMs)."""
+    """Gradient, ‖r‖²/m and intercept at Z for targets with their own rows (data form: 2 GEMMs per
+    block of models, one pass over the models)."""
 
-    def __init__(self, X: torch.Tensor, Y: torch.Tensor, D: torch.Tensor | None, m1: torch.Tensor) -> None:
-        self.X, self.Y, self.D, self.m1 = X, Y, D, m1
-        t, m, n = Y.shape[0], X.shape[0], X.shape[1]
-        self._P = torch.empty(t * m, device=X.device)
-        self._G = torch.empty(t * n, device=X.device)
+    def __init__(self, X: ModelRows, Y: torch.Tensor, D: torch.Tensor | None, m: torch.Tensor, m1: torch.Tensor,
+                 mean: torch.Tensor, DX: torch.Tensor) -> None:
+        self.X, self.Y, self.D, self.m, self.m1, self.mean, self.DX = X, Y, D, m, m1, mean, DX
 
     def __call__(self, Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        t, m, n = Z.shape[0], self.X.shape[0], self.X.shape[1]
-        P = torch.mm(Z, self.X.T, out=self._P[: t * m].view(t, m))
-        P.sub_(self.Y)                                # XZ − Y
-        if self.D is not None:
-            P.mul_(self.D)
-        b = P.sum(1).div_(self.m1).neg_()             # intercept: mean over rows of (Y − XZ)
-        if self.D is not None:
-            P.addcmul_(self.D, b[:, None])            # R = D∘(XZ + b − Y)
-        else:
-            P.add_(b[:, None])
-        rn2 = torch.linalg.vector_norm(P, dim=1).pow_(2).div_(self.m1)
-        G = torch.mm(P, self.X, out=self._G[: t * n].view(t, n)).div_(self.m1[:, None])
-        return G, rn2, b
+        t = Z.shape[0]
+        G = torch.zeros(t, self.X.n, device=Z.device)
+        S = torch.zeros(t, dtype=torch.float64, device=Z.device)
+        Q = torch.zeros(t, dtype=torch.float64, device=Z.device)
+        for a, b, Xb in self.X.blocks():
+            P = torch.mm(Z, Xb.T)
+            P.sub_(self.Y[:, a:b])                    # XZ − Y (Y centred on its rows)
+            if self.D is not None:
+                P.mul_(self.D[:, a:b])
+            S += P.sum(1, dtype=torch.float64)
+            Q += torch.linalg.vecdot(P, P).double()
+            G.addmm_(P, Xb)
+        bc = (-S / self.m1.double())                  # intercept of the centred margins
+        rn2 = (Q + 2 * bc * S + bc * bc * self.m.double()).clamp_min_(0.0).div_(self.m1.double()).float()
+        bc = bc.float()
+        G.addcmul_(self.DX, bc[:, None]).div_(self.m1[:, None])  # Xᵀ D (XZ + b − Y) / m
+        return G, rn2, bc + self.mean
 
     def keep(self, mask: torch.Tensor) -> None:
-        self.Y, self.m1 = self.Y[mask], self.m1[mask]
+        self.Y, self.m, self.m1, self.mean, self.DX = (self.Y[mask], self.m[mask], self.m1[mask], self.mean[mask],
+                                                       self.DX[mask])
         if self.D is not None:
             self.D = self.D[mask]
 
@@ -143,21 +255,28 @@ class _GramOracle:
 
 
 class _DataProblem:
-    """Targets with per-target rows: X [m, n], Y [t, m], D [t, m] 0/1 or None (all rows), target-major."""
+    """Targets with per-target rows: X the models' rows, Y [t, m], D [t, m] 0/1 or None (all rows),
+    target-major. Y is kept centred on each target's rows (its mean is the intercept's offset)."""
 
-    def __init__(self, X: torch.Tensor, Y: torch.Tensor, D: torch.Tensor | None) -> None:
-        self.X, self.Y, self.D = X, Y, D
-        self.m = D.sum(1) if D is not None else torch.full((Y.shape[0],), float(X.shape[0]), device=X.device)
+    def __init__(self, X: ModelRows, Y: torch.Tensor, D: torch.Tensor | None) -> None:
+        self.X, self.D = X, D
+        self.n_features = X.n
+        dev = Y.device
+        self.m = D.sum(1) if D is not None else torch.full((Y.shape[0],), float(X.m), device=dev)
         self.m1 = self.m.clamp_min(1.0)
         DY = Y * D if D is not None else Y
         self.mean = DY.sum(1) / self.m1
-        dev2 = (Y - self.mean[:, None]).pow_(2)
+        self.Y = Y - self.mean[:, None]
+        dev2 = self.Y.pow(2)
         if D is not None:
             dev2.mul_(D)
         self.var = dev2.sum(1) / self.m1
+        del dev2
         # the gap is compared with tol × scale; the tiny mean² term keeps a constant target
         # (var 0) from chasing float32 rounding
         self.scale = self.var + 1e-6 * self.mean * self.mean
+        # Σ_i D_ji x_i: the intercept's share of the gradient (counts of rows holding each example)
+        self.DX = X.matmul_t(D) if D is not None else X.column_sums().expand(Y.shape[0], X.n).contiguous()
 
     @property
     def n_targets(self) -> int:
@@ -165,46 +284,55 @@ class _DataProblem:
 
     def lambda_max(self) -> torch.Tensor:
         """Smallest λ with all-zero weights: max_k |X_cᵀ(y − ȳ)| / m_j on each target's rows."""
-        R = self.Y - self.mean[:, None]
-        if self.D is not None:
-            R.mul_(self.D)
-        return (R @ self.X).abs_().amax(1) / self.m1
+        R = self.Y * self.D if self.D is not None else self.Y
+        return self.X.matmul_t(R).abs_().amax(1) / self.m1
 
     def lipschitz(self, steps: int = _LANCZOS_STEPS, seed: int = 0) -> torch.Tensor:
         """Per-target largest eigenvalue of X_cᵀ D X_c / m_j (batched Lanczos) × a safety factor."""
-        X, D, m1 = self.X, self.D, self.m1
+        X, D, m1, DX = self.X, self.D, self.m1, self.DX
 
         def op(V: torch.Tensor) -> torch.Tensor:
-            P = V @ X.T
-            if D is not None:
-                P.mul_(D)
-                P.addcmul_(D, (P.sum(1) / m1)[:, None], value=-1.0)
-            else:
-                P.sub_(P.mean(1, keepdim=True))
-            return (P @ X).div_(m1[:, None])
+            acc = torch.zeros_like(V)
+            s = torch.zeros(V.shape[0], device=V.device)
+            for a, b, Xb in X.blocks():
+                P = V @ Xb.T
+                if D is not None:
+                    P.mul_(D[:, a:b])
+                s += P.sum(1)
+                acc.addmm_(P, Xb)
+            return acc.addcmul_(DX, (s / m1)[:, None], value=-1.0).div_(m1[:, None])
 
-        return _lanczos_max(op, self.n_targets, X.shape[1], steps, seed, X.device) * _L_SAFETY
+        return _lanczos_max(op, self.n_targets, X.n, steps, seed, self.Y.device) * _L_SAFETY
 
     def oracle(self, cols: torch.Tensor | None) -> _DataOracle:
         if cols is None:
-            return _DataOracle(self.X, self.Y, self.D, self.m1)
+            return _DataOracle(self.X, self.Y, self.D, self.m, self.m1, self.mean, self.DX)
         D = None if self.D is None else self.D.index_select(0, cols)
-        return _DataOracle(self.X, self.Y.index_select(0, cols), D, self.m1[cols])
+        return _DataOracle(self.X, self.Y.index_select(0, cols), D, self.m[cols], self.m1[cols], self.mean[cols],
+                           self.DX.index_select(0, cols))
 
 
 class _GramProblem:
-    """Targets that all use every row of X: solved in Gram form (n × n shared matrix)."""
+    """Targets that all use every row of X: solved in Gram form (n × n shared matrix), built in one
+    pass over the models (two when X is read a block at a time: the column means first)."""
 
-    def __init__(self, X: torch.Tensor, Y: torch.Tensor) -> None:
-        m = X.shape[0]
+    def __init__(self, X: ModelRows, Y: torch.Tensor) -> None:
+        m = X.m
         self.X = X
-        self.xbar = X.mean(0)
-        Xc = X - self.xbar
-        self.C = (Xc.T @ Xc).div_(m)
+        self.n_features = X.n
+        dev = Y.device
+        self.xbar = X.column_sums() / m
         self.mean = Y.mean(1)
         Yc = Y - self.mean[:, None]
-        self.c = (Yc @ Xc).div_(m)
-        del Xc
+        self.C = torch.zeros(X.n, X.n, device=dev)
+        self.c = torch.zeros(Y.shape[0], X.n, device=dev)
+        for a, b, Xb in X.blocks():
+            Xc = Xb - self.xbar
+            self.C.addmm_(Xc.T, Xc)
+            self.c.addmm_(Yc[:, a:b], Xc)
+            del Xc
+        self.C.div_(m)
+        self.c.div_(m)
         self.var = Yc.pow_(2).sum(1) / m
         self.m = torch.full_like(self.mean, float(m))
         self.scale = self.var + 1e-6 * self.mean * self.mean
@@ -231,10 +359,13 @@ _Problem = _DataProblem | _GramProblem
 
 
 def _lanczos_max(op, t: int, n: int, steps: int, seed: int, device: torch.device) -> torch.Tensor:
-    """Largest Ritz value after ``steps`` Lanczos steps of a PSD operator on [t, n] blocks (per row)."""
+    """Largest Ritz value after ``steps`` Lanczos steps of a PSD operator on [t, n] blocks (per row).
+
+    Every row starts from the same seeded random vector, so a target's estimate does not depend on
+    which other targets share its batch (the fit's result does not depend on the memory budget)."""
     steps = max(1, min(steps, n))
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    V = torch.randn(t, n, generator=gen).to(device)
+    V = torch.randn(n, generator=gen).expand(t, n).contiguous().to(device)
     V /= torch.linalg.vector_norm(V, dim=1, keepdim=True).clamp_min(1e-30)
     V_prev = torch.zeros_like(V)
     beta = torch.zeros(t, device=device)
@@ -369,8 +500,8 @@ def _gram_ok(m: int, n: int, budget: float) -> bool:
     return n < 2 * m and 4.0 * n * n <= 0.25 * budget
 
 
-def _make_problem(X: torch.Tensor, Y: torch.Tensor, D: torch.Tensor | None, budget: float) -> _Problem:
-    if D is None and _gram_ok(X.shape[0], X.shape[1], budget):
+def _make_problem(X: ModelRows, Y: torch.Tensor, D: torch.Tensor | None, budget: float) -> _Problem:
+    if D is None and _gram_ok(X.m, X.n, budget):
         return _GramProblem(X, Y)
     return _DataProblem(X, Y, D)
 
@@ -378,15 +509,15 @@ def _make_problem(X: torch.Tensor, Y: torch.Tensor, D: torch.Tensor | None, budg
 def _problem_from_numpy(X: np.ndarray, Y: np.ndarray, D: np.ndarray | None, device: str,
                         memory_gb: float | None = None) -> _Problem:
     dev = _device(device)
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float32), device=dev)
+    Xr = ModelRows.of(X, dev)
     Y = np.asarray(Y, dtype=np.float32)
-    if Y.ndim != 2 or Y.shape[0] != Xt.shape[0] or (D is not None and np.shape(D) != Y.shape):
-        raise InternalError(f"shape mismatch: X {tuple(Xt.shape)}, Y {Y.shape}, D {None if D is None else np.shape(D)}")
+    if Y.ndim != 2 or Y.shape[0] != Xr.m or (D is not None and np.shape(D) != Y.shape):
+        raise InternalError(f"shape mismatch: X {(Xr.m, Xr.n)}, Y {Y.shape}, D {None if D is None else np.shape(D)}")
     Yt = torch.as_tensor(np.ascontiguousarray(Y.T), device=dev)
     Dt = None
     if D is not None and not np.all(D):
         Dt = torch.as_tensor(np.ascontiguousarray(np.asarray(D, dtype=np.float32).T), device=dev)
-    return _make_problem(Xt, Yt, Dt, _budget(dev, memory_gb))
+    return _make_problem(Xr, Yt, Dt, _budget(dev, memory_gb))
 
 
 def lambda_max(X: np.ndarray, Y: np.ndarray, D: np.ndarray | None = None, *, device: str = "cpu") -> np.ndarray:
@@ -405,7 +536,7 @@ def solve_lasso(X: np.ndarray, Y: np.ndarray, lam: np.ndarray | float, D: np.nda
     """
     problem = _problem_from_numpy(X, Y, D, device, memory_gb)
     dev = problem.X.device
-    t, n = problem.n_targets, problem.X.shape[1]
+    t, n = problem.n_targets, problem.n_features
     lam_t = torch.as_tensor(np.broadcast_to(np.asarray(lam, dtype=np.float32), (t,)).copy(), device=dev)
     W = torch.zeros(t, n, device=dev) if W0 is None else torch.as_tensor(np.asarray(W0, np.float32), device=dev)
     res = _solve(problem, lam_t, W, problem.lipschitz(), None, tol=tol, max_iter=max_iter)
@@ -438,7 +569,7 @@ def lasso_path(X: np.ndarray, Y: np.ndarray, D: np.ndarray | None = None, *, n_l
     problem = _problem_from_numpy(X, Y, D, device)
     lmax = problem.lambda_max()
     L = problem.lipschitz()
-    W = torch.zeros(problem.n_targets, problem.X.shape[1], device=problem.X.device)
+    W = torch.zeros(problem.n_targets, problem.n_features, device=problem.X.device)
     for k, r in enumerate(lambda_ratios(n_lambdas, lambda_min_ratio)):
         lam = lmax * float(r)
         res = _solve(problem, lam, W, L, None, tol=tol, max_iter=max_iter)
@@ -517,15 +648,29 @@ def _split(m: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def fit_datamodels(masks: np.ndarray, margins: np.ndarray, n_train: int, *, n_lambdas: int = 24,
+def _finite_rows(margins, rows: np.ndarray, block_bytes: float = 2**26) -> np.ndarray:
+    """Bool [len(rows)]: is every margin of the model finite? Reads the margins a block of models at a time."""
+    rows = np.asarray(rows, np.int64)
+    per = max(1, int(block_bytes // (4 * max(1, margins.shape[1]))))
+    out = np.empty(len(rows), bool)
+    for a in range(0, len(rows), per):
+        out[a:a + per] = np.isfinite(_read_rows(margins, rows[a:a + per])).all(1)
+    return out
+
+
+def fit_datamodels(masks, margins, n_train: int, *, rows: np.ndarray | None = None,
+                   targets: slice | None = None, n_lambdas: int = 24,
                    lambda_min_ratio: float = 1e-3, val_fraction: float = 0.1, seed: int = 0,
                    device: str = "cpu", tol: float = 1e-4, path_tol: float = 1e-3, max_iter: int = 1000,
                    patience: int = 3, min_improvement: float = 1e-3, selection: str = "min",
                    memory_gb: float | None = None, progress: Progress = SILENT) -> Datamodels:
     """Fit one LASSO datamodel per target, λ chosen per target on held-out models.
 
-    masks bool [m, n_train]; margins [m, T] with train targets first. Models with a
-    non-finite margin are dropped (counted in ``info['n_models_dropped']``).
+    masks [M, n_train] (bool or uint8) and margins [M, T] (any float; train targets first) may be
+    arrays or memory maps (or the release's joined margins); ``rows``: the models to use (default:
+    all). ``targets``: a range of target columns to fit (default: all; the result then holds those
+    targets only, ``info['targets']`` says which). Models with a non-finite margin are dropped
+    (counted in ``info['n_models_dropped']``).
 
     1. A seeded random ``val_fraction`` of the models is held out; the rest are fit models.
     2. λ path r_k = 1 … ``lambda_min_ratio`` (``n_lambdas`` log-spaced), λ_j,k = λ_max(j)·r_k
@@ -539,43 +684,53 @@ def fit_datamodels(masks: np.ndarray, margins: np.ndarray, n_train: int, *, n_la
        Targets with no validation rows take the median chosen step of the others.
     4. Refit on all models at λ_j (gap ≤ ``tol``·var_j), warm-started from step 2's solution.
 
-    Train targets (own rows) are solved in data form; test targets (all rows) in Gram form
-    when n_train < 2m and the n×n matrix fits. Targets run in chunks that fit
-    ``memory_gb`` (default 3 GiB on CPU, half the free memory on CUDA); X is held densely
-    on the device as float32.
+    Memory (``memory_gb``; default half the free memory of a CUDA device, else half of the host memory
+    available): the masks are held on the device as float32 when that takes at most half the budget,
+    else as uint8 (converted a block of models at a time), else read from ``masks`` a block at a time;
+    the margins are read a block of targets at a time, converted to float32 per block; the targets run
+    in blocks that fit the rest. Train targets (own rows) are solved in data form, test targets (all
+    rows) in Gram form when n_train < 2m and the n×n matrix fits. The result does not depend on the
+    budget (up to float summation order).
     """
     t_start = time.perf_counter()
     if selection not in ("min", "1se"):
         raise AuditError(f"unknown λ selection rule '{selection}': use min or 1se")
-    masks = np.asarray(masks, dtype=bool)
-    margins = np.asarray(margins, dtype=np.float32)
-    if masks.ndim != 2 or margins.ndim != 2 or masks.shape[0] != margins.shape[0]:
-        raise AuditError(f"masks [m, n_train] and margins [m, T] must have the same m; got {masks.shape}, "
-                         f"{margins.shape}")
+    if isinstance(masks, (list, tuple)) or not hasattr(masks, "shape"):
+        masks = np.asarray(masks, dtype=bool)
+    if isinstance(margins, (list, tuple)) or not hasattr(margins, "shape"):
+        margins = np.asarray(margins, dtype=np.float32)
+    if len(masks.shape) != 2 or len(margins.shape) != 2 or masks.shape[0] != margins.shape[0]:
+        raise AuditError(f"masks [m, n_train] and margins [m, T] must have the same m; got {tuple(masks.shape)}, "
+                         f"{tuple(margins.shape)}")
     if masks.shape[1] != n_train or margins.shape[1] < n_train:
         raise AuditError(f"masks have {masks.shape[1]} columns and margins {margins.shape[1]}; n_train={n_train}")
-    finite = np.isfinite(margins).all(1)
+    if np.dtype(masks.dtype) not in (np.dtype(bool), np.dtype(np.uint8)):
+        masks = np.asarray(masks, dtype=bool)
+    rows = np.arange(masks.shape[0]) if rows is None else np.asarray(rows, np.int64)
+    T_all = int(margins.shape[1])
+    t0, t1, _ = (targets or slice(0, T_all)).indices(T_all)
+    finite = _finite_rows(margins, rows)
     n_dropped = int((~finite).sum())
-    if n_dropped:
-        masks, margins = masks[finite], margins[finite]
-    m, T = margins.shape
+    rows = rows[finite]
+    m = len(rows)
     if m < 10:
         raise AuditError(f"{m} usable models; fitting datamodels needs at least 10 (ideally thousands)")
     dev = _device(device)
     ratios = lambda_ratios(n_lambdas, lambda_min_ratio)
-    fit_rows, val_rows = _split(m, val_fraction, seed)
-    m_fit = len(fit_rows)
-    order = np.concatenate([fit_rows, val_rows])
-    masks, margins = masks[order], margins[order]  # fit models first, then validation models
-    X = torch.as_tensor(masks.astype(np.float32), device=dev)
-    X_fit, X_val = X[:m_fit], X[m_fit:]
+    fit_idx, val_idx = _split(m, val_fraction, seed)
+    m_fit = len(fit_idx)
+    order = np.concatenate([rows[fit_idx], rows[val_idx]])  # fit models first, then validation models
     budget = _budget(dev, memory_gb)
-    gram = _gram_ok(m_fit, n_train, budget)
-    per_target = 4.0 * (10 * m + 10 * n_train)
-    chunk = max(1, int((budget - (8.0 * n_train * n_train if gram else 0.0)) // per_target))
-    groups = [(c0, min(n_train, c0 + chunk), True) for c0 in range(0, n_train, chunk)]
-    groups += [(c0, min(T, c0 + chunk), False) for c0 in range(n_train, T, chunk)]
+    X = ModelRows(masks, order, dev, resident_bytes=0.5 * budget, block_bytes=min(2.0**27, budget / 16))
+    X_fit, X_val = X.part(0, m_fit), X.part(m_fit, m)
+    held = {"float32": 4.0, "uint8": 1.0}.get(X.mode, 0.0) * m * n_train
+    gram = _gram_ok(m_fit, n_train, budget - held)
+    per_target = 4.0 * (8 * m + 10 * n_train)
+    chunk = max(1, int((budget - held - (8.0 * n_train * n_train if gram else 0.0)) // per_target))
+    groups = [(c0, min(n_train, t1, c0 + chunk), True) for c0 in range(t0, min(n_train, t1), chunk)]
+    groups += [(c0, min(t1, c0 + chunk), False) for c0 in range(max(n_train, t0), t1, chunk)]
 
+    T = t1 - t0
     weights = np.zeros((T, n_train), np.float32)
     bias = np.zeros(T, np.float32)
     lam = np.zeros(T, np.float32)
@@ -590,12 +745,13 @@ def fit_datamodels(masks: np.ndarray, margins: np.ndarray, n_train: int, *, n_la
 
     with progress.task("fitting datamodels (λ path)", total=len(groups) * (len(ratios) + 1), unit="steps") as bar:
         for c0, c1, own_rows in groups:
-            Y = torch.as_tensor(np.ascontiguousarray(margins[:, c0:c1].T), device=dev)
+            Y = torch.as_tensor(np.ascontiguousarray(_read_rows(margins, order, slice(c0, c1)).T), device=dev)
             D = None
             if own_rows:  # train target j: only the models whose subset excluded j
-                D = torch.as_tensor(np.ascontiguousarray(~masks[:, c0:c1].T), device=dev, dtype=torch.float32)
+                D = X.columns(c0, c1).T.contiguous()
+                D.neg_().add_(1.0)
             fit_p = _make_problem(X_fit, Y[:, :m_fit].contiguous(),
-                                  None if D is None else D[:, :m_fit].contiguous(), budget)
+                                  None if D is None else D[:, :m_fit].contiguous(), budget - held)
             Yv, Dv = Y[:, m_fit:], (None if D is None else D[:, m_fit:])
             best_k, best_mse, best_W, path_mse, path_se, L, steps = _path(
                 fit_p, X_val, Yv, Dv, ratios, tol=path_tol, max_iter=max_iter, patience=patience,
@@ -612,7 +768,7 @@ def fit_datamodels(masks: np.ndarray, margins: np.ndarray, n_train: int, *, n_la
             r_chosen = ratios[bk].astype(np.float32)
             lam_c = lmax * torch.as_tensor(r_chosen, device=dev)
             # refit on every model at the chosen λ (data form reuses the path's step sizes)
-            refit_p = _make_problem(X, Y, D, budget)
+            refit_p = _make_problem(X, Y, D, budget - held)
             if isinstance(refit_p, _GramProblem):
                 L = refit_p.lipschitz()
             res = _solve(refit_p, lam_c, best_W, L, None, tol=tol, max_iter=max(max_iter, 2000))
@@ -627,32 +783,36 @@ def fit_datamodels(masks: np.ndarray, margins: np.ndarray, n_train: int, *, n_la
                 no_rows = refit_p.m == 0
                 if bool(no_rows.any()):  # in every model: no datamodel, predict its mean margin
                     b = torch.where(no_rows, Y.mean(1), b)
-            weights[c0:c1] = W.cpu().numpy()
-            bias[c0:c1] = b.cpu().numpy()
-            lam[c0:c1] = lam_c.cpu().numpy()
-            lam_ratio[c0:c1] = r_chosen
-            lam_max_fit[c0:c1] = lmax.cpu().numpy()
-            val_mse[c0:c1] = np.where(has_val, mse_np[np.arange(c1 - c0), bk], np.nan)
-            val_path[c0:c1] = path_mse.cpu().numpy()
-            n_rows[c0:c1] = refit_p.m.cpu().numpy().astype(np.int64)
+            o0, o1 = c0 - t0, c1 - t0
+            weights[o0:o1] = W.cpu().numpy()
+            bias[o0:o1] = b.cpu().numpy()
+            lam[o0:o1] = lam_c.cpu().numpy()
+            lam_ratio[o0:o1] = r_chosen
+            lam_max_fit[o0:o1] = lmax.cpu().numpy()
+            val_mse[o0:o1] = np.where(has_val, mse_np[np.arange(c1 - c0), bk], np.nan)
+            val_path[o0:o1] = path_mse.cpu().numpy()
+            n_rows[o0:o1] = refit_p.m.cpu().numpy().astype(np.int64)
             del refit_p, Y, D, res, best_W
 
-    info = {"n_models_dropped": n_dropped, "n_models_val": int(len(val_rows)), "device": str(dev),
+    info = {"n_models_dropped": n_dropped, "n_models_val": int(len(val_idx)), "device": str(dev),
             "n_chunks": len(groups), "chunk_size": int(chunk), "gram_form_test_targets": bool(gram),
+            "masks_held_as": X.mode, "memory_budget_gb": round(budget / 2**30, 3),
             "tol": tol, "path_tol": path_tol, "patience": patience, "min_improvement": min_improvement,
             "selection": selection, "n_lambdas": int(n_lambdas), "lambda_min_ratio": lambda_min_ratio, "val_fraction": val_fraction,
             "seed": seed, "seconds": round(time.perf_counter() - t_start, 3), **stats}
+    if (t0, t1) != (0, T_all):
+        info["targets"] = [int(t0), int(t1)]
     return Datamodels(weights=weights, bias=bias, lam=lam, val_mse=val_mse, lam_ratio=lam_ratio,
                       n_models_fit=int(m), n_train=int(n_train), lam_max=lam_max_fit, n_rows=n_rows,
                       ratios=ratios.astype(np.float64), val_mse_path=val_path, info=info)
 
 
-def _path(problem: _Problem, X_val: torch.Tensor, Yv: torch.Tensor, Dv: torch.Tensor | None, ratios: np.ndarray, *,
+def _path(problem: _Problem, X_val: ModelRows, Yv: torch.Tensor, Dv: torch.Tensor | None, ratios: np.ndarray, *,
           tol: float, max_iter: int, patience: int, min_improvement: float, seed: int, bar, stats: dict):
     """Warm-started path with per-target early stopping. Returns (best step, best val MSE,
     weights at the best step, val MSE per step [t, K], step sizes L, steps run)."""
-    dev = X_val.device
-    t, n = problem.n_targets, problem.X.shape[1]
+    dev = Yv.device
+    t, n = problem.n_targets, problem.n_features
     lmax = problem.lambda_max()
     t_l = time.perf_counter()
     L = problem.lipschitz(seed=seed)
@@ -664,7 +824,7 @@ def _path(problem: _Problem, X_val: torch.Tensor, Yv: torch.Tensor, Dv: torch.Te
     stall = torch.zeros(t, dtype=torch.long, device=dev)
     path_mse = torch.full((t, len(ratios)), float("nan"), device=dev)
     path_se = torch.full((t, len(ratios)), float("nan"), device=dev)
-    mv = Dv.sum(1) if Dv is not None else torch.full((t,), float(X_val.shape[0]), device=dev)
+    mv = Dv.sum(1) if Dv is not None else torch.full((t,), float(X_val.m), device=dev)
     active = torch.arange(t, device=dev)
     steps = 0
     for k, r in enumerate(ratios):
@@ -683,12 +843,18 @@ def _path(problem: _Problem, X_val: torch.Tensor, Yv: torch.Tensor, Dv: torch.Te
         W[active] = res.W
         L[active] = res.L
         # validation MSE at this step, on each target's validation rows
-        err = (res.W @ X_val.T).add_(res.b[:, None]).sub_(Yv[active]).pow_(2)
-        if Dv is not None:
-            err.mul_(Dv[active])
+        Ya, Da = Yv[active], (None if Dv is None else Dv[active])
+        err = torch.zeros(active.numel(), device=dev)
+        err_sq = torch.zeros(active.numel(), device=dev)
+        for a, b, Xb in X_val.blocks():  # squared errors summed over the validation models, a block at a time
+            E = (res.W @ Xb.T).add_(res.b[:, None]).sub_(Ya[:, a:b]).pow_(2)
+            if Da is not None:
+                E.mul_(Da[:, a:b])
+            err += E.sum(1)
+            err_sq += E.pow_(2).sum(1)
         mva = mv[active]
-        err_sq = err.pow(2).sum(1) / mva.clamp_min(1.0)
-        err = err.sum(1) / mva.clamp_min(1.0)
+        err_sq = err_sq / mva.clamp_min(1.0)
+        err = err / mva.clamp_min(1.0)
         err = torch.where(mva > 0, err, torch.full_like(err, float("nan")))
         path_mse[active, k] = err
         # standard error of the validation MSE (spread of the per-model squared errors)

@@ -99,6 +99,8 @@ class FitConfig:
     val_fraction: float = setting(0.1, "--val-fraction", "models held out to choose lambda")
     selection: str = setting("min", "--selection", "lambda rule: min (lowest validation MSE) or 1se (largest "
                                                    "lambda within one standard error of it)")
+    memory_gb: float | None = setting(None, "--memory-gb", "memory the streamed fit may hold, GiB (default: "
+                                      "half of the memory available, or of a GPU's free memory)", volatile=True)
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ def fit(run_dir: Path, *, device: str = "cpu", progress: Progress = SILENT, **op
         raise AuditError(f"{run_dir} has {len(rows)} finished models; train at least 20 (ideally thousands) "
                          f"before fitting")
     start = time.perf_counter()
-    dm = fit_datamodels(np.asarray(store.masks[rows]), np.asarray(store.margins[rows]), store.config.n_train,
+    dm = fit_datamodels(store.masks, store.margins, store.config.n_train, rows=rows,
                         device=_device(device), progress=progress, **options)
     seconds = time.perf_counter() - start
     dm.save(store.path / DATAMODELS_FILE)
@@ -534,7 +536,7 @@ class FitStep(Step[FitConfig, FitResult]):
     def compute(self, run_dir: Path, config: FitConfig, *, dataset: Dataset | None = None,
                 progress: Progress = SILENT) -> FitResult:
         s = fit(run_dir, device=config.device, n_lambdas=config.n_lambdas, val_fraction=config.val_fraction,
-                selection=config.selection, progress=progress)
+                selection=config.selection, memory_gb=config.memory_gb, progress=progress)
         return FitResult.from_json(s)
 
     def summary(self, result: FitResult) -> list[Block]:

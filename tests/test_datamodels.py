@@ -272,3 +272,50 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(back.predict(masks), dm.predict(masks))
     with np.load(tmp_path / "dm.npz") as z:
         assert {"weights", "bias", "lam", "val_mse"} <= set(z.files)
+
+
+# ----- (h) streamed fit: memory maps, a memory budget, blocks of models and of targets -----------------
+def _objectives(dm, masks, Y, n):
+    """Each target's Lasso objective (on its own rows) at the datamodel's weights and its λ."""
+    rows = target_rows(masks, Y.shape[1])
+    out = []
+    for j in range(Y.shape[1]):
+        r = rows[:, j]
+        out.append(lasso_objective(masks[r], Y[r, j], dm.weights[j], dm.bias[j], float(dm.lam[j])))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("memory_gb, held_as", [(3e-5, "uint8"), (4e-6, "source")])
+def test_streamed_fit_equals_dense(tmp_path, memory_gb, held_as):
+    rng = np.random.default_rng(21)
+    n, n_test = 30, 4
+    masks, Y, _, _ = planted(rng, 400, n, n_test)
+    Y[11, 3] = np.inf  # a diverged model: dropped on both paths
+    np.save(tmp_path / "masks.npy", masks)
+    np.save(tmp_path / "margins.npy", Y.astype(np.float16))  # the release's dtype, converted per block
+    mm_masks = np.load(tmp_path / "masks.npy", mmap_mode="r")
+    mm_margins = np.load(tmp_path / "margins.npy", mmap_mode="r")
+    Y16 = Y.astype(np.float16).astype(np.float32)
+    dense = fit_datamodels(masks, Y16, n, n_lambdas=8)
+    streamed = fit_datamodels(mm_masks, mm_margins, n, n_lambdas=8, memory_gb=memory_gb)
+    assert dense.info["masks_held_as"] == "float32" and streamed.info["masks_held_as"] == held_as
+    assert streamed.info["n_chunks"] > dense.info["n_chunks"]  # blocks of targets too
+    assert streamed.n_models_fit == dense.n_models_fit == 399
+    keep = np.isfinite(Y16).all(1)
+    np.testing.assert_array_equal(streamed.lam_ratio, dense.lam_ratio)
+    a, b = _objectives(dense, masks[keep], Y16[keep], n), _objectives(streamed, masks[keep], Y16[keep], n)
+    assert np.max(np.abs(a - b) / a) < 1e-6  # the same objective: blocking changes only summation order
+    np.testing.assert_allclose(streamed.weights, dense.weights, atol=1e-3)
+
+
+def test_fit_rows_and_target_range_select_models_and_targets():
+    rng = np.random.default_rng(22)
+    n, n_test = 20, 3
+    masks, Y, _, _ = planted(rng, 300, n, n_test)
+    rows = np.arange(0, 300, 2)
+    whole = fit_datamodels(masks[rows], Y[rows], n, n_lambdas=6)
+    part = fit_datamodels(masks, Y, n, rows=rows, targets=slice(15, 22), n_lambdas=6)
+    assert part.weights.shape == (7, n) and part.info["targets"] == [15, 22] and part.n_models_fit == 150
+    np.testing.assert_allclose(part.weights, whole.weights[15:22], atol=1e-4)
+    np.testing.assert_allclose(part.bias, whole.bias[15:22], atol=1e-4)
+    assert (part.weights[np.arange(5), np.arange(15, 20)] == 0).all()  # train targets 15..19 keep their own 0
