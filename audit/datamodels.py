@@ -220,7 +220,7 @@ class _DataOracle:
             if self.D is not None:
                 P.mul_(self.D[:, a:b])
             S += P.sum(1, dtype=torch.float64)
-            Q += torch.linalg.vecdot(P, P).double()
+            Q += torch.linalg.vector_norm(P, dim=1).double().pow_(2)
             G.addmm_(P, Xb)
         bc = (-S / self.m1.double())                  # intercept of the centred margins
         rn2 = (Q + 2 * bc * S + bc * bc * self.m.double()).clamp_min_(0.0).div_(self.m1.double()).float()
@@ -743,56 +743,75 @@ def fit_datamodels(masks, margins, n_train: int, *, rows: np.ndarray | None = No
                    "not_converged_path": 0, "not_converged_refit": 0, "path_steps": [], "seconds_lipschitz": 0.0,
                    "per_step": []}
 
+    chosen: list[np.ndarray] = []   # chosen steps of the targets with validation rows
+    no_val: list[int] = []           # targets without (every validation model holds them)
+
+    def fit_group(c0: int, c1: int, own_rows: bool, bar, fallback: int | None = None) -> None:
+        """Path, λ choice and refit of targets c0..c1; ``fallback``: the step of targets without
+        validation rows (default: the median chosen step of the others in the group, for now)."""
+        Y = torch.as_tensor(np.ascontiguousarray(_read_rows(margins, order, slice(c0, c1)).T), device=dev)
+        D = None
+        if own_rows:  # train target j: only the models whose subset excluded j
+            D = X.columns(c0, c1).T.contiguous()
+            D.neg_().add_(1.0)
+        fit_p = _make_problem(X_fit, Y[:, :m_fit].contiguous(),
+                              None if D is None else D[:, :m_fit].contiguous(), budget - held)
+        Yv, Dv = Y[:, m_fit:], (None if D is None else D[:, m_fit:])
+        best_k, best_mse, best_W, path_mse, path_se, L, steps = _path(
+            fit_p, X_val, Yv, Dv, ratios, tol=path_tol, max_iter=max_iter, patience=patience,
+            min_improvement=min_improvement, seed=seed, bar=bar, stats=stats)
+        stats["path_steps"].append(steps)
+        bar.advance(len(ratios) - steps)
+        lmax = fit_p.lambda_max()
+        del fit_p
+        mse_np = path_mse.cpu().numpy()
+        has_val = np.isfinite(mse_np).any(1)
+        bk = select_lambda(mse_np, path_se.cpu().numpy(), selection)
+        if fallback is None:
+            chosen.append(bk[has_val])
+            no_val.extend(int(j) for j in np.arange(c0, c1)[~has_val])
+        if (~has_val).any():  # no validation rows: the median chosen step of the others
+            bk[~has_val] = fallback if fallback is not None else (int(np.median(bk[has_val])) if has_val.any() else 0)
+        r_chosen = ratios[bk].astype(np.float32)
+        lam_c = lmax * torch.as_tensor(r_chosen, device=dev)
+        # refit on every model at the chosen λ (data form reuses the path's step sizes)
+        refit_p = _make_problem(X, Y, D, budget - held)
+        if isinstance(refit_p, _GramProblem):
+            L = refit_p.lipschitz()
+        res = _solve(refit_p, lam_c, best_W, L, None, tol=tol, max_iter=max(max_iter, 2000))
+        stats["fista_iterations_refit"] += int(res.n_iter.max())
+        stats["target_iterations"] += int(res.n_iter.sum())
+        stats["not_converged_refit"] += int((~res.converged).sum())
+        bar.advance(1)
+        W, b = res.W, res.b
+        if own_rows:  # a train target's own column is 0 on its rows: its weight stays 0; make it exact
+            local = torch.arange(c1 - c0, device=dev)
+            W[local, local + c0] = 0.0
+            no_rows = refit_p.m == 0
+            if bool(no_rows.any()):  # in every model: no datamodel, predict its mean margin
+                b = torch.where(no_rows, Y.mean(1), b)
+        o0, o1 = c0 - t0, c1 - t0
+        weights[o0:o1] = W.cpu().numpy()
+        bias[o0:o1] = b.cpu().numpy()
+        lam[o0:o1] = lam_c.cpu().numpy()
+        lam_ratio[o0:o1] = r_chosen
+        lam_max_fit[o0:o1] = lmax.cpu().numpy()
+        val_mse[o0:o1] = np.where(has_val, mse_np[np.arange(c1 - c0), bk], np.nan)
+        val_path[o0:o1] = path_mse.cpu().numpy()
+        n_rows[o0:o1] = refit_p.m.cpu().numpy().astype(np.int64)
+        del refit_p, Y, D, res, best_W
+
     with progress.task("fitting datamodels (λ path)", total=len(groups) * (len(ratios) + 1), unit="steps") as bar:
         for c0, c1, own_rows in groups:
-            Y = torch.as_tensor(np.ascontiguousarray(_read_rows(margins, order, slice(c0, c1)).T), device=dev)
-            D = None
-            if own_rows:  # train target j: only the models whose subset excluded j
-                D = X.columns(c0, c1).T.contiguous()
-                D.neg_().add_(1.0)
-            fit_p = _make_problem(X_fit, Y[:, :m_fit].contiguous(),
-                                  None if D is None else D[:, :m_fit].contiguous(), budget - held)
-            Yv, Dv = Y[:, m_fit:], (None if D is None else D[:, m_fit:])
-            best_k, best_mse, best_W, path_mse, path_se, L, steps = _path(
-                fit_p, X_val, Yv, Dv, ratios, tol=path_tol, max_iter=max_iter, patience=patience,
-                min_improvement=min_improvement, seed=seed, bar=bar, stats=stats)
-            stats["path_steps"].append(steps)
-            bar.advance(len(ratios) - steps)
-            lmax = fit_p.lambda_max()
-            del fit_p
-            mse_np = path_mse.cpu().numpy()
-            has_val = np.isfinite(mse_np).any(1)
-            bk = select_lambda(mse_np, path_se.cpu().numpy(), selection)
-            if (~has_val).any():  # no validation rows: the median chosen step of the others
-                bk[~has_val] = int(np.median(bk[has_val])) if has_val.any() else 0
-            r_chosen = ratios[bk].astype(np.float32)
-            lam_c = lmax * torch.as_tensor(r_chosen, device=dev)
-            # refit on every model at the chosen λ (data form reuses the path's step sizes)
-            refit_p = _make_problem(X, Y, D, budget - held)
-            if isinstance(refit_p, _GramProblem):
-                L = refit_p.lipschitz()
-            res = _solve(refit_p, lam_c, best_W, L, None, tol=tol, max_iter=max(max_iter, 2000))
-            stats["fista_iterations_refit"] += int(res.n_iter.max())
-            stats["target_iterations"] += int(res.n_iter.sum())
-            stats["not_converged_refit"] += int((~res.converged).sum())
-            bar.advance(1)
-            W, b = res.W, res.b
-            if own_rows:  # a train target's own column is 0 on its rows: its weight stays 0; make it exact
-                local = torch.arange(c1 - c0, device=dev)
-                W[local, local + c0] = 0.0
-                no_rows = refit_p.m == 0
-                if bool(no_rows.any()):  # in every model: no datamodel, predict its mean margin
-                    b = torch.where(no_rows, Y.mean(1), b)
-            o0, o1 = c0 - t0, c1 - t0
-            weights[o0:o1] = W.cpu().numpy()
-            bias[o0:o1] = b.cpu().numpy()
-            lam[o0:o1] = lam_c.cpu().numpy()
-            lam_ratio[o0:o1] = r_chosen
-            lam_max_fit[o0:o1] = lmax.cpu().numpy()
-            val_mse[o0:o1] = np.where(has_val, mse_np[np.arange(c1 - c0), bk], np.nan)
-            val_path[o0:o1] = path_mse.cpu().numpy()
-            n_rows[o0:o1] = refit_p.m.cpu().numpy().astype(np.int64)
-            del refit_p, Y, D, res, best_W
+            fit_group(c0, c1, own_rows, bar)
+    if no_val:  # their step is the median chosen step of every other target, whatever the blocks of targets
+        every = np.concatenate(chosen)
+        step = int(np.median(every)) if every.size else 0
+        redo = [j for j in no_val if lam_ratio[j - t0] != np.float32(ratios[step])]
+        with progress.task("fitting targets without validation models", total=len(redo) * (len(ratios) + 1),
+                           unit="steps") as bar:
+            for j in redo:
+                fit_group(j, j + 1, j < n_train, bar, fallback=step)
 
     info = {"n_models_dropped": n_dropped, "n_models_val": int(len(val_idx)), "device": str(dev),
             "n_chunks": len(groups), "chunk_size": int(chunk), "gram_form_test_targets": bool(gram),

@@ -166,7 +166,15 @@ def test_weights_only_and_data_only(tmp_path):
         pipeline.load_datamodels(tmp_path / "rd")
     fitted = pipeline.FIT.run(tmp_path / "rd", pipeline.FitConfig(n_lambdas=4))  # on the release's training rows
     assert fitted.n_models == N_MODELS - N_EVAL
-    assert pipeline.load_datamodels(tmp_path / "rd").weights.shape == (60, 40)
+    dense = pipeline.load_datamodels(tmp_path / "rd")
+    assert dense.weights.shape == (60, 40) and dense.info["masks_held_as"] == "float32"
+    # a budget too small for the masks as float32: read from the release's files a block of models at a time
+    pipeline.FIT.run(tmp_path / "rd", pipeline.FitConfig(n_lambdas=4, memory_gb=2e-6))
+    streamed = pipeline.load_datamodels(tmp_path / "rd")
+    assert streamed.info["masks_held_as"] == "source" and streamed.info["n_chunks"] > dense.info["n_chunks"]
+    assert np.isnan(dense.val_mse).any()  # targets without validation models: the same λ rule on both paths
+    np.testing.assert_array_equal(streamed.lam_ratio, dense.lam_ratio)
+    np.testing.assert_allclose(streamed.weights, dense.weights, atol=1e-3)
 
 
 def test_a_moved_or_changed_file_is_one_error(release, tmp_path):
