@@ -219,7 +219,7 @@ class _DataOracle:
             P.sub_(self.Y[:, a:b])                    # XZ − Y (Y centred on its rows)
             if self.D is not None:
                 P.mul_(self.D[:, a:b])
-            S += P.sum(1, dtype=torch.float64)
+            S += P.sum(1).double()
             Q += torch.linalg.vector_norm(P, dim=1).double().pow_(2)
             G.addmm_(P, Xb)
         bc = (-S / self.m1.double())                  # intercept of the centred margins
@@ -610,7 +610,7 @@ class Datamodels:
         masks = np.asarray(masks)
         if masks.ndim != 2 or masks.shape[1] != self.weights.shape[1]:
             raise AuditError(f"masks must be [m, {self.weights.shape[1]}], got {masks.shape}")
-        return masks.astype(np.float32) @ self.weights.T + self.bias[None, :]
+        return masks.astype(np.float32) @ np.asarray(self.weights, np.float32).T + self.bias[None, :]
 
     def save(self, path: str | Path) -> None:
         """Write an .npz: weights, bias, lam, val_mse, lam_ratio, lam_max, n_rows, ratios, val_mse_path, meta."""
@@ -1166,7 +1166,7 @@ def streamed_evaluate(datamodels: Datamodels, masks_eval, margins_eval, n_train:
             tr = targets < n_train
             valid[:, tr] = ~masks_e[:, targets[tr]]
             valid &= np.isfinite(measured)
-            pred = (product(datamodels.weights[cols]) + datamodels.bias[None, cols]).astype(np.float64)
+            pred = (product(np.asarray(datamodels.weights[cols], np.float32)) + datamodels.bias[None, cols]).astype(np.float64)
             cnt = valid.sum(0)
             with np.errstate(invalid="ignore", divide="ignore"):
                 out["mse"][cols] = np.where(cnt > 0, np.where(valid, (pred - measured) ** 2, 0.0).sum(0)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from audit.errors import AuditError
+from audit.errors import AuditError, InternalError
 from audit.jsonio import read_json
 
 RELEASE_JSON = "release.json"
@@ -280,28 +280,84 @@ def release_models(run_dir: Path | str, n_train: int, n_test: int, data: dict | 
     return ReleaseModels(masks[: m - e], JoinedMargins(parts, 0, m - e), masks[m - e:], JoinedMargins(parts, m - e, m))
 
 
-def release_weights(run_dir: Path | str, n_train: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(weights [N_train + N_test, N_train] float32, bias, lam), train targets first; None without .pt files.
+class ReleaseWeights:
+    """The release's weights in the run's layout, [targets, n_train] float32 (train targets first), read from
+    the memory-mapped .pt tensors ([n_train, targets] each) only where asked: no transposed copy.
 
-    The .pt tensors are memory-mapped; their transposes are written once into the one float32
-    array of the run's layout (the only copy: (N_train + N_test) x N_train x 4 bytes)."""
+    Indexing works as on a memory map: a basic slice of targets is another lazy view; an integer, an
+    integer array or a (rows, columns) pair reads those targets (a run of consecutive targets is one
+    contiguous read per training example) and returns float32 rows. ``np.asarray`` reads everything
+    ((N_train + N_test) x N_train x 4 bytes: only for small releases)."""
+
+    def __init__(self, parts: list[torch.Tensor], start: int = 0, stop: int | None = None) -> None:
+        self.parts = parts
+        self.bounds = np.cumsum([0] + [int(p.shape[1]) for p in parts])
+        self.start = start
+        self.stop = int(self.bounds[-1]) if stop is None else stop
+        self.shape = (self.stop - self.start, int(parts[0].shape[0]))
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (absolute targets) as float32 [len(idx), n_train]."""
+        out = np.empty((len(idx), self.shape[1]), np.float32)
+        order = np.argsort(idx, kind="stable")
+        sorted_idx = idx[order]
+        breaks = np.nonzero((np.diff(sorted_idx) != 1) | (np.searchsorted(self.bounds, sorted_idx[1:], "right")
+                                                          != np.searchsorted(self.bounds, sorted_idx[:-1], "right")))[0]
+        for run in np.split(np.arange(len(idx)), breaks + 1):
+            if not run.size:
+                continue
+            first = int(sorted_idx[run[0]])
+            part = int(np.searchsorted(self.bounds, first, "right")) - 1
+            a = first - int(self.bounds[part])
+            block = self.parts[part][:, a:a + run.size].to(torch.float32).numpy()   # [n_train, run]
+            out[order[run]] = block.T
+        return out
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, tuple):
+            rows, cols = key
+            return self[rows][..., cols]
+        if isinstance(key, slice) and key.step in (None, 1):
+            a, b, _ = key.indices(len(self))
+            return ReleaseWeights(self.parts, self.start + a, self.start + max(a, b))
+        if isinstance(key, (int, np.integer)):
+            k = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= k < len(self):
+                raise IndexError(f"target {key} is outside the {len(self)} datamodel rows")
+            return self._read(np.array([self.start + k]))[0]
+        idx = np.arange(len(self))[key]
+        return self._read(self.start + np.asarray(idx, np.int64).ravel()).reshape(np.shape(idx) + (self.shape[1],))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self._read(np.arange(self.start, self.stop))
+        return out if dtype is None else out.astype(dtype)
+
+
+def release_weights(run_dir: Path | str, n_train: int) -> tuple[ReleaseWeights, np.ndarray, np.ndarray] | None:
+    """(weights [N_train + N_test, N_train] float32 read lazily, bias, lam), train targets first; None without
+    .pt files. The .pt tensors are memory-mapped; rows are read (and transposed) only when a step asks."""
     data = read_release(run_dir)
     files = data["files"]
     if not all(r in files for r in WEIGHT_ROLES):
         return None
     parts = [load_pt(Path(files[r])) for r in WEIGHT_ROLES]
-    n_targets = sum(int(p["bias"].shape[0]) for p in parts)
-    weights = np.empty((n_targets, n_train), np.float32)
-    row = 0
-    for p in parts:
-        w = p["weight"]  # [N_train, N]
-        for c0 in range(0, w.shape[1], 4096):  # a block of targets at a time from the memory map
-            block = w[:, c0:c0 + 4096].to(torch.float32).numpy()
-            weights[row + c0: row + c0 + block.shape[1]] = block.T
-        row += w.shape[1]
+    weights = ReleaseWeights([p["weight"] for p in parts])
+    if weights.shape[1] != n_train:
+        raise InternalError(f"release weights have {weights.shape[1]} training rows, the run {n_train}")
     bias = np.concatenate([p["bias"].to(torch.float32).numpy() for p in parts])
     lam = np.concatenate([p["lam"].to(torch.float32).numpy() for p in parts])
     return weights, bias, lam
+
+
+def weight_rows(weights: Any) -> Any:
+    """Weights as a row source: an array, a memory map or lazy release weights stay as they are (read a
+    block of rows at a time by the caller); anything else becomes an array."""
+    return weights if hasattr(weights, "shape") and hasattr(weights, "__getitem__") else np.asarray(weights)
 
 
 def file_size(data: dict) -> int:

@@ -16,7 +16,7 @@ from audit import pipeline
 from audit.audits.influence import INFLUENCE
 from audit.datamodels import Datamodels, difference_of_means, evaluate, streamed_evaluate
 from audit.errors import AuditError
-from audit.release import release_paths
+from audit.release import ReleaseWeights, release_paths
 from audit.release_import import import_release
 from audit.store import RunStore
 from tests.cli_inprocess import call_main
@@ -62,6 +62,23 @@ def test_imported_weights_are_the_pt_values_transposed(imported, release):
     np.testing.assert_array_equal(dm.bias, np.r_[train["bias"].numpy(), test["bias"].numpy()])
     np.testing.assert_array_equal(dm.weights, truth["weights"])
     assert not (run_dir / pipeline.DATAMODELS_FILE).exists()  # read from the release, not copied
+
+
+def test_imported_weights_are_read_lazily_like_a_memory_map(imported):
+    run_dir, truth = imported
+    w, want = pipeline.load_datamodels(run_dir).weights, truth["weights"]
+    assert isinstance(w, ReleaseWeights) and w.shape == want.shape  # no [targets, n_train] copy made
+    view = w[35:50]  # a slice is another lazy view, across the train and test .pt files
+    assert isinstance(view, ReleaseWeights) and len(view) == 15
+    np.testing.assert_array_equal(np.asarray(view), want[35:50])
+    rows = np.array([59, 3, 41, 40, 3, 39])  # unsorted, repeated, both files
+    np.testing.assert_array_equal(w[rows], want[rows])
+    np.testing.assert_array_equal(view[[0, 14]], want[[35, 49]])
+    np.testing.assert_array_equal(w[-1], want[-1])
+    assert w[42, 7] == want[42, 7]
+    np.testing.assert_array_equal(w[5:9, [1, 2]], want[5:9][:, [1, 2]])
+    with pytest.raises(IndexError):
+        w[60]
 
 
 def test_training_and_evaluation_rows(imported, release):

@@ -15,6 +15,7 @@ import numpy as np
 from audit.data.planting import DEFAULT_PLANT_NOISE, plant_duplicates  # noqa: F401  (re-exported)
 from audit.errors import AuditError
 from audit.jsonio import write_csv, write_json
+from audit.release import weight_rows
 
 CANDIDATE_COLUMNS = ("test_index", "train_index", "rank", "weight")
 _ROW_CHUNK = 128
@@ -52,7 +53,7 @@ def datamodel_candidates(weights, test_rows, k: int = 10, n_annot: int = 5, posi
     ``[n_test, 2·n_annot]`` (top ``n_annot`` descending, then the ``n_annot`` most negative,
     most negative first). ``positive_only`` replaces candidates whose weight is <= 0 by -1.
     """
-    w = np.asarray(weights)
+    w = weight_rows(weights)  # an array, a memory map or the release's lazy weights: read by blocks of rows
     if w.ndim != 2:
         raise AuditError(f"weights have shape {w.shape}; expected [n_targets, n_train]")
     rows = np.asarray(test_rows)

@@ -29,6 +29,7 @@ from audit.contract import (Block, Cost, Finding, Line, Metric, Param, Result, S
                             setting)
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
+from audit.release import weight_rows
 from audit.execution import ENGINES, address_setting, engine_setting
 from audit.jsonio import write_csv, write_json
 from audit.progress import SILENT, Progress
@@ -131,7 +132,7 @@ def heuristic_support(weights: np.ndarray, bias: np.ndarray, chunk: int = 1024) 
     0 where the predicted margin is already ≤ 0; ``NOT_FOUND`` (-1) where even all the
     positive weights do not reach it. Returns int64 ``[n_targets]``.
     """
-    weights = np.asarray(weights)
+    weights = weight_rows(weights)  # read a chunk of rows at a time
     out = np.empty(len(weights), dtype=np.int64)
     for start in range(0, len(weights), chunk):
         w = np.asarray(weights[start:start + chunk], dtype=np.float64)
