@@ -151,6 +151,7 @@ class ModelRows:
         """Rows a..b of these rows, sharing their storage."""
         out = self.__class__.__new__(self.__class__)
         out.__dict__.update(self.__dict__)
+        out.__dict__.pop("_gram", None)  # other rows, another Gram matrix
         out.m = int(b - a)
         out._start = self._start + a
         if self._f32 is not None:
@@ -192,6 +193,20 @@ class ModelRows:
         for a, b, x in self.blocks():
             out.addmm_(A[:, a:b], x)
         return out
+
+    def gram(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(column means x̄ [n], centred Gram matrix (X − x̄)ᵀ(X − x̄) / m [n, n]), computed once per set of
+        rows and kept: every block of test targets shares it."""
+        cached = self.__dict__.get("_gram")
+        if cached is None:
+            xbar = self.column_sums() / self.m
+            C = torch.zeros(self.n, self.n, device=self.device)
+            for _, _, x in self.blocks():
+                xc = x - xbar
+                C.addmm_(xc.T, xc)
+                del xc
+            cached = self._gram = (xbar, C.div_(self.m))
+        return cached
 
     def column_sums(self) -> torch.Tensor:
         out = torch.zeros(self.n, device=self.device, dtype=torch.float64)
@@ -313,25 +328,22 @@ class _DataProblem:
 
 
 class _GramProblem:
-    """Targets that all use every row of X: solved in Gram form (n × n shared matrix), built in one
-    pass over the models (two when X is read a block at a time: the column means first)."""
+    """Targets that all use every row of X: solved in Gram form (the n × n matrix of ``ModelRows.gram``,
+    shared by every block of targets on the same rows), c in one pass over the models."""
 
     def __init__(self, X: ModelRows, Y: torch.Tensor) -> None:
         m = X.m
         self.X = X
         self.n_features = X.n
         dev = Y.device
-        self.xbar = X.column_sums() / m
+        self.xbar, self.C = X.gram()
         self.mean = Y.mean(1)
         Yc = Y - self.mean[:, None]
-        self.C = torch.zeros(X.n, X.n, device=dev)
         self.c = torch.zeros(Y.shape[0], X.n, device=dev)
         for a, b, Xb in X.blocks():
             Xc = Xb - self.xbar
-            self.C.addmm_(Xc.T, Xc)
             self.c.addmm_(Yc[:, a:b], Xc)
             del Xc
-        self.C.div_(m)
         self.c.div_(m)
         self.var = Yc.pow_(2).sum(1) / m
         self.m = torch.full_like(self.mean, float(m))
