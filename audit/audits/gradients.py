@@ -37,7 +37,7 @@ from audit.audits.leakage_audit import N_REFERENCE
 from audit.reference import ReferenceStore
 
 METHODS = ("tracin", "influence")
-CHECKPOINT_TRAINERS = ("mlp",)  # trainers that keep per-epoch checkpoints
+CHECKPOINT_TRAINERS = ("mlp", "cnn")  # trainers that keep per-epoch checkpoints
 CHUNK = 2048  # targets scored at a time
 
 
