@@ -1,12 +1,13 @@
 """The CPU trainer for small images: many small convolutional networks trained at once.
 
 Each model is conv3x3(C→c) + ReLU, 2x2 max-pool, conv3x3(c→2c) + ReLU, average pool to a 2x2
-grid, linear → classes; its features are the pooled 4·2c activations. (On digits a global average
-pool instead lost accuracy: 0.92 vs 0.96 mean test accuracy at α=0.5, as the MLP's 0.96.) A block of B models runs as one
-network with B groups (``conv2d(..., groups=B)``: each model's channels see only its own input
-channels), which on 2 CPU threads measured faster than ``torch.func.vmap`` over one model and than
-unfold + batched matmul. Inputs are normalised per channel with each model's own subset statistics;
-the optimisation loop is the MLP's (``audit.training.batched``), so a model trained in a block
+grid, linear → classes; its features are the pooled 4·2c activations. (On digits a global
+average pool instead lost accuracy: 0.92 mean test accuracy at α=0.5 against 0.96 with the
+grid, which is the MLP's.) A block of B models runs as one network with B groups
+(``conv2d(..., groups=B)``: each model's channels see only its own input channels), which on
+CPU threads measured faster than ``torch.func.vmap`` over one model and than unfold + batched
+matmul. Inputs are normalised per channel with each model's own subset statistics; the
+optimisation loop is the MLP's (``audit.training.batched``), so a model trained in a block
 follows the trajectory it would follow alone.
 """
 
@@ -66,7 +67,8 @@ def channel_statistics(x: torch.Tensor, masks: np.ndarray) -> tuple[torch.Tensor
 
 def grouped_forward(xb: torch.Tensor, params: Sequence[torch.Tensor], want_features: bool = False) -> torch.Tensor:
     """Logits ``[B, n, classes]`` (or features ``[B, n, F]``, F = 4·2c) of B models on their own normalised
-    inputs ``xb`` ``[B, n, C, H, W]``; ``params`` = (w1 [B, c, C, 3, 3], b1, w2 [B, 2c, c, 3, 3], b2, w3 [B, F, K], b3)."""
+    inputs ``xb`` ``[B, n, C, H, W]``; ``params`` = (w1 [B, c, C, 3, 3], b1, w2 [B, 2c, c, 3, 3], b2,
+    w3 [B, F, K], b3)."""
     w1, b1, w2, b2, w3, b3 = params
     n_models, n, c_in, h, w = xb.shape
     z = xb.transpose(0, 1).reshape(n, n_models * c_in, h, w)  # models side by side as channel groups
