@@ -10,7 +10,8 @@ trajectory it would follow alone. The MLP and the CNN differ only in their forwa
 from __future__ import annotations
 
 import math
-from typing import Callable, Protocol, Sequence, TypeVar
+from dataclasses import asdict
+from typing import Any, Callable, ClassVar, Protocol, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -69,12 +70,37 @@ def check_config(cfg: BatchedConfig, trainer: str, whole: Sequence[str]) -> None
             raise AuditError(f"{trainer} option {key} must be a finite number {bound} (got {value!r})")
 
 
-def build_config(cls: type[M], trainer: str, options: dict) -> M:
-    """``cls(**options)``, an unknown option being one line."""
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise AuditError(f"unknown option for the {trainer} trainer: {exc}") from None
+class BatchedTrainer:
+    """What a batched CPU trainer shares: its name, a validated config dataclass, and ``config()``."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    whole_settings: ClassVar[tuple[str, ...]]  # the settings that are whole numbers >= 1
+
+    def __init__(self, **options) -> None:
+        try:
+            self.cfg: Any = self.config_class(**options)
+        except TypeError as exc:
+            raise AuditError(f"unknown option for the {self.name} trainer: {exc}") from None
+        check_config(self.cfg, self.name, self.whole_settings)
+
+    def config(self) -> dict:
+        return {"name": self.name, **asdict(self.cfg)}
+
+
+class BatchedModels:
+    """B trained models evaluated together: logits and penultimate features from one ``_forward``."""
+
+    n_models: int
+
+    def _forward(self, x: np.ndarray, want_features: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x, want_features=False)
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x, want_features=True)
 
 
 def model_generators(seeds: Sequence[int]) -> list[torch.Generator]:

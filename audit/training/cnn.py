@@ -13,7 +13,7 @@ follows the trajectory it would follow alone.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.progress import SILENT, Progress
-from audit.training.batched import (block_labels, build_config, check_config, model_generators, subset_moments,
+from audit.training.batched import (BatchedModels, BatchedTrainer, block_labels, model_generators, subset_moments,
                                     train_models, uniform_init)
 
 POOL_GRID = 2  # the last feature maps are averaged to a POOL_GRID x POOL_GRID grid
@@ -39,11 +39,6 @@ class CNNConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
-
-
-def check_cnn_config(cfg: CNNConfig) -> None:
-    """Every setting in its range, with one line naming the first that is not."""
-    check_config(cfg, "cnn", ("channels", "epochs", "batch_size"))
 
 
 def require_images(dataset: Dataset) -> None:
@@ -80,7 +75,7 @@ def grouped_forward(xb: torch.Tensor, params: Sequence[torch.Tensor], want_featu
     return feats if want_features else torch.baddbmm(b3[:, None, :], feats, w3)
 
 
-class BatchedCNN:
+class BatchedCNN(BatchedModels):
     """B trained small convolutional networks, evaluated together."""
 
     def __init__(self, params: Sequence[torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -102,24 +97,13 @@ class BatchedCNN:
             outs.append(grouped_forward(xb, self.params, want_features))
         return torch.cat(outs, dim=1).numpy()
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(x, want_features=False)
 
-    def features(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(x, want_features=True)
-
-
-class CNNTrainer:
+class CNNTrainer(BatchedTrainer):
     """Batched CPU trainer for small images (digits, npz images)."""
 
     name = "cnn"
-
-    def __init__(self, **options) -> None:
-        self.cfg = build_config(CNNConfig, self.name, options)
-        check_cnn_config(self.cfg)
-
-    def config(self) -> dict:
-        return {"name": self.name, **asdict(self.cfg)}
+    config_class = CNNConfig
+    whole_settings = ("channels", "epochs", "batch_size")
 
     def train_block(self, dataset: Dataset, masks: np.ndarray, seeds: Sequence[int],
                     labels: np.ndarray | None = None, progress: Progress = SILENT,

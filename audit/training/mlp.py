@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -11,7 +11,7 @@ import torch
 
 from audit.data.dataset import Dataset
 from audit.progress import SILENT, Progress
-from audit.training.batched import (block_labels, build_config, check_config, model_generators, subset_moments,
+from audit.training.batched import (BatchedModels, BatchedTrainer, block_labels, model_generators, subset_moments,
                                     train_models, uniform_init)
 
 
@@ -32,12 +32,7 @@ def subset_statistics(x: torch.Tensor, masks: np.ndarray) -> tuple[torch.Tensor,
     return subset_moments(masks, xd, xd * xd)
 
 
-def check_mlp_config(cfg: MLPConfig) -> None:
-    """Every setting in its range, with one line naming the first that is not."""
-    check_config(cfg, "mlp", ("hidden", "epochs", "batch_size"))
-
-
-class BatchedMLP:
+class BatchedMLP(BatchedModels):
     """B trained two-layer MLPs, evaluated together."""
 
     def __init__(self, w1, b1, w2, b2, mean: torch.Tensor, std: torch.Tensor, chunk: int = 4096) -> None:
@@ -59,24 +54,13 @@ class BatchedMLP:
             outs.append(h if want_features else torch.baddbmm(self.b2[:, None, :], h, self.w2))
         return torch.cat(outs, dim=1).numpy()
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(x, want_features=False)
 
-    def features(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(x, want_features=True)
-
-
-class MLPTrainer:
+class MLPTrainer(BatchedTrainer):
     """Batched CPU trainer for small datasets (digits, npz features)."""
 
     name = "mlp"
-
-    def __init__(self, **options) -> None:
-        self.cfg = build_config(MLPConfig, self.name, options)
-        check_mlp_config(self.cfg)
-
-    def config(self) -> dict:
-        return {"name": self.name, **asdict(self.cfg)}
+    config_class = MLPConfig
+    whole_settings = ("hidden", "epochs", "batch_size")
 
     def train_block(self, dataset: Dataset, masks: np.ndarray, seeds: Sequence[int],
                     labels: np.ndarray | None = None, progress: Progress = SILENT,
