@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence, TypeVar
 import numpy as np
 import torch
 
+from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.progress import SILENT, Progress
 
@@ -70,8 +71,29 @@ def check_config(cfg: BatchedConfig, trainer: str, whole: Sequence[str]) -> None
             raise AuditError(f"{trainer} option {key} must be a finite number {bound} (got {value!r})")
 
 
+class BatchedModels:
+    """B trained models evaluated together: logits and penultimate features from one ``_forward``."""
+
+    n_models: int
+    checkpoints: list[tuple[float, "BatchedModels"]]  # (mean learning rate of the epoch, models after it)
+
+    def _forward(self, x: np.ndarray, want_features: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x, want_features=False)
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        return self._forward(x, want_features=True)
+
+
+Setup = tuple[list[torch.Tensor], Callable[[torch.Tensor], torch.Tensor],
+              Callable[[list[torch.Tensor]], BatchedModels]]
+
+
 class BatchedTrainer:
-    """What a batched CPU trainer shares: its name, a validated config dataclass, and ``config()``."""
+    """What a batched CPU trainer shares: its name, a validated config dataclass, ``config()`` and ``train_block``
+    (each trainer supplies ``_setup``: its parameters, forward pass and models)."""
 
     name: ClassVar[str]
     config_class: ClassVar[type]
@@ -87,20 +109,28 @@ class BatchedTrainer:
     def config(self) -> dict:
         return {"name": self.name, **asdict(self.cfg)}
 
-
-class BatchedModels:
-    """B trained models evaluated together: logits and penultimate features from one ``_forward``."""
-
-    n_models: int
-
-    def _forward(self, x: np.ndarray, want_features: bool) -> np.ndarray:
+    def _setup(self, dataset: Dataset, masks: np.ndarray, gens: Sequence[torch.Generator]) -> Setup:
+        """The block's parameters (initialised from ``gens``), its forward pass (see :func:`train_models`)
+        and how to wrap trained parameters as models."""
         raise NotImplementedError
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(x, want_features=False)
+    def train_block(self, dataset: Dataset, masks: np.ndarray, seeds: Sequence[int],
+                    labels: np.ndarray | None = None, progress: Progress = SILENT,
+                    checkpoints: bool = False) -> BatchedModels:
+        """Train a block; ``checkpoints``: also keep the models after every epoch with the epoch's mean
+        learning rate (``.checkpoints`` of the result; TracIn-CP sums over them)."""
+        masks = np.asarray(masks, dtype=bool)
+        y = block_labels(dataset.y_train, labels, len(masks))
+        gens = model_generators(seeds)
+        params, forward, wrap = self._setup(dataset, masks, gens)
 
-    def features(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(x, want_features=True)
+        def snapshot() -> BatchedModels:
+            return wrap([p.detach().clone() for p in params])
+
+        saved = train_models(params, forward, y, masks, gens, self.cfg, snapshot if checkpoints else None, progress)
+        model = wrap([p.detach() for p in params])
+        model.checkpoints = saved
+        return model
 
 
 def model_generators(seeds: Sequence[int]) -> list[torch.Generator]:

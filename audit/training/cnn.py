@@ -22,9 +22,7 @@ import torch.nn.functional as F
 
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
-from audit.progress import SILENT, Progress
-from audit.training.batched import (BatchedModels, BatchedTrainer, block_labels, model_generators, subset_moments,
-                                    train_models, uniform_init)
+from audit.training.batched import BatchedModels, BatchedTrainer, Setup, subset_moments, uniform_init
 
 POOL_GRID = 2  # the last feature maps are averaged to a POOL_GRID x POOL_GRID grid
 EVAL_BYTES = 2**27  # activations of one evaluation chunk (all models of the block), about 128 MiB
@@ -105,21 +103,12 @@ class CNNTrainer(BatchedTrainer):
     config_class = CNNConfig
     whole_settings = ("channels", "epochs", "batch_size")
 
-    def train_block(self, dataset: Dataset, masks: np.ndarray, seeds: Sequence[int],
-                    labels: np.ndarray | None = None, progress: Progress = SILENT,
-                    checkpoints: bool = False) -> BatchedCNN:
-        """Train a block; ``checkpoints``: also keep the models after every epoch with the epoch's mean
-        learning rate (``.checkpoints`` of the result; TracIn-CP sums over them)."""
+    def _setup(self, dataset: Dataset, masks: np.ndarray, gens: Sequence[torch.Generator]) -> Setup:
         require_images(dataset)
-        cfg = self.cfg
-        masks = np.asarray(masks, dtype=bool)
-        n_models = len(masks)
         x = as_channels_first(dataset.x_train)  # [N, C, H, W]
         mean, std = channel_statistics(x, masks)  # each model sees only its subset, its inputs' statistics too
-        y = block_labels(dataset.y_train, labels, n_models)
-        c_in, c1, c2, k = x.shape[1], cfg.channels, 2 * cfg.channels, dataset.n_classes
+        c_in, c1, c2, k = x.shape[1], self.cfg.channels, 2 * self.cfg.channels, dataset.n_classes
         f = c2 * POOL_GRID * POOL_GRID
-        gens = model_generators(seeds)
         params = [uniform_init(gens, c_in * 9, c1, c_in, 3, 3), uniform_init(gens, c_in * 9, c1),
                   uniform_init(gens, c1 * 9, c2, c1, 3, 3), uniform_init(gens, c1 * 9, c2),
                   uniform_init(gens, f, f, k), uniform_init(gens, f, k)]
@@ -130,10 +119,4 @@ class CNNTrainer(BatchedTrainer):
         def forward(idx: torch.Tensor) -> torch.Tensor:
             return grouped_forward((x[idx] - scale[0]) / scale[1], params)  # each model's own normalisation
 
-        def snapshot() -> BatchedCNN:
-            return BatchedCNN([p.detach().clone() for p in params], mean, std)
-
-        saved = train_models(params, forward, y, masks, gens, cfg, snapshot if checkpoints else None, progress)
-        model = BatchedCNN([p.detach() for p in params], mean, std)
-        model.checkpoints = saved
-        return model
+        return params, forward, lambda ps: BatchedCNN(ps, mean, std)

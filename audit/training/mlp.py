@@ -10,9 +10,7 @@ import numpy as np
 import torch
 
 from audit.data.dataset import Dataset
-from audit.progress import SILENT, Progress
-from audit.training.batched import (BatchedModels, BatchedTrainer, block_labels, model_generators, subset_moments,
-                                    train_models, uniform_init)
+from audit.training.batched import BatchedModels, BatchedTrainer, Setup, subset_moments, uniform_init
 
 
 @dataclass(frozen=True)
@@ -62,19 +60,11 @@ class MLPTrainer(BatchedTrainer):
     config_class = MLPConfig
     whole_settings = ("hidden", "epochs", "batch_size")
 
-    def train_block(self, dataset: Dataset, masks: np.ndarray, seeds: Sequence[int],
-                    labels: np.ndarray | None = None, progress: Progress = SILENT,
-                    checkpoints: bool = False) -> BatchedMLP:
-        """Train a block; ``checkpoints``: also keep the models after every epoch with the epoch's mean
-        learning rate (``.checkpoints`` of the result; TracIn-CP sums over them)."""
-        cfg = self.cfg
-        masks = np.asarray(masks, dtype=bool)
-        n_models, n = masks.shape
+    def _setup(self, dataset: Dataset, masks: np.ndarray, gens: Sequence[torch.Generator]) -> Setup:
+        n = masks.shape[1]
         x = torch.from_numpy(np.asarray(dataset.x_train, dtype=np.float32).reshape(n, -1))
         mean, std = subset_statistics(x, masks)  # each model sees only its subset, its inputs' statistics too
-        y = block_labels(dataset.y_train, labels, n_models)
-        d, c, h = x.shape[1], dataset.n_classes, cfg.hidden
-        gens = model_generators(seeds)
+        d, c, h = x.shape[1], dataset.n_classes, self.cfg.hidden
         w1, b1 = uniform_init(gens, d, d, h), uniform_init(gens, d, h)
         w2, b2 = uniform_init(gens, h, h, c), uniform_init(gens, h, c)
         params = [p.requires_grad_() for p in (w1, b1, w2, b2)]
@@ -84,10 +74,4 @@ class MLPTrainer(BatchedTrainer):
             hid = torch.relu(torch.baddbmm(b1[:, None, :], xb, w1))
             return torch.baddbmm(b2[:, None, :], hid, w2)
 
-        def snapshot() -> BatchedMLP:
-            return BatchedMLP(*(p.detach().clone() for p in params), mean=mean, std=std)
-
-        saved = train_models(params, forward, y, masks, gens, cfg, snapshot if checkpoints else None, progress)
-        model = BatchedMLP(*(p.detach() for p in params), mean=mean, std=std)
-        model.checkpoints = saved
-        return model
+        return params, forward, lambda ps: BatchedMLP(*ps, mean=mean, std=std)
