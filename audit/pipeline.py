@@ -47,6 +47,7 @@ from audit.scores import names as score_names
 from audit.store import RUN_JSON, STREAM_EVAL, RunConfig, RunStore
 from audit.training.registry import (
     DEFAULT_TRAINER,
+    check_trainer_dataset,
     default_block_size,
     make_trainer,
     trainer_config,
@@ -67,7 +68,7 @@ class TrainConfig:
     alpha: float = setting(0.5, "--alpha", "fraction of the training set each model sees")
     seed: int = setting(0, "--seed", "seed of the subsets, initialisations and data orders (and of the audits' "
                                      "target samples; >= 0)", minimum=0)
-    trainer: str | None = setting(None, "--trainer", "mlp, resnet9 or resnet18 (default per dataset)")
+    trainer: str | None = setting(None, "--trainer", "mlp, cnn, resnet9 or resnet18 (default per dataset)")
     options: tuple[str, ...] = setting((), "--option", "trainer setting NAME=VALUE (repeatable)", aliases=("-o",),
                                        parse="options")
     block_size: int | None = setting(None, "--block-size", "models trained together")
@@ -172,6 +173,7 @@ def train(spec: str, run_dir: Path, *, n_models: int = TrainConfig.n_models, alp
     name = trainer or DEFAULT_TRAINER[dataset_kind(spec)]
     if engine == "local":  # fail fast (resnet9/18 without CUDA) before the run directory exists
         make_trainer(name, **(trainer_options or {}))
+    check_trainer_dataset(name, ds)  # e.g. the cnn trainer on flat features
     tconfig = trainer_config(name, **(trainer_options or {}))  # builds nothing: a CPU-only Ray driver can send it
     config = RunConfig(dataset=spec, fingerprint=ds.fingerprint(), n_train=ds.n_train, n_test=ds.n_test,
                        alpha=alpha, n_models=n_models, seed=seed, trainer=tconfig,

@@ -1,7 +1,7 @@
 """Planted near-duplicates by perturbation family: which leakage ranking finds them.
 
-Trains a digits run with the project's own pipeline (default MLP recipe, α=0.5, --models
-models), fits its datamodels, and runs the planted check (`audit leakage --plant N`): N test
+Trains a digits run with the project's own pipeline (--trainer, default the MLP recipe; α=0.5,
+--models models), fits its datamodels, and runs the planted check (`audit leakage --plant N`): N test
 images get perturbed copies in a twin run, one perturbation family per copy (noise, one-pixel
 shift, brightness/contrast, crop-and-resize, JPEG; flip where the classes allow it), and
 each ranking — datamodels, representation (FAISS on full-data features), pixels (pixel
@@ -10,7 +10,7 @@ median full rank, overall and per family. Prints a table and writes
 $OUT/leakage_families.json (or --json).
 
     python benchmarks/leakage_families.py [--models 5000] [--plant 100] [--plant-models 5000] [--seed 0]
-        [--runs-dir DIR] [--families noise,shift,brightness,crop,jpeg]
+        [--trainer mlp|cnn] [--runs-dir DIR] [--families noise,shift,brightness,crop,jpeg]
 """
 
 from __future__ import annotations
@@ -36,14 +36,15 @@ def main() -> int:
     ap.add_argument("--plant", type=int, default=100)
     ap.add_argument("--plant-models", type=int, default=None, help="models in the twin run (default: --models)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trainer", default="mlp", help="the CPU trainer: mlp or cnn (its default recipe)")
     ap.add_argument("--families", default=None, help="comma-separated (default: every family digits allows)")
     ap.add_argument("--runs-dir", default=None)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     runs = Path(a.runs_dir or tempfile.mkdtemp(prefix="leak-families-"))
-    run = runs / f"digits-{a.models}-s{a.seed}"
+    run = runs / f"digits-{a.trainer}-{a.models}-s{a.seed}"
     t0 = time.perf_counter()
-    pipeline.train("digits", run, n_models=a.models, seed=a.seed)
+    pipeline.train("digits", run, n_models=a.models, seed=a.seed, trainer=a.trainer)
     pipeline.TRAIN.note(run)
     if not pipeline.FIT.is_current(run):
         pipeline.FIT.run(run)
@@ -52,7 +53,7 @@ def main() -> int:
     r = la.run_planted_check(run, a.plant, n_models=a.plant_models or a.models, families=families, seed=a.seed)
     seconds = time.perf_counter() - t0
     methods = [m for m in (*la.METHODS, *la.COMBINED) if m in r["methods"]]
-    lines = [f"digits MLP, {a.models} models (twin {a.plant_models or a.models}), {a.plant} planted copies, "
+    lines = [f"digits {a.trainer}, {a.models} models (twin {a.plant_models or a.models}), {a.plant} planted copies, "
              f"seed {a.seed}; {seconds:.0f} s, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
              f"({platform.processor() or platform.machine()})",
              "recall@10 (median full rank) per family:",

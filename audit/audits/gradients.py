@@ -10,7 +10,8 @@ last layer's weights and bias is ``(p - e_y) ⊗ [h, 1]``. So
   lr_epoch · g_i · g_t = lr · ((p_i - e_yi)·(p_t - e_yt)) · (h_i·h_t + 1);
 * **influence** (Koh & Liang 2017, last layer): score(i, t) = g_t^T (H + λI)^-1 g_i, H the Hessian of
   the mean training loss in the last layer (Σ_i (diag p_i - p_i p_i^T) ⊗ a_i a_i^T / n, a = [h, 1]),
-  λ = ``damping`` × its mean diagonal; solved exactly (``C·(F+1)`` unknowns: 650 on digits).
+  λ = ``damping`` × its mean diagonal; solved exactly (``C·(F+1)`` unknowns on digits: 650 with the MLP,
+  1,290 with the CNN).
 
 Sign: a positive score means training on example i lowers target t's loss, i.e. raises its
 correct-class margin, like a positive datamodel weight. Each is saved as a score matrix of the run
@@ -37,7 +38,7 @@ from audit.audits.leakage_audit import N_REFERENCE
 from audit.reference import ReferenceStore
 
 METHODS = ("tracin", "influence")
-CHECKPOINT_TRAINERS = ("mlp",)  # trainers that keep per-epoch checkpoints
+CHECKPOINT_TRAINERS = ("mlp", "cnn")  # trainers that keep per-epoch checkpoints
 CHUNK = 2048  # targets scored at a time
 
 
@@ -128,8 +129,9 @@ def checkpoint_outputs(store: pipeline.RunStore, dataset: Dataset, n_models: int
     through the executor, resumable per block; the folder is removed once read)."""
     name = store.config.trainer.get("name")
     if name not in CHECKPOINT_TRAINERS:
-        raise AuditError(f"the gradient baselines need per-epoch checkpoints, which the {', '.join(CHECKPOINT_TRAINERS)} "
-                         f"trainer keeps and the {name} trainer does not yet; import scores made elsewhere (e.g. "
+        keep = " and ".join(CHECKPOINT_TRAINERS)
+        raise AuditError(f"the gradient baselines need per-epoch checkpoints, which the {keep} "
+                         f"trainers keep and the {name} trainer does not yet; import scores made elsewhere (e.g. "
                          f"TRAK) with audit import-scores")
     blocks = ReferenceStore(store, n_models, outputs="checkpoints")
     run_blocks(blocks, dataset, store.config.trainer, engine=engine, address=address, progress=progress,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.training.base import Trainer
+from audit.training.cnn import CNNTrainer, require_images
 from audit.training.gpu import DEFAULT_BLOCK_SIZE, gpu_config, make_gpu_trainer
 from audit.training.mlp import MLPTrainer
 
@@ -17,6 +19,8 @@ def make_trainer(name: str, **options) -> Trainer:
     """Build a trainer by name; GPU trainers fail fast with a clear line when CUDA is missing."""
     if name == "mlp":
         return MLPTrainer(**options)
+    if name == "cnn":
+        return CNNTrainer(**options)
     if name in ("resnet9", "resnet18"):
         return make_gpu_trainer(name, **options)
     if name == IMPORTED:
@@ -24,7 +28,13 @@ def make_trainer(name: str, **options) -> Trainer:
         raise AuditError(f"this run was imported from a published release and has no models of its own to "
                          f"train: this step retrains models, which needs the --trainer {trainer} on a CUDA GPU; "
                          f"train a run of your own with `audit train --trainer {trainer}` on a GPU machine")
-    raise AuditError(f"unknown trainer '{name}': use mlp, resnet9 or resnet18")
+    raise AuditError(f"unknown trainer '{name}': use mlp, cnn, resnet9 or resnet18")
+
+
+def check_trainer_dataset(name: str, dataset: Dataset) -> None:
+    """One line, before any run directory exists, when trainer ``name`` cannot train on ``dataset``."""
+    if name == "cnn":
+        require_images(dataset)
 
 
 def trainer_config(name: str, **options) -> dict:

@@ -94,3 +94,18 @@ def test_bad_settings_and_trainers_without_checkpoints(audit_run, digits):
     with pytest.raises(AuditError, match="per-epoch checkpoints.*import-scores"):
         gradients.compute_gradients(audit_run, GradientsConfig(), digits)
     assert not (audit_run / "scores").exists()
+
+
+def test_gradients_step_reads_the_cnn_trainers_checkpoints(audit_run, digits):
+    """The cnn trainer keeps per-epoch checkpoints too: its last layer sits on the 2x2-pooled features."""
+    cfg = json.loads((audit_run / "run.json").read_text())
+    cfg["trainer"] = {"name": "cnn", "channels": 4, "epochs": 3, "batch_size": 64, "lr": 0.1, "momentum": 0.9,
+                      "weight_decay": 5e-4, "label_smoothing": 0.0}
+    (audit_run / "run.json").write_text(json.dumps(cfg))
+    r = GRADIENTS.run(audit_run, GradientsConfig(n_reference=1), dataset=digits)
+    assert r.n_checkpoints == 3 and r.parameters == 10 * (4 * 8 + 1)
+    same = digits.y_train[None, :] == digits.y_test[:, None]
+    for name in ("tracin", "influence"):
+        s = np.asarray(scores.load(audit_run, name).weights)
+        assert s.shape == (digits.n_test, digits.n_train) and np.isfinite(s).all()
+        assert ((s * same).sum(1) / same.sum(1) > (s * ~same).sum(1) / (~same).sum(1)).mean() > 0.9, name

@@ -35,5 +35,5 @@ def test_cli_trains_an_npz_file_with_the_cpu_trainer(tmp_path, digits):
 
 
 def test_unknown_trainer_is_an_audit_error():
-    with pytest.raises(AuditError, match="mlp, resnet9 or resnet18"):
+    with pytest.raises(AuditError, match="mlp, cnn, resnet9 or resnet18"):
         make_trainer("vit")
