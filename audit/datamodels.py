@@ -99,8 +99,7 @@ def _read_rows(source, rows: np.ndarray, cols: slice | None = None, dtype=np.flo
         order, back = rows, None
     else:
         order, back = np.unique(rows, return_inverse=True)
-    key = (order, slice(None) if cols is None else cols)
-    out = np.asarray(source[key] if not isinstance(source, np.ndarray) else source[order][:, key[1]], dtype=dtype)
+    out = np.asarray(source[order, slice(None) if cols is None else cols], dtype=dtype)  # only those rows' columns
     return out if back is None else out[back]
 
 
