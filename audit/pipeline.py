@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import time
 import zipfile
@@ -34,7 +35,7 @@ from audit.contract import (
     settings_of,
     unreadable,
 )
-from audit.data import Dataset, dataset_kind, dataset_name, load_dataset
+from audit.data import SPEC_HELP, Dataset, dataset_kind, dataset_name, load_dataset
 from audit.data.planting import LABEL_PLANT_OPTIONS, label_plant_options
 from audit.datamodels import Datamodels, fit_datamodels, streamed_evaluate
 from audit.errors import AuditError
@@ -131,6 +132,9 @@ def resolve_run(target: str, run: Path | None = None) -> Path:
         return Path(target)
     if ":" not in target and Path(target).is_dir():
         raise AuditError(f"{target} is not a run directory (no {RUN_JSON}); run `audit train` first")
+    if ":" not in target and ("/" in target or os.sep in target or target.startswith(".")) and not Path(target).exists():
+        raise AuditError(f"{target} does not exist: give a run directory made by `audit train`, or a dataset spec "
+                         f"({SPEC_HELP})")
     return default_run_dir(target)
 
 

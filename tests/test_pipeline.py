@@ -10,6 +10,7 @@ import pytest
 from audit import pipeline
 from audit.errors import AuditError
 from audit.jsonio import read_json
+from tests.cli_inprocess import call_main
 from tests.conftest import FAST_MLP, assert_one_line_error, run_cli
 
 
@@ -65,7 +66,9 @@ def test_fit_refuses_a_run_with_too_few_models(tmp_path, digits):
 
 
 def test_cli_errors_are_one_line(tmp_path, small_digits_run):
-    assert_one_line_error(run_cli("fit", str(tmp_path / "nowhere")))
+    for result in (run_cli("fit", str(tmp_path / "nowhere")), call_main("embed", str(tmp_path / "nowhere"))):
+        assert_one_line_error(result)  # a mistyped run directory is named as one, not as an unknown dataset
+        assert "nowhere does not exist: give a run directory" in result.stderr and "unknown dataset" not in result.stderr
     empty = tmp_path / "run"
     shutil.copytree(small_digits_run, empty, ignore=shutil.ignore_patterns("datamodels.npz"))
     proc = run_cli("evaluate", str(empty))
