@@ -103,12 +103,14 @@ class PlainProgress:
         stop = threading.Event()
         timer = threading.Thread(target=handle.tick, args=(stop,), daemon=True)
         timer.start()
+        ended = "stopped"  # an exception or Ctrl-C left the task unfinished: the log must not say done
         try:
             yield handle
+            ended = "done"
         finally:
             stop.set()
             timer.join()
-            handle.line("done")
+            handle.line(ended)
 
     def write(self, text: str) -> None:
         try:
@@ -141,7 +143,7 @@ class _PlainTask:
         text = f"{time.strftime('%H:%M:%S')} {self._description}: {count:,.0f}"
         if self._total:
             text += f"/{self._total:,.0f}{unit} ({count / self._total:.0%})"
-            if rate > 0 and what != "done":
+            if rate > 0 and what not in ("done", "stopped"):
                 text += f", {rate:,.1f}{unit}/s, about {_clock_text((self._total - count) / rate)} left"
         else:
             text += unit

@@ -25,6 +25,19 @@ def test_plain_progress_prints_a_line_at_a_steady_rate_even_inside_a_long_step()
     assert any("models/s, about" in line for line in ticks[-2:])
 
 
+def test_an_interrupted_task_is_logged_as_stopped_not_done():
+    out = io.StringIO()
+    progress = PlainProgress(out, interval=10)
+    try:
+        with progress.task("fitting", total=10, unit="steps") as bar:
+            bar.advance(3)
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    last = out.getvalue().splitlines()[-1]
+    assert last.endswith("[stopped]") and "3/10 steps (30%)" in last and "left" not in last
+
+
 def test_plain_progress_survives_a_closed_log():
     out = io.StringIO()
     progress = PlainProgress(out, interval=10)
