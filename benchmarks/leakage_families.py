@@ -30,32 +30,41 @@ from audit import pipeline  # noqa: E402
 from audit.audits import leakage_audit as la  # noqa: E402
 
 
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=int, default=5000)
     ap.add_argument("--plant", type=int, default=100)
     ap.add_argument("--plant-models", type=int, default=None, help="models in the twin run (default: --models)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--alpha", type=float, default=0.5, help="subset fraction of both runs (the paper's grid: "
+                                                            "0.1, 0.2, 0.5, 0.75)")
     ap.add_argument("--trainer", default="mlp", help="the CPU trainer: mlp or cnn (its default recipe)")
     ap.add_argument("--families", default=None, help="comma-separated (default: every family digits allows)")
     ap.add_argument("--runs-dir", default=None)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     runs = Path(a.runs_dir or tempfile.mkdtemp(prefix="leak-families-"))
-    run = runs / f"digits-{a.trainer}-{a.models}-s{a.seed}"
+    run = runs / f"digits-{a.trainer}-{a.models}-a{a.alpha:g}-s{a.seed}"
     t0 = time.perf_counter()
-    pipeline.train("digits", run, n_models=a.models, seed=a.seed, trainer=a.trainer)
+    pipeline.train("digits", run, n_models=a.models, alpha=a.alpha, seed=a.seed, trainer=a.trainer)
     pipeline.TRAIN.note(run)
     if not pipeline.FIT.is_current(run):
         pipeline.FIT.run(run)
     la.run_leakage(run)
     families = "default" if a.families is None else tuple(a.families.split(","))
     r = la.run_planted_check(run, a.plant, n_models=a.plant_models or a.models, families=families, seed=a.seed)
+    ev = pipeline.EVALUATE.run(Path(r["run"]))  # the twin's datamodels (they rank the planted copies): LDS
     seconds = time.perf_counter() - t0
     methods = [m for m in (*la.METHODS, *la.COMBINED) if m in r["methods"]]
-    lines = [f"digits {a.trainer}, {a.models} models (twin {a.plant_models or a.models}), {a.plant} planted copies, "
+    lines = [f"digits {a.trainer}, α={a.alpha:g}, {a.models} models (twin {a.plant_models or a.models}), {a.plant} planted copies, "
              f"seed {a.seed}; {seconds:.0f} s, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
              f"({platform.processor() or platform.machine()})",
+             f"LDS of the twin's datamodels on {ev.n_subsets} held-out subsets: test targets {_f(ev.test.lds_mean)}, "
+             f"train targets {_f(ev.train.lds_mean)} (difference of means: {_f(ev.test.baseline_lds_mean)})",
              "recall@10 (median full rank) per family:",
              f"{'family':12s} {'n':>4s} " + " ".join(f"{m:>16s}" for m in methods)]
     groups = [("all", {"n_planted": r["n_planted"], "methods": r["methods"]})] + list(r.get("by_family", {}).items())
@@ -70,6 +79,7 @@ def main() -> int:
     print("\n".join(lines))
     out = Path(a.json) if a.json else Path(os.environ.get("OUT", ".")) / "leakage_families.json"
     out.write_text(json.dumps({"args": vars(a), "seconds": seconds, "load": os.getloadavg()[0],
+                               "lds_test": ev.test.lds_mean, "lds_train": ev.train.lds_mean,
                                "methods": r["methods"], "by_family": r.get("by_family"), "table": lines},
                               indent=2, default=str))
     return 0
