@@ -120,6 +120,7 @@ class ModelRows:
         self.block = int(max(1, block_bytes // (4 * max(self.n, 1))))
         self._source, self._rows, self._start = source, rows, 0
         binary = np.dtype(source.dtype) in (np.dtype(bool), np.dtype(np.uint8))
+        self._read_as = bool if binary else np.float32  # 0/1 masks: any non-zero uint8 is "in the subset"
         self._f32: torch.Tensor | None = None
         self._u8: torch.Tensor | None = None
         if 4.0 * self.m * self.n <= resident_bytes:
@@ -132,7 +133,7 @@ class ModelRows:
             self._u8 = torch.empty(self.m, self.n, dtype=torch.uint8, device=device)
             for a in range(0, self.m, self.block):
                 self._u8[a:a + self.block] = torch.as_tensor(
-                    _read_rows(source, rows[a:a + self.block], dtype=np.uint8), device=device)
+                    _read_rows(source, rows[a:a + self.block], dtype=bool).view(np.uint8), device=device)
         else:
             self.mode = "source"
 
@@ -144,6 +145,7 @@ class ModelRows:
         out = cls.__new__(cls)
         out.m, out.n, out.device, out.block = int(X.shape[0]), int(X.shape[1]), X.device, max(1, int(X.shape[0]))
         out._source, out._rows, out._start, out._u8, out._f32, out.mode = None, None, 0, None, X, "float32"
+        out._read_as = np.float32
         return out
 
     def part(self, a: int, b: int) -> "ModelRows":
@@ -165,12 +167,18 @@ class ModelRows:
     def _read_blocks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         for a in range(0, self.m, self.block):
             b = min(self.m, a + self.block)
-            yield a, b, torch.as_tensor(_read_rows(self._source, self._rows[a:b]), device=self.device)
+            x = _read_rows(self._source, self._rows[a:b], dtype=self._read_as)
+            yield a, b, torch.as_tensor(x.astype(np.float32, copy=False), device=self.device)
 
-    def blocks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """(first row, end row, float32 rows [b, n]) over all rows; one block when held as float32."""
+    def blocks(self, whole: bool = True) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """(first row, end row, float32 rows [b, n]) over all rows; one block when held as float32 and
+        ``whole`` (the solver's GEMMs), else views of ``block`` rows (reductions that make temporaries)."""
         if self._f32 is not None:
-            yield 0, self.m, self._f32
+            if whole:
+                yield 0, self.m, self._f32
+            else:
+                for a in range(0, self.m, self.block):
+                    yield a, min(self.m, a + self.block), self._f32[a:a + self.block]
         elif self._u8 is not None:
             for a in range(0, self.m, self.block):
                 b = min(self.m, a + self.block)
@@ -184,7 +192,8 @@ class ModelRows:
             return self._f32[:, c0:c1].clone()
         if self._u8 is not None:
             return self._u8[:, c0:c1].to(torch.float32)
-        return torch.as_tensor(_read_rows(self._source, self._rows, slice(c0, c1)), device=self.device)
+        x = _read_rows(self._source, self._rows, slice(c0, c1), dtype=self._read_as)
+        return torch.as_tensor(x.astype(np.float32, copy=False), device=self.device)
 
     def matmul_t(self, A: torch.Tensor) -> torch.Tensor:
         """A [t, m] @ rows [m, n] -> [t, n], one block of rows at a time."""
@@ -200,7 +209,7 @@ class ModelRows:
         if cached is None:
             xbar = self.column_sums() / self.m
             C = torch.zeros(self.n, self.n, device=self.device)
-            for _, _, x in self.blocks():
+            for _, _, x in self.blocks(whole=False):
                 xc = x - xbar
                 C.addmm_(xc.T, xc)
                 del xc
@@ -209,7 +218,7 @@ class ModelRows:
 
     def column_sums(self) -> torch.Tensor:
         out = torch.zeros(self.n, device=self.device, dtype=torch.float64)
-        for _, _, x in self.blocks():
+        for _, _, x in self.blocks(whole=False):
             out += x.sum(0, dtype=torch.float64)
         return out.float()
 
@@ -228,19 +237,22 @@ class _DataOracle:
         G = torch.zeros(t, self.X.n, device=Z.device)
         S = torch.zeros(t, dtype=torch.float64, device=Z.device)
         Q = torch.zeros(t, dtype=torch.float64, device=Z.device)
+        # the prediction's mean on the target's rows, taken out before the sums: with it, S ≈ 0 and Q is the
+        # residual's own size, so Q + 2eS + e²m does not cancel in float32 whatever the weights' offset
+        shift = torch.linalg.vecdot(self.DX, Z).div_(self.m1)
         for a, b, Xb in self.X.blocks():
             P = torch.mm(Z, Xb.T)
-            P.sub_(self.Y[:, a:b])                    # XZ − Y (Y centred on its rows)
+            P.sub_(self.Y[:, a:b]).sub_(shift[:, None])  # XZ − Y − shift (Y centred on its rows)
             if self.D is not None:
                 P.mul_(self.D[:, a:b])
             S += P.sum(1).double()
             Q += torch.linalg.vector_norm(P, dim=1).double().pow_(2)
             G.addmm_(P, Xb)
-        bc = (-S / self.m1.double())                  # intercept of the centred margins
-        rn2 = (Q + 2 * bc * S + bc * bc * self.m.double()).clamp_min_(0.0).div_(self.m1.double()).float()
-        bc = bc.float()
-        G.addcmul_(self.DX, bc[:, None]).div_(self.m1[:, None])  # Xᵀ D (XZ + b − Y) / m
-        return G, rn2, bc + self.mean
+        e = (-S / self.m1.double())                   # what is left of the intercept after the shift
+        rn2 = (Q + 2 * e * S + e * e * self.m.double()).clamp_min_(0.0).div_(self.m1.double()).float()
+        e = e.float()
+        G.addcmul_(self.DX, e[:, None]).div_(self.m1[:, None])  # Xᵀ D (XZ + b − Y) / m
+        return G, rn2, e - shift + self.mean
 
     def keep(self, mask: torch.Tensor) -> None:
         self.Y, self.m, self.m1, self.mean, self.DX = (self.Y[mask], self.m[mask], self.m1[mask], self.mean[mask],
@@ -338,12 +350,7 @@ class _GramProblem:
         self.xbar, self.C = X.gram()
         self.mean = Y.mean(1)
         Yc = Y - self.mean[:, None]
-        self.c = torch.zeros(Y.shape[0], X.n, device=dev)
-        for a, b, Xb in X.blocks():
-            Xc = Xb - self.xbar
-            self.c.addmm_(Yc[:, a:b], Xc)
-            del Xc
-        self.c.div_(m)
+        self.c = X.matmul_t(Yc).div_(m)  # = Y_c (X − x̄) / m: each row of Y_c sums to zero
         self.var = Yc.pow_(2).sum(1) / m
         self.m = torch.full_like(self.mean, float(m))
         self.scale = self.var + 1e-6 * self.mean * self.mean
@@ -511,8 +518,10 @@ def _gram_ok(m: int, n: int, budget: float) -> bool:
     return n < 2 * m and 4.0 * n * n <= 0.25 * budget
 
 
-def _make_problem(X: ModelRows, Y: torch.Tensor, D: torch.Tensor | None, budget: float) -> _Problem:
-    if D is None and _gram_ok(X.m, X.n, budget):
+def _make_problem(X: ModelRows, Y: torch.Tensor, D: torch.Tensor | None, budget: float,
+                  gram: bool | None = None) -> _Problem:
+    """Gram form for targets that share every row when ``gram`` (None: when it pays and fits), else data form."""
+    if D is None and (gram if gram is not None else _gram_ok(X.m, X.n, budget)):
         return _GramProblem(X, Y)
     return _DataProblem(X, Y, D)
 
@@ -659,6 +668,34 @@ def _split(m: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def _check_rows(rows, n_models: int) -> np.ndarray:
+    """The models to use as sorted-or-not int64 indices (a bool mask is turned into its indices)."""
+    if rows is None:
+        return np.arange(n_models)
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        if rows.shape != (n_models,):
+            raise AuditError(f"a boolean rows mask must have one entry per model ({n_models}), got {rows.shape}")
+        return np.flatnonzero(rows)
+    if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+        raise AuditError("rows must be a 1-D array of model indices")
+    if rows.size and (rows.min() < 0 or rows.max() >= n_models):
+        raise AuditError(f"rows name models outside 0..{n_models - 1}")
+    return rows.astype(np.int64)
+
+
+def _check_targets(targets: slice | None, n_targets: int) -> tuple[int, int]:
+    """First and end target of a contiguous, non-empty range inside the margins' columns."""
+    if targets is None:
+        return 0, n_targets
+    if targets.step not in (None, 1):
+        raise AuditError(f"targets must be a contiguous range (step 1), got step {targets.step}")
+    t0, t1, _ = targets.indices(n_targets)
+    if t1 <= t0:
+        raise AuditError(f"targets {targets.start}:{targets.stop} hold none of the {n_targets} targets")
+    return t0, t1
+
+
 def _finite_rows(margins, rows: np.ndarray, block_bytes: float = 2**26) -> np.ndarray:
     """Bool [len(rows)]: is every margin of the model finite? Reads the margins a block of models at a time."""
     rows = np.asarray(rows, np.int64)
@@ -700,8 +737,10 @@ def fit_datamodels(masks, margins, n_train: int, *, rows: np.ndarray | None = No
     else as uint8 (converted a block of models at a time), else read from ``masks`` a block at a time;
     the margins are read a block of targets at a time, converted to float32 per block; the targets run
     in blocks that fit the rest. Train targets (own rows) are solved in data form, test targets (all
-    rows) in Gram form when n_train < 2m and the n×n matrix fits. The result does not depend on the
-    budget (up to float summation order).
+    rows) in Gram form when n_train < 2m_fit and the n×n matrix fits (one decision for the path and the
+    refit). How the masks are held and how targets are blocked change only the float summation order;
+    the budget can also decide Gram or data form for the test targets, whose solutions then agree
+    within the solver's tolerance.
     """
     t_start = time.perf_counter()
     if selection not in ("min", "1se"):
@@ -717,26 +756,26 @@ def fit_datamodels(masks, margins, n_train: int, *, rows: np.ndarray | None = No
         raise AuditError(f"masks have {masks.shape[1]} columns and margins {margins.shape[1]}; n_train={n_train}")
     if np.dtype(masks.dtype) not in (np.dtype(bool), np.dtype(np.uint8)):
         masks = np.asarray(masks, dtype=bool)
-    rows = np.arange(masks.shape[0]) if rows is None else np.asarray(rows, np.int64)
+    rows = _check_rows(rows, masks.shape[0])
     T_all = int(margins.shape[1])
-    t0, t1, _ = (targets or slice(0, T_all)).indices(T_all)
-    finite = _finite_rows(margins, rows)
+    t0, t1 = _check_targets(targets, T_all)
+    dev = _device(device)
+    budget = _budget(dev, memory_gb)
+    finite = _finite_rows(margins, rows, block_bytes=min(2.0**26, budget / 8))
     n_dropped = int((~finite).sum())
     rows = rows[finite]
     m = len(rows)
     if m < 10:
         raise AuditError(f"{m} usable models; fitting datamodels needs at least 10 (ideally thousands)")
-    dev = _device(device)
     ratios = lambda_ratios(n_lambdas, lambda_min_ratio)
     fit_idx, val_idx = _split(m, val_fraction, seed)
     m_fit = len(fit_idx)
     order = np.concatenate([rows[fit_idx], rows[val_idx]])  # fit models first, then validation models
-    budget = _budget(dev, memory_gb)
     X = ModelRows(masks, order, dev, resident_bytes=0.5 * budget, block_bytes=min(2.0**27, budget / 16))
     X_fit, X_val = X.part(0, m_fit), X.part(m_fit, m)
     held = {"float32": 4.0, "uint8": 1.0}.get(X.mode, 0.0) * m * n_train
     gram = _gram_ok(m_fit, n_train, budget - held)
-    per_target = 4.0 * (8 * m + 10 * n_train)
+    per_target = 4.0 * (9 * m + 16 * n_train)  # Y, D and their copies, P; FISTA's and the path's [t, n] state
     chunk = max(1, int((budget - held - (8.0 * n_train * n_train if gram else 0.0)) // per_target))
     groups = [(c0, min(n_train, t1, c0 + chunk), True) for c0 in range(t0, min(n_train, t1), chunk)]
     groups += [(c0, min(t1, c0 + chunk), False) for c0 in range(max(n_train, t0), t1, chunk)]
@@ -766,7 +805,7 @@ def fit_datamodels(masks, margins, n_train: int, *, rows: np.ndarray | None = No
             D = X.columns(c0, c1).T.contiguous()
             D.neg_().add_(1.0)
         fit_p = _make_problem(X_fit, Y[:, :m_fit].contiguous(),
-                              None if D is None else D[:, :m_fit].contiguous(), budget - held)
+                              None if D is None else D[:, :m_fit].contiguous(), budget - held, gram=gram)
         Yv, Dv = Y[:, m_fit:], (None if D is None else D[:, m_fit:])
         best_k, best_mse, best_W, path_mse, path_se, L, steps = _path(
             fit_p, X_val, Yv, Dv, ratios, tol=path_tol, max_iter=max_iter, patience=patience,
@@ -786,7 +825,7 @@ def fit_datamodels(masks, margins, n_train: int, *, rows: np.ndarray | None = No
         r_chosen = ratios[bk].astype(np.float32)
         lam_c = lmax * torch.as_tensor(r_chosen, device=dev)
         # refit on every model at the chosen λ (data form reuses the path's step sizes)
-        refit_p = _make_problem(X, Y, D, budget - held)
+        refit_p = _make_problem(X, Y, D, budget - held, gram=gram)
         if isinstance(refit_p, _GramProblem):
             L = refit_p.lipschitz()
         res = _solve(refit_p, lam_c, best_W, L, None, tol=tol, max_iter=max(max_iter, 2000))

@@ -253,7 +253,7 @@ class JoinedMargins:
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[:]
-        return out if dtype is None else out.astype(dtype)
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 @dataclass(frozen=True)
@@ -335,7 +335,13 @@ class ReleaseWeights:
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self._read(np.arange(self.start, self.stop))
-        return out if dtype is None else out.astype(dtype)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __eq__(self, other: object) -> bool:  # an ndarray compares elementwise; a silent True here would lie
+        raise TypeError("compare rows read from the release's weights (np.asarray(weights[rows]) == ...)")
+
+    __ne__ = __eq__
+    __hash__ = None  # type: ignore[assignment]
 
 
 def release_weights(run_dir: Path | str, n_train: int) -> tuple[ReleaseWeights, np.ndarray, np.ndarray] | None:

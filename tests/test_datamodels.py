@@ -319,3 +319,32 @@ def test_fit_rows_and_target_range_select_models_and_targets():
     np.testing.assert_allclose(part.weights, whole.weights[15:22], atol=1e-4)
     np.testing.assert_allclose(part.bias, whole.bias[15:22], atol=1e-4)
     assert (part.weights[np.arange(5), np.arange(15, 20)] == 0).all()  # train targets 15..19 keep their own 0
+
+
+def test_large_weights_do_not_cost_the_solver_its_precision():
+    """A prediction whose mean (x̄·w) is far larger than the residual: the gap still reaches 1e-6 of the variance."""
+    rng = np.random.default_rng(23)
+    n, m = 60, 600
+    masks = random_masks(rng, m, n)
+    w = np.zeros(n, np.float32)
+    w[:20] = 5.0  # x̄·w ≈ 50, residual sd 0.3
+    Y = (masks.astype(np.float32) @ w + 3.0 + 0.3 * rng.standard_normal(m)).astype(np.float32)[:, None]
+    lam = lambda_max(masks, Y) * 0.01
+    sol = solve_lasso(masks, Y, lam, np.ones_like(Y, bool) & (rng.random((m, 1)) < 0.8), tol=1e-6, max_iter=3000)
+    assert sol.converged.all() and sol.n_iter.max() < 500, sol.n_iter
+
+
+def test_uint8_masks_count_any_non_zero_as_in_the_subset_and_bad_ranges_are_refused():
+    rng = np.random.default_rng(24)
+    n = 20
+    masks, Y, _, _ = planted(rng, 200, n, 2)
+    as_bool = fit_datamodels(masks, Y, n, n_lambdas=5)
+    twos = fit_datamodels(masks.astype(np.uint8) * 2, Y, n, n_lambdas=5, memory_gb=1e-5)  # held as uint8
+    assert twos.info["masks_held_as"] == "uint8" and (twos.n_rows == as_bool.n_rows).all()
+    np.testing.assert_allclose(twos.weights, as_bool.weights, atol=1e-3)
+    for bad in ({"targets": slice(0, 10, 2)}, {"targets": slice(30, 40)}, {"rows": np.array([0, 500])},
+                {"rows": np.ones(7, bool)}):
+        with pytest.raises(AuditError):
+            fit_datamodels(masks, Y, n, n_lambdas=5, **bad)
+    half = fit_datamodels(masks, Y, n, n_lambdas=5, rows=np.arange(200) % 2 == 0)  # a boolean mask of models
+    assert half.n_models_fit == 100
