@@ -26,6 +26,7 @@ import torch
 
 from audit.errors import AuditError, InternalError
 from audit.jsonio import read_json
+from audit.mapped import drop_pages, mark_mapped
 
 RELEASE_JSON = "release.json"
 DATA_ROLES = ("train_masks", "train_margins", "test_margins")
@@ -87,6 +88,9 @@ def load_pt(path: Path) -> dict[str, torch.Tensor]:
     try:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            for value in data.values() if isinstance(data, dict) else ():
+                if isinstance(value, torch.Tensor):
+                    mark_mapped(value)
         except RuntimeError:  # an old (non-zip) torch.save file cannot be memory-mapped
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # not a torch.save file, or one holding more than tensors
@@ -238,14 +242,28 @@ class JoinedMargins:
     def __getitem__(self, key: Any) -> np.ndarray:
         rows, cols = key if isinstance(key, tuple) else (key, slice(None))
         index = np.arange(self.start, self.stop)[rows]
+        if isinstance(index, np.ndarray) and index.ndim == 1 and index.size and np.all(np.diff(index) == 1):
+            index = slice(int(index[0]), int(index[-1]) + 1)  # a run of rows: a view of the map, not a copy
         if not (isinstance(cols, slice) and cols.step in (None, 1)):
-            return self[rows][..., cols]  # whole rows, then the columns in the order asked for
+            ids = np.arange(self.shape[1])[cols]
+            if ids.ndim != 1 or not isinstance(index, slice):
+                return self[rows][..., cols]  # whole rows, then the columns in the order asked for
+            out = np.empty((index.stop - index.start, len(ids)), np.float32)
+            offset = 0
+            for p in self.parts:  # only the bytes of the columns asked for are converted
+                here = (ids >= offset) & (ids < offset + p.shape[1])
+                if here.any():
+                    out[:, here] = p[index][:, ids[here] - offset]
+                    drop_pages(p)
+                offset += p.shape[1]
+            return out
         start, stop, _ = cols.indices(self.shape[1])
         out, offset = [], 0
         for p in self.parts:  # a column range: only its bytes of each row are read, from the parts holding it
             a, b = max(start, offset) - offset, min(stop, offset + p.shape[1]) - offset
             if a < b:
                 out.append(np.asarray(p[index, a:b], dtype=np.float32))
+                drop_pages(p)  # the process keeps the rows it asked for, not the file's pages
             offset += p.shape[1]
         if not out:
             return np.zeros(np.shape(index) + (0,), np.float32)
@@ -289,6 +307,10 @@ class ReleaseWeights:
     contiguous read per training example) and returns float32 rows. ``np.asarray`` reads everything
     ((N_train + N_test) x N_train x 4 bytes: only for small releases)."""
 
+    CLUSTER_GAP = 1024  # targets further apart are read separately (a 4 KiB page holds 1,024 float32)
+    SLAB_BYTES = 2**26
+    FAULT_AROUND = 2**16  # Linux's fault_around_bytes default
+
     def __init__(self, parts: list[torch.Tensor], start: int = 0, stop: int | None = None) -> None:
         self.parts = parts
         self.bounds = np.cumsum([0] + [int(p.shape[1]) for p in parts])
@@ -302,20 +324,35 @@ class ReleaseWeights:
         return self.shape[0]
 
     def _read(self, idx: np.ndarray) -> np.ndarray:
-        """Rows ``idx`` (absolute targets) as float32 [len(idx), n_train]."""
+        """Rows ``idx`` (absolute targets) as float32 [len(idx), n_train].
+
+        A target is a column of a .pt tensor, so each training example's row holds a few bytes of it: the
+        targets are read in clusters (sorted targets of one tensor less than ``CLUSTER_GAP`` columns apart),
+        each as contiguous ``[training rows, first:last + 1]`` slabs of at most ``SLAB_BYTES``, and the
+        mapped pages are released after each slab (:func:`audit.mapped.drop_pages`). A sample of targets
+        spread over a tensor reads it once front to back instead of a page per target and example."""
         out = np.empty((len(idx), self.shape[1]), np.float32)
         order = np.argsort(idx, kind="stable")
-        sorted_idx = idx[order]
-        breaks = np.nonzero((np.diff(sorted_idx) != 1) | (np.searchsorted(self.bounds, sorted_idx[1:], "right")
-                                                          != np.searchsorted(self.bounds, sorted_idx[:-1], "right")))[0]
-        for run in np.split(np.arange(len(idx)), breaks + 1):
-            if not run.size:
+        sorted_idx = np.asarray(idx, np.int64)[order]
+        part_of = np.searchsorted(self.bounds, sorted_idx, "right") - 1
+        breaks = np.nonzero((np.diff(sorted_idx) > self.CLUSTER_GAP) | (np.diff(part_of) != 0))[0]
+        n_rows = self.shape[1]
+        for cluster in np.split(np.arange(len(idx)), breaks + 1):
+            if not cluster.size:
                 continue
-            first = int(sorted_idx[run[0]])
-            part = int(np.searchsorted(self.bounds, first, "right")) - 1
-            a = first - int(self.bounds[part])
-            block = self.parts[part][:, a:a + run.size].to(torch.float32).numpy()   # [n_train, run]
-            out[order[run]] = block.T
+            part = int(part_of[cluster[0]])
+            tensor = self.parts[part]
+            cols = sorted_idx[cluster] - int(self.bounds[part])
+            a, b = int(cols[0]), int(cols[-1]) + 1
+            pick = None if b - a == len(cols) and np.all(np.diff(cols) == 1) else torch.as_tensor(cols - a)
+            # a page fault maps up to 64 KiB of cached file around it: count a row as at least that much
+            step = max(1, self.SLAB_BYTES // max((b - a) * tensor.element_size(), self.FAULT_AROUND))
+            for r0 in range(0, n_rows, step):
+                slab = tensor[r0:r0 + step, a:b]
+                if pick is not None:
+                    slab = slab.index_select(1, pick)
+                out[order[cluster], r0:r0 + step] = slab.to(torch.float32).numpy().T
+                drop_pages(tensor)
         return out
 
     def __getitem__(self, key: Any) -> Any:
