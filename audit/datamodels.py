@@ -42,6 +42,7 @@ import torch
 
 from audit.errors import AuditError, InternalError
 from audit.jsonio import save_npz
+from audit.mapped import drop_pages
 from audit.progress import SILENT, Progress
 
 __all__ = [
@@ -1025,14 +1026,19 @@ def _summary(lds: np.ndarray, mse: np.ndarray, base: np.ndarray | None, floor: n
         x = x[np.isfinite(x)]
         return float(f(x)) if x.size else float("nan")
 
+    def se(x: np.ndarray) -> float:
+        """Standard error of the mean over the targets (what a sample of targets leaves uncertain)."""
+        x = x[np.isfinite(x)]
+        return float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan")
+
     out = {"n_targets": int(lds.size), "n_lds": int(np.isfinite(lds).sum()),
            "n_lds_undefined": int((~np.isfinite(lds)).sum()),
-           "lds_mean": stat(np.mean, lds), "lds_median": stat(np.median, lds),
+           "lds_mean": stat(np.mean, lds), "lds_median": stat(np.median, lds), "lds_se": se(lds),
            "mse_mean": stat(np.mean, mse), "mse_median": stat(np.median, mse),
            "baseline_lds_mean": float("nan"), "baseline_lds_median": float("nan"), "baseline_n_lds": 0}
     if base is not None:
         out.update(baseline_lds_mean=stat(np.mean, base), baseline_lds_median=stat(np.median, base),
-                   baseline_n_lds=int(np.isfinite(base).sum()))
+                   baseline_n_lds=int(np.isfinite(base).sum()), baseline_lds_se=se(base))
     if floor is not None:
         out["noise_floor_mse"] = stat(np.mean, floor)
     return out
@@ -1095,13 +1101,17 @@ def evaluate(datamodels: Datamodels, masks_eval: np.ndarray, margins_eval: np.nd
 
 
 def _evaluation_summary(T: int, n_train: int, m: int, n_rep: int | None, lds: np.ndarray, mse: np.ndarray,
-                        base: np.ndarray | None, floor: np.ndarray | None) -> dict:
-    """The summary of an evaluation: 'all', 'train' and 'test' groups and top-level copies of 'all'."""
-    groups = {"all": np.arange(T), "train": np.arange(min(n_train, T)), "test": np.arange(n_train, T)}
+                        base: np.ndarray | None, floor: np.ndarray | None, sample: np.ndarray | None = None) -> dict:
+    """The summary of an evaluation: 'all', 'train' and 'test' groups and top-level copies of 'all'. With a
+    ``sample`` of targets (sorted ids), each group summarises its sampled targets and says how many it has."""
+    ids = np.arange(T) if sample is None else np.asarray(sample, np.int64)
+    groups = {"all": ids, "train": ids[ids < n_train], "test": ids[ids >= n_train]}
+    totals = {"all": T, "train": min(n_train, T), "test": max(0, T - n_train)}
     result: dict = {"n_targets": int(T), "n_train_targets": int(n_train), "n_test_targets": int(T - n_train),
-                    "n_eval_models": int(m), "replicates": n_rep}
+                    "n_eval_models": int(m), "replicates": n_rep, "sampled": sample is not None and len(ids) < T}
     for name, g in groups.items():
         result[name] = _summary(lds[g], mse[g], None if base is None else base[g], None if floor is None else floor[g])
+        result[name]["n_targets_total"] = int(totals[name])
     for key in ("lds_mean", "lds_median", "mse_mean", "mse_median", "baseline_lds_mean", "baseline_lds_median",
                 "n_lds", "n_lds_undefined"):
         result[key] = result["all"][key]
@@ -1109,73 +1119,126 @@ def _evaluation_summary(T: int, n_train: int, m: int, n_rep: int | None, lds: np
     return result
 
 
+def evaluation_targets(n_train: int, n_targets: int, per_group: int | None, seed: int = 0) -> np.ndarray | None:
+    """The targets `audit evaluate` scores: None (all of them) when ``per_group`` is None or 0 or no group
+    (train, test) has more targets; else up to ``per_group`` of each group, a seeded random sample, sorted."""
+    if not per_group or max(n_train, n_targets - n_train) <= per_group:
+        return None
+    rng = np.random.default_rng(seed)
+    parts = [np.arange(lo, hi) if hi - lo <= per_group else np.sort(rng.choice(np.arange(lo, hi), per_group, replace=False))
+             for lo, hi in ((0, min(n_train, n_targets)), (n_train, n_targets)) if hi > lo]
+    return np.concatenate(parts).astype(np.int64)
+
+
+def target_columns(ids: np.ndarray) -> slice | np.ndarray:
+    """A run of consecutive target ids as a slice (read as one range of columns), else the ids."""
+    ids = np.asarray(ids, np.int64)
+    if ids.size and np.all(np.diff(ids) == 1):
+        return slice(int(ids[0]), int(ids[-1]) + 1)
+    return ids
+
+
+def target_ids(cols: slice | np.ndarray) -> np.ndarray:
+    return np.arange(cols.start, cols.stop) if isinstance(cols, slice) else np.asarray(cols, np.int64)
+
+
 # ----- streamed evaluation (memory-mapped models, a memory budget) ---------------------------------
 def memory_budget(memory_gb: float | None = None) -> int:
     """Bytes a streamed step may hold: ``memory_gb`` GiB, else half of the memory available now
-    (``os.sysconf``: SC_AVPHYS_PAGES x SC_PAGE_SIZE; 2 GiB where the system does not say)."""
+    (MemAvailable of /proc/meminfo: free memory plus the page cache the system can drop, which after
+    reading a large release is most of it; else ``os.sysconf`` free pages; 2 GiB where nothing says)."""
     if memory_gb is not None:
         if not memory_gb > 0:
             raise AuditError(f"--memory-gb must be positive (got {memory_gb})")
         return int(memory_gb * 2**30)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 2
     except (ValueError, OSError, AttributeError):
         return 2 * 2**30
 
 
-def _block_rows(source, rows: np.ndarray, cols: slice, dtype=np.float64) -> np.ndarray:
-    """``source[rows][:, cols]`` as ``dtype`` (a memory map or the run's joined margins: only those rows are read)."""
-    return np.asarray(source[rows, cols] if not isinstance(source, np.ndarray) else source[rows][:, cols], dtype=dtype)
+def block_columns(source, rows, cols: slice | np.ndarray, dtype=np.float64, max_bytes: int = 2**26) -> np.ndarray:
+    """``source[rows][:, cols]`` as ``dtype`` (a memory map or the run's joined margins: only those rows are read).
+    Columns given as ids (not a range) are taken from ``max_bytes`` of whole rows at a time."""
+    if isinstance(cols, slice):
+        out = np.asarray(source[rows, cols] if not isinstance(source, np.ndarray) else source[rows][:, cols],
+                         dtype=dtype)
+        drop_pages(source)
+        return out
+    index = np.arange(len(source))[rows]
+    step = max(1, max_bytes // max(1, source.shape[1] * np.dtype(source.dtype).itemsize))
+    out = np.empty(np.shape(index) + (len(cols),), dtype)
+    for r0 in range(0, len(index), step):
+        part = index[r0:r0 + step]
+        run = slice(int(part[0]), int(part[-1]) + 1) if np.all(np.diff(part) == 1) else part
+        out[r0:r0 + len(part)] = np.asarray(source[run])[:, cols] if len(part) else 0
+        drop_pages(source)
+    return out
 
 
-def streamed_difference_of_means(masks, margins, rows: np.ndarray, n_train: int, cols: slice,
+def streamed_difference_of_means(masks, margins, rows: np.ndarray, n_train: int, cols: slice | np.ndarray,
                                  block: int) -> np.ndarray:
-    """``difference_of_means`` for the targets ``cols`` only, reading the models ``rows`` (all finite) of the
-    memory-mapped ``masks`` [M, n_train] (bool or uint8) and ``margins`` [M, T] (any float) ``block`` at a time;
-    the same arithmetic (float64, margins centred per target first), weights float32 [len(cols), n_train]."""
-    targets = np.arange(cols.start, cols.stop)
+    """``difference_of_means`` for the targets ``cols`` only (a range or ids), reading the models ``rows`` (all
+    finite) of the memory-mapped ``masks`` [M, n_train] (bool or uint8) and ``margins`` [M, T] (any float)
+    ``block`` at a time, in one pass; weights float32 [len(cols), n_train].
+
+    Each block's products are float32 (a margin minus its target's mean over the first block: centred
+    values, so float32 keeps them; the shift cancels in the difference) and are summed in float64; the
+    counts of models with each example are exact. A test target counts every model, so its counts are
+    the column sums; only train targets need a product of counts."""
+    targets = target_ids(cols)
     train_t = targets[targets < n_train]
-    t = len(targets)
-
-    def blocks() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        for b0 in range(0, len(rows), block):
-            r = rows[b0:b0 + block]
-            x = np.asarray(masks[r], dtype=bool)
-            Y = torch.as_tensor(np.ascontiguousarray(_block_rows(margins, r, cols).T))
-            D = torch.ones_like(Y)
-            if train_t.size:
-                D[: train_t.size] = torch.as_tensor(~x[:, train_t].T, dtype=torch.float64)
-            yield torch.as_tensor(x.astype(np.float64)), Y, D
-
-    dy_sum, d_sum = torch.zeros(t, 1, dtype=torch.float64), torch.zeros(t, 1, dtype=torch.float64)
-    for _, Y, D in blocks():  # pass 1: each target's mean over its models, to centre as the dense path does
-        dy_sum += (D * Y).sum(1, keepdim=True)
-        d_sum += D.sum(1, keepdim=True)
-    mean = dy_sum / d_sum.clamp_min(1)
+    t, n_tr = len(targets), train_t.size
+    count_dtype = torch.float32 if len(rows) < 2**24 else torch.float64
     s1 = torch.zeros(t, n_train, dtype=torch.float64)
-    n1 = torch.zeros(t, n_train, dtype=torch.float64)
-    s_all = torch.zeros(t, 1, dtype=torch.float64)
-    for X, Y, D in blocks():  # pass 2: sums over the models with and without each training example
-        DY = D * (Y - mean)
-        s1 += DY @ X
-        n1 += D @ X
+    n1_train = torch.zeros(n_tr, n_train, dtype=count_dtype)
+    n1_all = torch.zeros(1, n_train, dtype=torch.float64)
+    s_all, d_sum = torch.zeros(t, 1, dtype=torch.float64), torch.zeros(t, 1, dtype=torch.float64)
+    shift = None
+    for b0 in range(0, len(rows), block):  # sums over the models with and without each training example
+        r = rows[b0:b0 + block]
+        x = np.asarray(masks[r], dtype=bool)
+        drop_pages(masks)
+        Y = torch.as_tensor(np.ascontiguousarray(block_columns(margins, r, cols).T))
+        D = torch.ones_like(Y)
+        if n_tr:
+            D[:n_tr] = torch.as_tensor(~x[:, train_t].T, dtype=torch.float64)
+        if shift is None:
+            shift = (D * Y).sum(1, keepdim=True) / D.sum(1, keepdim=True).clamp_min(1)
+        DY = D * (Y - shift)
+        xf = torch.as_tensor(x, dtype=torch.float32)
+        s1 += (DY.to(torch.float32) @ xf).to(torch.float64)
+        n1_all += torch.as_tensor(x.sum(0, dtype=np.float64))[None]
+        if n_tr:
+            n1_train += D[:n_tr].to(count_dtype) @ xf.to(count_dtype)
         s_all += DY.sum(1, keepdim=True)
+        d_sum += D.sum(1, keepdim=True)
+    n1 = n1_all.expand(t, n_train).clone()
+    n1[:n_tr] = n1_train.to(torch.float64)
     n0 = d_sum - n1
     w = s1 / n1.clamp_min(1) - (s_all - s1) / n0.clamp_min(1)
     w = torch.where((n1 > 0) & (n0 > 0), w, torch.zeros_like(w)).float().numpy()
-    w[np.arange(train_t.size), train_t] = 0.0
+    w[np.arange(n_tr), train_t] = 0.0
     return w
 
 
 def streamed_evaluate(datamodels: Datamodels, masks_eval, margins_eval, n_train: int, train_masks=None,
                       train_margins=None, rows: np.ndarray | None = None, *, margins_replicates=None,
-                      memory_gb: float | None = None,
+                      memory_gb: float | None = None, targets: np.ndarray | None = None,
                       progress: Progress = SILENT) -> tuple[dict, dict[str, np.ndarray]]:
     """``evaluate`` with the difference-of-means baseline from the training models ``rows`` of
     ``train_masks`` / ``train_margins``, over blocks of targets and of models under a memory budget
     (:func:`memory_budget`): every array may be a memory map (bool/uint8 masks, float16 margins,
     converted per block), and no [models, targets] array is whole in memory. The results equal
-    ``evaluate`` (dense) up to float summation order.
+    ``evaluate`` (dense) up to float summation order. ``targets`` (sorted ids, :func:`evaluation_targets`):
+    score only those (the others' per-target values are NaN; each group's summary is over its sample).
 
     Memory: the evaluation masks as bool [m, n_train] stay whole (and the datamodels' weights); half the
     rest of the budget goes to a block of targets (≈ 8 x (12 m + 4 n_train) bytes per target), a quarter to
@@ -1190,8 +1253,11 @@ def streamed_evaluate(datamodels: Datamodels, masks_eval, margins_eval, n_train:
         raise AuditError(f"shapes disagree: masks {masks_e.shape}, margins {margins_eval.shape}, "
                          f"datamodels {datamodels.weights.shape}, n_train={n_train}")
     with_base = train_masks is not None and rows is not None and len(rows) > 0
+    ids = np.arange(T) if targets is None else np.asarray(targets, np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= T or np.any(np.diff(ids) <= 0)):
+        raise InternalError(f"evaluation targets must be sorted unique ids below {T}")
     left = max(budget - masks_e.nbytes, 2**24)
-    chunk = int(min(T, max(1, left // 2 // (8 * (12 * m + 4 * n_train)))))
+    chunk = int(min(max(1, len(ids)), max(1, left // 2 // (8 * (12 * m + 4 * n_train)))))
     block = int(max(1, left // 4 // (8 * (n_train + 4 * chunk) + 2 * T)))
     eval_block = int(max(1, left // 4 // (4 * n_train + 4 * chunk)))  # rows of float32 masks per product
 
@@ -1202,30 +1268,39 @@ def streamed_evaluate(datamodels: Datamodels, masks_eval, margins_eval, n_train:
     out = {k: np.full(T, np.nan) for k in ("mse", "lds", "base", "floor")}
     cnt_all = np.zeros(T, np.int64)
     n_rep = None
-    with progress.task("evaluate: blocks of targets", total=-(-T // chunk)) as bar:
-        for c0 in range(0, T, chunk):
-            cols = slice(c0, min(T, c0 + chunk))
-            targets = np.arange(cols.start, cols.stop)
+    with progress.task("evaluate: blocks of targets", total=-(-len(ids) // chunk)) as bar:
+        for c0 in range(0, len(ids), chunk):
+            cols = target_columns(ids[c0:c0 + chunk])
+            block_ids = target_ids(cols)
             if margins_replicates is not None:
                 reps = np.asarray(margins_replicates[..., cols], dtype=np.float64)
                 n_rep = int(reps.shape[1])
                 measured = reps.mean(1)
             else:
-                measured = _block_rows(margins_eval, slice(None), cols)
+                measured = block_columns(margins_eval, slice(None), cols)
             valid = np.ones(measured.shape, bool)
-            tr = targets < n_train
-            valid[:, tr] = ~masks_e[:, targets[tr]]
+            tr = block_ids < n_train
+            valid[:, tr] = ~masks_e[:, block_ids[tr]]
             valid &= np.isfinite(measured)
-            pred = (product(np.asarray(datamodels.weights[cols], np.float32)) + datamodels.bias[None, cols]).astype(np.float64)
+            w = np.asarray(datamodels.weights[cols], np.float32)
+            if with_base:  # one product for both: the float32 masks are made once per block of targets
+                bw = streamed_difference_of_means(train_masks, train_margins, np.asarray(rows), n_train, cols, block)
+                both = product(np.concatenate([w, bw]))
+                pred, base_pred = both[:, :len(w)], both[:, len(w):]
+                del bw, both
+            else:
+                pred, base_pred = product(w), None
+            del w
+            pred = (pred + datamodels.bias[None, cols]).astype(np.float64)
             cnt = valid.sum(0)
             with np.errstate(invalid="ignore", divide="ignore"):
                 out["mse"][cols] = np.where(cnt > 0, np.where(valid, (pred - measured) ** 2, 0.0).sum(0)
                                             / np.maximum(cnt, 1), np.nan)
             out["lds"][cols] = spearman_columns(pred, measured, valid)
             cnt_all[cols] = cnt
-            if with_base:
-                bw = streamed_difference_of_means(train_masks, train_margins, np.asarray(rows), n_train, cols, block)
-                out["base"][cols] = spearman_columns(product(bw), measured, valid)
+            if base_pred is not None:
+                out["base"][cols] = spearman_columns(base_pred, measured, valid)
+                del base_pred
             if margins_replicates is not None and n_rep is not None and n_rep >= 2:
                 with np.errstate(invalid="ignore", divide="ignore"):
                     out["floor"][cols] = np.where(cnt > 0, np.where(valid, reps.var(1, ddof=1), 0).sum(0)
@@ -1239,4 +1314,5 @@ def streamed_evaluate(datamodels: Datamodels, masks_eval, margins_eval, n_train:
         per_target["baseline_lds"] = base.astype(np.float32)
     if floor is not None:
         per_target["noise_floor_mse"] = floor.astype(np.float32)
-    return _evaluation_summary(T, n_train, m, n_rep, out["lds"], out["mse"], base, floor), per_target
+    return _evaluation_summary(T, n_train, m, n_rep, out["lds"], out["mse"], base, floor,
+                               None if targets is None else ids), per_target

@@ -37,7 +37,7 @@ from audit.contract import (
 )
 from audit.data import SPEC_HELP, Dataset, dataset_kind, dataset_name, load_dataset
 from audit.data.planting import LABEL_PLANT_OPTIONS, label_plant_options
-from audit.datamodels import Datamodels, fit_datamodels, streamed_evaluate
+from audit.datamodels import Datamodels, evaluation_targets, fit_datamodels, streamed_evaluate
 from audit.errors import AuditError
 from audit.execution import address_setting, engine_setting, train_local, train_ray
 from audit.jsonio import read_json, save_npz, write_json
@@ -105,6 +105,9 @@ class FitConfig:
                                       "half of the memory available, or of a GPU's free memory)", volatile=True)
 
 
+EVAL_TARGETS = 2000  # per group: all of digits' targets; a sample of larger ones (SE of a mean LDS ≈ 0.004)
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     """Settings of the evaluate step (held-out models)."""
@@ -113,6 +116,9 @@ class EvaluateConfig:
     repeats: int = setting(1, "--repeats", "models per held-out subset, margins averaged", aliases=("-r",))
     memory_gb: float | None = setting(None, "--memory-gb", "memory the streamed evaluation may hold, GiB "
                                       "(default: half of the memory available)", volatile=True)
+    targets: int = setting(EVAL_TARGETS, "--targets", "targets scored per group (train, test): a group with more "
+                           "gets a seeded random sample of this many, its mean LDS a standard error "
+                           "(0: every target; the baseline costs models x N_train per target)", minimum=0)
 PATH_KINDS = ("npz", "cifar10", "fmow", "folder", "csv")  # dataset specs whose argument is a file or folder
 
 
@@ -317,13 +323,16 @@ def _scatter_sample(dm, masks_eval: np.ndarray, measured: np.ndarray, n_train: i
 
 
 def evaluate(run_dir: Path, *, n_subsets: int = EvaluateConfig.n_subsets, repeats: int = EvaluateConfig.repeats,
-             memory_gb: float | None = None, progress: Progress = SILENT) -> dict:
-    """Train held-out models (``repeats`` per subset), then score datamodels and the baseline on them."""
+             memory_gb: float | None = None, targets: int = EvaluateConfig.targets,
+             progress: Progress = SILENT) -> dict:
+    """Train held-out models (``repeats`` per subset), then score datamodels and the baseline on them
+    (up to ``targets`` per group: :func:`audit.datamodels.evaluation_targets`)."""
     store = RunStore.open(run_dir, writable=False)
     dm = load_datamodels(run_dir)
     c = store.config
+    sample = evaluation_targets(c.n_train, c.n_targets, targets, seed=c.seed)
     if is_imported(store.path):  # the release's evaluation models: nothing to train
-        return _evaluate_on(store, dm, release_models(store.path, c.n_train, c.n_test), memory_gb, progress)
+        return _evaluate_on(store, dm, release_models(store.path, c.n_train, c.n_test), memory_gb, sample, progress)
     ds = dataset_of(store)
     eval_config = RunConfig(dataset=c.dataset, fingerprint=c.fingerprint, n_train=c.n_train, n_test=c.n_test,
                             alpha=c.alpha, n_models=n_subsets * repeats, seed=c.seed, stream=STREAM_EVAL,
@@ -341,10 +350,10 @@ def evaluate(run_dir: Path, *, n_subsets: int = EvaluateConfig.n_subsets, repeat
     rows = store.finished_rows()
     result, per_target = streamed_evaluate(dm, masks_eval, margins[keep].mean(1), c.n_train, store.masks,
                                            store.margins, rows, margins_replicates=margins[keep] if repeats > 1
-                                           else None, memory_gb=memory_gb, progress=progress)
+                                           else None, memory_gb=memory_gb, targets=sample, progress=progress)
     result.update({"n_subsets": int(keep.sum()), "n_subsets_requested": n_subsets, "repeats": repeats,
                    "n_fit_models": int(len(rows))})
-    result["scores"] = evaluate_scores(store.path, masks_eval, margins[keep].mean(1), c.n_train, c.n_test)
+    result["scores"] = evaluate_scores(store.path, masks_eval, margins[keep].mean(1), c.n_train, c.n_test, sample)
     per_target.update(_scatter_sample(dm, masks_eval, margins[keep].mean(1), c.n_train, c.n_targets))
     write_json(store.path / EVALUATION_JSON, result)
     save_npz(store.path / EVALUATION_TARGETS, **per_target)
@@ -352,7 +361,7 @@ def evaluate(run_dir: Path, *, n_subsets: int = EvaluateConfig.n_subsets, repeat
 
 
 def _evaluate_on(store: RunStore, dm: Datamodels, models: ReleaseModels, memory_gb: float | None,
-                 progress: Progress) -> dict:
+                 sample: np.ndarray | None, progress: Progress) -> dict:
     """Score an imported run's datamodels on the release's evaluation models (the last rows), against
     difference of means from its training models; streamed from the memory maps."""
     c = store.config
@@ -365,11 +374,12 @@ def _evaluate_on(store: RunStore, dm: Datamodels, models: ReleaseModels, memory_
                          f"others; import it again with --eval-models 5 or more (the release has 10,000)")
     rows = np.arange(len(models.masks))
     result, per_target = streamed_evaluate(dm, models.eval_masks, models.eval_margins, c.n_train, models.masks,
-                                           models.margins, rows, memory_gb=memory_gb, progress=progress)
+                                           models.margins, rows, memory_gb=memory_gb, targets=sample,
+                                           progress=progress)
     result.update({"n_subsets": n_eval, "n_subsets_requested": n_eval, "repeats": 1, "n_fit_models": len(rows)})
     if score_names(store.path):  # imported attribution scores, on the same evaluation models
         result["scores"] = evaluate_scores(store.path, np.asarray(models.eval_masks, dtype=bool),
-                                           models.eval_margins, c.n_train, c.n_test)  # read a column block at a time
+                                           models.eval_margins, c.n_train, c.n_test, sample)  # a column block at a time
     sample = min(n_eval, 2000)  # the scatter plot's dots: the first evaluation models
     per_target.update(_scatter_sample(dm, np.asarray(models.eval_masks[:sample], bool), models.eval_margins[:sample],
                                       c.n_train, c.n_targets))
@@ -597,6 +607,23 @@ class GroupQuality(Result):
     baseline_lds_mean: float | None = None
     baseline_lds_median: float | None = None
     baseline_n_lds: int | None = None
+    lds_se: float | None = None  # standard error of lds_mean over the targets (what a sample leaves uncertain)
+    baseline_lds_se: float | None = None
+    n_targets_total: int | None = None  # the group's targets; more than n_targets when a sample was scored
+
+    @property
+    def sampled(self) -> bool:
+        return self.n_targets_total is not None and self.n_targets_total > self.n_targets
+
+    def targets_text(self) -> str:
+        """'5,000' or, for a sample, '5,000 of 50,000'."""
+        return f"{self.n_targets:,} of {self.n_targets_total:,}" if self.sampled else f"{self.n_targets:,}"
+
+    def lds_text(self, baseline: bool = False) -> str:
+        """The mean LDS, with its standard error when the group was sampled."""
+        mean, se = (self.baseline_lds_mean, self.baseline_lds_se) if baseline else (self.lds_mean, self.lds_se)
+        text = _f3(mean)
+        return f"{text} ± {se:.3f}" if self.sampled and se is not None and math.isfinite(se) and text != "-" else text
 
 
 @dataclass(frozen=True)
@@ -648,20 +675,24 @@ class EvaluateStep(Step[EvaluateConfig, EvaluateResult]):
     def compute(self, run_dir: Path, config: EvaluateConfig, *, dataset: Dataset | None = None,
                 progress: Progress = SILENT) -> EvaluateResult:
         return EvaluateResult.from_json(evaluate(run_dir, n_subsets=config.n_subsets, repeats=config.repeats,
-                                                 memory_gb=config.memory_gb, progress=progress))
+                                                 memory_gb=config.memory_gb, targets=config.targets,
+                                                 progress=progress))
 
     def summary(self, r: EvaluateResult) -> list[Block]:
         rows = []
         for group in ("all", "train", "test"):
             g: GroupQuality = getattr(r, group)
-            rows.append((f"datamodels ({group})", str(g.n_targets), _f3(g.lds_mean), _f3(g.mse_mean)))
-            rows.append((f"difference of means ({group})", str(g.n_targets), _f3(g.baseline_lds_mean), ""))
+            rows.append((f"datamodels ({group})", g.targets_text(), g.lds_text(), _f3(g.mse_mean)))
+            rows.append((f"difference of means ({group})", g.targets_text(), g.lds_text(baseline=True), ""))
             rows.extend((f"{q.name} ({group})", str(sg.n_targets), _f3(sg.lds_mean), "")
                         for q in r.scores.values() if (sg := getattr(q, group)) is not None)
         out: list[Block] = [Table(f"datamodel quality on {r.n_subsets} held-out subsets x {r.repeats} repeats",
                                   ("estimator", "targets", "mean LDS (Spearman)", "mean MSE"), tuple(rows))]
         if r.noise_floor_mse is not None:
             out.append(Line(f"noise floor (OPT) MSE with {r.repeats} repeats: {r.noise_floor_mse:.3f}"))
+        if r.train.sampled or r.test.sampled:
+            out.append(Line("LDS over a seeded random sample of targets per group (± one standard error); "
+                            "--targets N scores more, --targets 0 every target"))
         return out
 
     def targets(self, run_dir: Path | str) -> TargetQuality | None:

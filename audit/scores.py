@@ -30,7 +30,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from audit.contract import Result
-from audit.datamodels import spearman_columns
+from audit.datamodels import block_columns, spearman_columns, target_columns, target_ids
 from audit.errors import AuditError
 from audit.jsonio import read_json, write_json
 
@@ -309,36 +309,47 @@ def _group(lds: np.ndarray) -> ScoreGroup:
 
 
 def lds_of(matrix: ScoreMatrix, masks_eval: np.ndarray, measured: Any, n_train: int,
-           model_block: int = MODEL_BLOCK) -> np.ndarray:
+           model_block: int = MODEL_BLOCK, targets: np.ndarray | None = None) -> np.ndarray:
     """Per-row LDS of a score matrix: Spearman over the held-out models between ``masks @ scores`` and the
     measured margins ``measured`` [m, n_train + n_test] (train targets only over models that leave them out,
     as for the datamodels). Streamed: ``CHUNK`` targets at a time (their columns of ``measured`` only, which
     may be a memory map or the release's joined margins) and the masks as float32 ``model_block`` rows at a
-    time, so no [models, targets] or float32 [models, n_train] array is whole in memory."""
+    time, so no [models, targets] or float32 [models, n_train] array is whole in memory. ``targets``
+    (sorted absolute target ids, the evaluation's sample): only those rows are scored, the others are NaN."""
     masks_eval = np.asarray(masks_eval, dtype=bool)
     first = matrix.first_target
-    out = np.empty(matrix.weights.shape[0], dtype=np.float64)
-    for start in range(0, len(out), CHUNK):
-        w = np.asarray(matrix.weights[start:start + CHUNK], dtype=np.float32)
-        lo, hi = first + start, first + start + len(w)
+    out = np.full(matrix.weights.shape[0], np.nan)
+    rows = np.arange(len(out)) if targets is None else \
+        np.asarray(targets, np.int64)[np.asarray(targets) >= first] - first
+    for start in range(0, len(rows), CHUNK):
+        cols = target_columns(rows[start:start + CHUNK])
+        w = np.asarray(matrix.weights[cols], dtype=np.float32)
+        ids = first + target_ids(cols)
         pred = np.concatenate([masks_eval[r:r + model_block].astype(np.float32) @ w.T
                                for r in range(0, len(masks_eval), model_block)])
-        y = np.asarray(measured[:, lo:hi], dtype=np.float32)
+        y = block_columns(measured, slice(None), target_columns(ids), dtype=np.float32)
         valid = np.isfinite(y)
-        if lo < n_train:  # a train target counts only the models whose subset left it out (eq. 9)
-            valid[:, :n_train - lo] &= ~masks_eval[:, lo:min(hi, n_train)]
-        out[start:start + len(w)] = spearman_columns(pred, y, valid)
+        train = ids < n_train  # a train target counts only the models whose subset left it out (eq. 9)
+        valid[:, train] &= ~masks_eval[:, ids[train]]
+        out[cols] = spearman_columns(pred, y, valid)
     return out
 
 
 def evaluate_scores(run_dir: Path | str, masks_eval: np.ndarray, measured: Any, n_train: int,
-                    n_test: int) -> dict[str, Any]:
-    """``{name: ScoreQuality json}`` for every score matrix of the run (evaluation.json "scores")."""
+                    n_test: int, targets: np.ndarray | None = None) -> dict[str, Any]:
+    """``{name: ScoreQuality json}`` for every score matrix of the run (evaluation.json "scores"), over the
+    evaluation's sample of ``targets`` when it has one (the others are left out of the means)."""
     out: dict[str, Any] = {}
     for m in load_all(run_dir, n_train, n_test):
-        lds = lds_of(m, masks_eval, measured, n_train)
-        q = ScoreQuality(name=m.info.name, how=m.info.how, targets=m.info.targets, test=_group(lds[-n_test:]))
+        lds = lds_of(m, masks_eval, measured, n_train, targets=targets)
+        scored = np.ones(n_train + n_test, bool)
+        if targets is not None:
+            scored[:] = False
+            scored[targets] = True
+        scored = scored[m.first_target:]
+        q = ScoreQuality(name=m.info.name, how=m.info.how, targets=m.info.targets,
+                         test=_group(lds[-n_test:][scored[-n_test:]]))
         if m.info.targets == "all":
-            q = q.model_copy(update={"train": _group(lds[:n_train]), "all": _group(lds)})
+            q = q.model_copy(update={"train": _group(lds[:n_train][scored[:n_train]]), "all": _group(lds[scored])})
         out[m.info.name] = q.to_json()
     return out

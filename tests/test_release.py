@@ -14,7 +14,8 @@ import torch
 
 from audit import pipeline
 from audit.audits.influence import INFLUENCE
-from audit.datamodels import Datamodels, difference_of_means, evaluate, streamed_evaluate
+from audit.datamodels import (Datamodels, block_columns, difference_of_means, evaluate, evaluation_targets,
+                              streamed_evaluate, target_columns)
 from audit.errors import AuditError
 from audit.release import ReleaseWeights, release_paths
 from audit.release_import import import_release
@@ -81,6 +82,17 @@ def test_imported_weights_are_read_lazily_like_a_memory_map(imported):
         w[60]
 
 
+@pytest.mark.parametrize("gap, slab", [(0, 4), (3, 64), (1024, 2**26)])  # a read per target .. one slab
+def test_weights_read_in_clusters_and_slabs_equal_the_values(imported, monkeypatch, gap, slab):
+    run_dir, truth = imported
+    monkeypatch.setattr(ReleaseWeights, "CLUSTER_GAP", gap)
+    monkeypatch.setattr(ReleaseWeights, "SLAB_BYTES", slab)
+    monkeypatch.setattr(ReleaseWeights, "FAULT_AROUND", 1)
+    w, want = pipeline.load_datamodels(run_dir).weights, truth["weights"]
+    rows = np.array([0, 2, 3, 9, 20, 38, 39, 40, 41, 47, 59, 2])  # gaps of 1..11, both files, a repeat
+    np.testing.assert_array_equal(w[rows], want[rows])
+
+
 def test_training_and_evaluation_rows(imported, release):
     run_dir, _ = imported
     folder = release[0]
@@ -114,8 +126,8 @@ def test_evaluate_scores_the_last_rows_against_difference_of_means(imported, rel
     assert r.all.lds_mean > r.all.baseline_lds_mean  # the true weights beat difference of means
 
 
-@pytest.mark.parametrize("memory_gb", [None, 1e-6])  # the default, and a budget of one target and model a block
-def test_streamed_evaluate_equals_dense(rng, memory_gb):
+def _synthetic_models(rng):
+    """Datamodels of 30 train + 12 test targets, 80 training and 25 evaluation models (float16 margins)."""
     n_train, n_test, m, m_eval = 30, 12, 80, 25
     w = rng.normal(size=(n_train + n_test, n_train)).astype(np.float32)
     dm = Datamodels(weights=w, bias=rng.normal(size=n_train + n_test).astype(np.float32), lam=np.zeros(0),
@@ -124,6 +136,12 @@ def test_streamed_evaluate_equals_dense(rng, memory_gb):
     margins = (masks @ w.T + rng.normal(size=(m, n_train + n_test))).astype(np.float16)
     masks_e = rng.random((m_eval, n_train)) < 0.5
     margins_e = (masks_e @ w.T + rng.normal(size=(m_eval, n_train + n_test))).astype(np.float16)
+    return n_train, n_test, m, dm, masks, margins, masks_e, margins_e
+
+
+@pytest.mark.parametrize("memory_gb", [None, 1e-6])  # the default, and a budget of one target and model a block
+def test_streamed_evaluate_equals_dense(rng, memory_gb):
+    n_train, n_test, m, dm, masks, margins, masks_e, margins_e = _synthetic_models(rng)
     base = difference_of_means(masks, margins.astype(np.float32), n_train)
     dense, dense_t = evaluate(dm, masks_e, margins_e.astype(np.float32), n_train, baseline_weights=base)
     streamed, streamed_t = streamed_evaluate(dm, masks_e, margins_e, n_train, masks.astype(np.uint8), margins,
@@ -333,3 +351,55 @@ def test_imported_run_gets_leakage_and_scores_with_your_own_features(imported, t
     scores.import_scores(tmp_path / "copy.npy", run, n_train=c.n_train, n_test=c.n_test)
     result = pipeline.EVALUATE.run(run)
     assert result.scores["copy"].test.lds_mean == pytest.approx(result.test.lds_mean, abs=1e-6)
+
+
+def test_evaluation_targets_sample_each_group():
+    assert evaluation_targets(1297, 1797, 5000) is None and evaluation_targets(50, 60, 0) is None
+    ids = evaluation_targets(1000, 1300, 200, seed=3)
+    assert np.all(np.diff(ids) > 0) and ids.dtype == np.int64
+    assert (ids < 1000).sum() == 200 and (ids >= 1000).sum() == 200 and ids.max() < 1300
+    np.testing.assert_array_equal(ids, evaluation_targets(1000, 1300, 200, seed=3))  # seeded
+    assert not np.array_equal(ids, evaluation_targets(1000, 1300, 200, seed=4))
+    small = evaluation_targets(1000, 1100, 200)  # a group with fewer than the sample keeps all of them
+    np.testing.assert_array_equal(small[small >= 1000], np.arange(1000, 1100))
+
+
+def test_block_columns_reads_ids_like_fancy_indexing(rng, tmp_path):
+    a = np.lib.format.open_memmap(tmp_path / "m.npy", "w+", np.float16, (37, 11))
+    a[:] = rng.normal(size=(37, 11))
+    cols = np.array([0, 3, 4, 10])
+    for rows in (slice(None), np.array([1, 2, 3, 9, 30]), np.arange(5, 20)):
+        want = a[rows][:, cols].astype(np.float64)
+        np.testing.assert_array_equal(block_columns(a, rows, cols, max_bytes=50), want)
+        np.testing.assert_array_equal(block_columns(a, rows, target_columns(np.arange(2, 6))),
+                                      a[rows][:, 2:6].astype(np.float64))
+
+
+@pytest.mark.parametrize("memory_gb", [None, 1e-6])
+def test_a_sample_of_targets_scores_as_the_whole_evaluation_does(rng, memory_gb):
+    n_train, n_test, m, dm, masks, margins, masks_e, margins_e = _synthetic_models(rng)
+    full, full_t = streamed_evaluate(dm, masks_e, margins_e, n_train, masks, margins, np.arange(m))
+    sample = evaluation_targets(n_train, n_train + n_test, 7, seed=1)
+    part, part_t = streamed_evaluate(dm, masks_e, margins_e, n_train, masks, margins, np.arange(m),
+                                     memory_gb=memory_gb, targets=sample)
+    scored = np.zeros(n_train + n_test, bool)
+    scored[sample] = True
+    for key in ("lds", "mse", "baseline_lds"):
+        np.testing.assert_allclose(part_t[key][scored], full_t[key][scored], rtol=1e-6, atol=1e-7)
+        assert np.isnan(part_t[key][~scored]).all()
+    assert part["sampled"] and not full["sampled"]
+    assert part["train"]["n_targets"] == 7 and part["train"]["n_targets_total"] == n_train
+    assert part["test"]["n_targets"] == 7 and part["test"]["n_targets_total"] == n_test
+    assert part["test"]["lds_mean"] == pytest.approx(np.nanmean(full_t["lds"][sample[sample >= n_train]]))
+    assert part["test"]["lds_se"] > 0
+
+
+def test_evaluate_targets_samples_an_imported_run(imported):
+    run_dir, _ = imported
+    r = pipeline.EVALUATE.run(run_dir, pipeline.EvaluateConfig(targets=5))
+    assert r.train.n_targets == 5 and r.train.n_targets_total == 40 and r.train.sampled
+    assert r.test.n_targets == 5 and r.test.sampled and r.test.lds_se is not None
+    text = r.train.targets_text()
+    assert text == "5 of 40" and "±" in r.train.lds_text()
+    full = pipeline.EVALUATE.run(run_dir, pipeline.EvaluateConfig(targets=0))
+    assert full.train.n_targets == 40 and not full.train.sampled and "±" not in full.train.lds_text()

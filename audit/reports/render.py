@@ -245,12 +245,14 @@ def quality_section(ctx: Context) -> dict | None:
     rows = []
     for group in ("test", "train", "all"):
         g: pipeline.GroupQuality = getattr(ev, group)
-        rows.append({"estimator": "datamodels (LASSO)", "group": group, "n": cell(g.n_targets),
-                     "lds_mean": cell(g.lds_mean), "lds_median": cell(g.lds_median),
+        n = {"text": g.targets_text(), "sort": g.n_targets}
+        rows.append({"estimator": "datamodels (LASSO)", "group": group, "n": n,
+                     "lds_mean": {"text": g.lds_text(), "sort": num(g.lds_mean)}, "lds_median": cell(g.lds_median),
                      "mse_mean": cell(g.mse_mean), "n_lds": cell(g.n_lds)})
         if num(g.baseline_lds_mean) is not None:
-            rows.append({"estimator": "difference of means", "group": group, "n": cell(g.n_targets),
-                         "lds_mean": cell(g.baseline_lds_mean), "lds_median": cell(g.baseline_lds_median),
+            rows.append({"estimator": "difference of means", "group": group, "n": n,
+                         "lds_mean": {"text": g.lds_text(baseline=True), "sort": num(g.baseline_lds_mean)},
+                         "lds_median": cell(g.baseline_lds_median),
                          "mse_mean": cell(None), "n_lds": cell(g.baseline_n_lds)})
         for q in ev.scores.values():  # the run's score matrices (audit import-scores, audit gradients)
             if (sg := getattr(q, group)) is not None:
@@ -259,6 +261,9 @@ def quality_section(ctx: Context) -> dict | None:
                              "mse_mean": cell(None), "n_lds": cell(sg.n_lds)})
     facts = [("held-out subsets", fmt(ev.n_subsets)), ("models per subset (margins averaged)", fmt(ev.repeats)),
              ("models the datamodels were fitted on", fmt(ev.n_fit_models))]
+    if ev.train.sampled or ev.test.sampled:
+        facts.append(("targets scored", "a seeded random sample per group; mean LDS ± one standard error "
+                      "(audit evaluate --targets 0 scores every target)"))
     if num(ev.noise_floor_mse) is not None:
         facts.append(("noise floor MSE (a perfect predictor of the mean margin)", fmt(ev.noise_floor_mse)))
     figures = []
