@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+import torch
 
 from audit import pipeline
 from audit.contract import Block, Finding, Line, Metric, Result, Step, Table, read_result, require, setting
@@ -67,8 +68,8 @@ def top_k_counts(weights: Any, rows: np.ndarray, n_train: int, k: int, progress:
         for start in range(0, len(rows), CHUNK):
             w = np.asarray(weights[rows[start:start + CHUNK]], dtype=np.float32)
             kk = min(k, n_train)
-            idx = np.argpartition(-w, kk - 1, axis=1)[:, :kk]
-            positive = np.take_along_axis(w, idx, axis=1) > 0
+            top = torch.topk(torch.as_tensor(w), kk, dim=1)  # argpartition slows 50-fold on sparse rows
+            idx, positive = top.indices.numpy(), top.values.numpy() > 0
             np.add.at(counts, idx[positive], 1)
             bar.advance(len(w))
     return counts
