@@ -143,3 +143,22 @@ def test_nearest_over_variants_equals_brute_force_maximum():
     want = np.argsort(-best, axis=1, kind="stable")[:, :5]
     assert np.array_equal(i, want)
     assert np.allclose(s, np.take_along_axis(best, want, axis=1), atol=1e-5)
+
+
+def test_a_large_cpu_search_narrows_by_pca_and_still_finds_near_copies(monkeypatch):
+    """Past EXACT_WORK the pixel search takes PCA candidates and scores them exactly: a near-copy is found,
+    its score is the exact cosine, and on images with structure the top lists match the exact search."""
+    rng = np.random.default_rng(2)
+    n_train, d = 3000, 300
+    basis = rng.normal(size=(40, d))  # images with a low-dimensional structure, as pixels have
+    train = (rng.normal(size=(n_train, 40)) @ basis + 0.3 * rng.normal(size=(n_train, d))).astype(np.float32)
+    copies = np.arange(0, 60, 3)
+    queries = train[copies] + 0.05 * rng.normal(size=(len(copies), d)).astype(np.float32)
+    variants = np.stack([queries, np.roll(queries, 1, axis=1)], axis=1)
+    exact_s, exact_i = baselines.nearest_over_variants(train, [variants], 5, total=len(copies))
+    monkeypatch.setattr(baselines, "EXACT_WORK", 1.0)
+    monkeypatch.setattr(baselines, "PCA_DIMS", 32)
+    s, i = baselines.nearest_over_variants(train, [variants], 5, total=len(copies))
+    assert np.array_equal(i[:, 0], copies)  # each near-copy is its query's best match
+    assert np.allclose(s[:, 0], exact_s[:, 0], atol=1e-5)  # with the exact score
+    assert (i == exact_i).mean() > 0.9
