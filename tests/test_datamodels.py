@@ -304,7 +304,9 @@ def test_streamed_fit_equals_dense(tmp_path, memory_gb, held_as):
     keep = np.isfinite(Y16).all(1)
     np.testing.assert_array_equal(streamed.lam_ratio, dense.lam_ratio)
     a, b = _objectives(dense, masks[keep], Y16[keep], n), _objectives(streamed, masks[keep], Y16[keep], n)
-    assert np.max(np.abs(a - b) / a) < 1e-6  # the same objective: blocking changes only summation order
+    # the same objective: blocking changes only the order of float32 sums (worst target 1.06e-6 on an AMD
+    # EPYC, below 1e-6 on the Intel machine before it, unchanged with tol=1e-9: float32 order, not convergence)
+    assert np.max(np.abs(a - b) / a) < 3e-6
     np.testing.assert_allclose(streamed.weights, dense.weights, atol=1e-3)
 
 
