@@ -116,7 +116,7 @@ class EvaluateConfig:
     repeats: int = setting(1, "--repeats", "models per held-out subset, margins averaged", aliases=("-r",))
     memory_gb: float | None = setting(None, "--memory-gb", "memory the streamed evaluation may hold, GiB "
                                       "(default: half of the memory available)", volatile=True)
-    targets: int = setting(EVAL_TARGETS, "--targets", "targets scored per group (train, test): a group with more "
+    lds_targets: int = setting(EVAL_TARGETS, "--lds-targets", "targets scored per group (train, test): a group with more "
                            "gets a seeded random sample of this many, its mean LDS a standard error "
                            "(0: every target; the baseline costs models x N_train per target)", minimum=0)
 PATH_KINDS = ("npz", "cifar10", "fmow", "folder", "csv")  # dataset specs whose argument is a file or folder
@@ -323,7 +323,7 @@ def _scatter_sample(dm, masks_eval: np.ndarray, measured: np.ndarray, n_train: i
 
 
 def evaluate(run_dir: Path, *, n_subsets: int = EvaluateConfig.n_subsets, repeats: int = EvaluateConfig.repeats,
-             memory_gb: float | None = None, targets: int = EvaluateConfig.targets,
+             memory_gb: float | None = None, targets: int = EvaluateConfig.lds_targets,
              progress: Progress = SILENT) -> dict:
     """Train held-out models (``repeats`` per subset), then score datamodels and the baseline on them
     (up to ``targets`` per group: :func:`audit.datamodels.evaluation_targets`)."""
@@ -675,7 +675,7 @@ class EvaluateStep(Step[EvaluateConfig, EvaluateResult]):
     def compute(self, run_dir: Path, config: EvaluateConfig, *, dataset: Dataset | None = None,
                 progress: Progress = SILENT) -> EvaluateResult:
         return EvaluateResult.from_json(evaluate(run_dir, n_subsets=config.n_subsets, repeats=config.repeats,
-                                                 memory_gb=config.memory_gb, targets=config.targets,
+                                                 memory_gb=config.memory_gb, targets=config.lds_targets,
                                                  progress=progress))
 
     def summary(self, r: EvaluateResult) -> list[Block]:
@@ -692,7 +692,7 @@ class EvaluateStep(Step[EvaluateConfig, EvaluateResult]):
             out.append(Line(f"noise floor (OPT) MSE with {r.repeats} repeats: {r.noise_floor_mse:.3f}"))
         if r.train.sampled or r.test.sampled:
             out.append(Line("LDS over a seeded random sample of targets per group (± one standard error); "
-                            "--targets N scores more, --targets 0 every target"))
+                            "--lds-targets N scores more, --lds-targets 0 every target"))
         return out
 
     def targets(self, run_dir: Path | str) -> TargetQuality | None:

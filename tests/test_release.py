@@ -396,10 +396,10 @@ def test_a_sample_of_targets_scores_as_the_whole_evaluation_does(rng, memory_gb)
 
 def test_evaluate_targets_samples_an_imported_run(imported):
     run_dir, _ = imported
-    r = pipeline.EVALUATE.run(run_dir, pipeline.EvaluateConfig(targets=5))
+    r = pipeline.EVALUATE.run(run_dir, pipeline.EvaluateConfig(lds_targets=5))
     assert r.train.n_targets == 5 and r.train.n_targets_total == 40 and r.train.sampled
     assert r.test.n_targets == 5 and r.test.sampled and r.test.lds_se is not None
     text = r.train.targets_text()
     assert text == "5 of 40" and "±" in r.train.lds_text()
-    full = pipeline.EVALUATE.run(run_dir, pipeline.EvaluateConfig(targets=0))
+    full = pipeline.EVALUATE.run(run_dir, pipeline.EvaluateConfig(lds_targets=0))
     assert full.train.n_targets == 40 and not full.train.sampled and "±" not in full.train.lds_text()

@@ -263,7 +263,7 @@ def quality_section(ctx: Context) -> dict | None:
              ("models the datamodels were fitted on", fmt(ev.n_fit_models))]
     if ev.train.sampled or ev.test.sampled:
         facts.append(("targets scored", "a seeded random sample per group; mean LDS ± one standard error "
-                      "(audit evaluate --targets 0 scores every target)"))
+                      "(audit evaluate --lds-targets 0 scores every target)"))
     if num(ev.noise_floor_mse) is not None:
         facts.append(("noise floor MSE (a perfect predictor of the mean margin)", fmt(ev.noise_floor_mse)))
     figures = []
