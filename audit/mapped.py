@@ -59,7 +59,7 @@ def drop_pages(*sources: Any) -> None:
             elif isinstance(source, torch.Tensor) and getattr(source, "_audit_mapped", False):
                 storage = source.untyped_storage()
                 _drop_range(storage.data_ptr(), storage.nbytes())
-        except (OSError, ValueError, AttributeError, TypeError):
+        except (OSError, ValueError, AttributeError, TypeError, RuntimeError):
             pass
 
 

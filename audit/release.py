@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +84,27 @@ def npy_info(path: Path) -> NpyInfo:
     return NpyInfo(tuple(int(n) for n in shape), dtype)
 
 
+def _native_byte_order(path: Path) -> bool:
+    """Whether a torch.save zip file's tensors are in this machine's byte order (no ``byteorder`` record:
+    little-endian, what torch wrote before recording it)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if n.endswith("/byteorder") or n == "byteorder"]
+            order = z.read(names[0]).decode().strip() if names else "little"
+    except (OSError, zipfile.BadZipFile, UnicodeDecodeError, KeyError):
+        return False
+    return order == sys.byteorder
+
+
 def load_pt(path: Path) -> dict[str, torch.Tensor]:
     """A datamodels .pt dict, memory-mapped where torch can (weights_only: no code runs)."""
     try:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            for value in data.values() if isinstance(data, dict) else ():
-                if isinstance(value, torch.Tensor):
-                    mark_mapped(value)
+            if _native_byte_order(path):  # else torch swapped the mapped pages in place: they must stay
+                for value in data.values() if isinstance(data, dict) else ():
+                    if isinstance(value, torch.Tensor):
+                        mark_mapped(value)
         except RuntimeError:  # an old (non-zip) torch.save file cannot be memory-mapped
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # not a torch.save file, or one holding more than tensors
@@ -266,7 +280,8 @@ class JoinedMargins:
                 drop_pages(p)  # the process keeps the rows it asked for, not the file's pages
             offset += p.shape[1]
         if not out:
-            return np.zeros(np.shape(index) + (0,), np.float32)
+            rows_shape = (index.stop - index.start,) if isinstance(index, slice) else np.shape(index)
+            return np.zeros(rows_shape + (0,), np.float32)
         return np.concatenate(out, axis=-1)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:

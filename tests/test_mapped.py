@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import torch
 
@@ -43,3 +45,27 @@ def test_marked_mapped_tensor_keeps_its_values(tmp_path):
     total = float(w.double().sum())
     drop_pages(w, [w])
     assert float(w.double().sum()) == total
+
+
+def test_a_pt_file_in_the_other_byte_order_keeps_its_swapped_pages(tmp_path):
+    """torch swaps a foreign-order file's mapped pages in place: dropping them would bring back raw bytes."""
+    import zipfile
+
+    from audit.release import load_pt
+
+    w = torch.arange(1 << 16, dtype=torch.float32).reshape(256, 256)
+    torch.save({"weight": w, "bias": torch.zeros(256), "lam": torch.zeros(256)}, tmp_path / "native.pt")
+    other = "big" if sys.byteorder == "little" else "little"
+    with zipfile.ZipFile(tmp_path / "native.pt") as zin, \
+            zipfile.ZipFile(tmp_path / "foreign.pt", "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("/byteorder"):
+                data = other.encode()
+            elif "/data/" in info.filename and not info.filename.endswith("serialization_id"):
+                data = np.frombuffer(data, "=f4").byteswap().tobytes()
+            zout.writestr(info, data)
+    native, foreign = load_pt(tmp_path / "native.pt")["weight"], load_pt(tmp_path / "foreign.pt")["weight"]
+    assert getattr(native, "_audit_mapped", False) and not getattr(foreign, "_audit_mapped", False)
+    drop_pages(foreign)
+    assert torch.equal(foreign, w)
