@@ -1194,6 +1194,8 @@ def streamed_difference_of_means(masks, margins, rows: np.ndarray, n_train: int,
     counts of models with each example are exact. A test target counts every model, so its counts are
     the column sums; only train targets need a product of counts."""
     targets = target_ids(cols)
+    if np.any(np.diff(targets) <= 0):
+        raise InternalError("difference of means needs sorted unique target ids (train targets first)")
     train_t = targets[targets < n_train]
     t, n_tr = len(targets), train_t.size
     count_dtype = torch.float32 if len(rows) < 2**24 else torch.float64
@@ -1210,8 +1212,10 @@ def streamed_difference_of_means(masks, margins, rows: np.ndarray, n_train: int,
         D = torch.ones_like(Y)
         if n_tr:
             D[:n_tr] = torch.as_tensor(~x[:, train_t].T, dtype=torch.float64)
-        if shift is None:
-            shift = (D * Y).sum(1, keepdim=True) / D.sum(1, keepdim=True).clamp_min(1)
+        if shift is None:  # a target none of the first block's models counts takes their plain mean
+            n_first = D.sum(1, keepdim=True)
+            shift = torch.where(n_first > 0, (D * Y).sum(1, keepdim=True) / n_first.clamp_min(1),
+                                Y.mean(1, keepdim=True))
         DY = D * (Y - shift)
         xf = torch.as_tensor(x, dtype=torch.float32)
         s1 += (DY.to(torch.float32) @ xf).to(torch.float64)

@@ -71,11 +71,15 @@ def _check_dimensions(train_dim: int, query_dim: int) -> None:
                          f"with the same models")
 
 
-def _exact_index(train: np.ndarray, k: int, limit: int, use_gpu: bool | None):
-    """The exact inner-product index of the unit ``train`` rows, once ``1 <= k <= limit`` is checked."""
+def _check_k(k: int, limit: int) -> None:
     if not 1 <= k <= limit:
         raise AuditError(f"k = {k} neighbours requested but only {limit} training examples can be returned; "
                          f"use 1 <= k <= {limit}")
+
+
+def _exact_index(train: np.ndarray, k: int, limit: int, use_gpu: bool | None):
+    """The exact inner-product index of the unit ``train`` rows, once ``1 <= k <= limit`` is checked."""
+    _check_k(k, limit)
     index = _flat_ip_index(train.shape[1], use_gpu)
     index.add(train)
     return index
@@ -309,6 +313,16 @@ def _pca_refine_index(train: np.ndarray, seed: int = 0):
     return index
 
 
+def _inner_products(query: np.ndarray, train: np.ndarray, idx: np.ndarray, rows: int = 1024) -> np.ndarray:
+    """``query[r] . train[idx[r, j]]`` float32 [n, k] (-inf where ``idx`` is -1), ``rows`` queries at a time."""
+    out = np.full(idx.shape, -np.inf, dtype=np.float32)
+    for r0 in range(0, len(idx), rows):
+        i = idx[r0:r0 + rows]
+        s = np.einsum("nd,nkd->nk", query[r0:r0 + rows], train[np.maximum(i, 0)])
+        out[r0:r0 + rows] = np.where(i >= 0, s, -np.inf)
+    return out
+
+
 def nearest_over_variants(train_feats, query_variants, k: int, total: int | None = None,
                           progress: Progress = SILENT, use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` cosine neighbours of each query, a training example scoring its best match over the
@@ -323,12 +337,14 @@ def nearest_over_variants(train_feats, query_variants, k: int, total: int | None
     import faiss
 
     train = normalise_rows(train_feats, "train features")
-    index = _exact_index(train, k, len(train), use_gpu)
     narrow = (train.shape[1] > PCA_DIMS and len(train) > k * REFINE_FACTOR
               and float(len(train)) * 20 * (total or 0) * train.shape[1] > EXACT_WORK
-              and isinstance(index, faiss.IndexFlat))
+              and not (use_gpu if use_gpu is not None else _use_gpu(faiss)))
     if narrow:
+        _check_k(k, len(train))
         index = _pca_refine_index(train)
+    else:
+        index = _exact_index(train, k, len(train), use_gpu)
     all_s, all_i = [], []
     what = "aligned pixels, PCA candidates scored exactly" if narrow else "aligned pixels"
     with progress.task(f"nearest neighbours ({what})", total=total, unit="queries") as task:
@@ -337,8 +353,8 @@ def nearest_over_variants(train_feats, query_variants, k: int, total: int | None
             _check_dimensions(train.shape[1], d)
             q = normalise_rows(chunk.reshape(n * v, d), "query features")
             s, i = index.search(np.ascontiguousarray(q), k)
-            if narrow:  # squared L2 between unit rows -> their inner product
-                s = np.where(i >= 0, 1.0 - s / 2.0, -np.inf).astype(np.float32)
+            if narrow:  # the candidates' exact inner products (an all-zero row has no unit length: L2 would lie)
+                s = _inner_products(q, train, i)
             s, i = best_of_variants(s.reshape(n, v * k), i.reshape(n, v * k), k)
             all_s.append(s)
             all_i.append(i)

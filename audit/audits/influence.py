@@ -68,7 +68,7 @@ def top_k_counts(weights: Any, rows: np.ndarray, n_train: int, k: int, progress:
         for start in range(0, len(rows), CHUNK):
             w = np.asarray(weights[rows[start:start + CHUNK]], dtype=np.float32)
             kk = min(k, n_train)
-            top = torch.topk(torch.as_tensor(w), kk, dim=1)  # argpartition slows 50-fold on sparse rows
+            top = torch.topk(torch.as_tensor(w).nan_to_num(nan=-np.inf), kk, dim=1)  # argpartition slows 50-fold on sparse rows
             idx, positive = top.indices.numpy(), top.values.numpy() > 0
             np.add.at(counts, idx[positive], 1)
             bar.advance(len(w))

@@ -162,3 +162,17 @@ def test_a_large_cpu_search_narrows_by_pca_and_still_finds_near_copies(monkeypat
     assert np.array_equal(i[:, 0], copies)  # each near-copy is its query's best match
     assert np.allclose(s[:, 0], exact_s[:, 0], atol=1e-5)  # with the exact score
     assert (i == exact_i).mean() > 0.9
+
+
+def test_the_narrowed_search_scores_an_all_zero_row_as_the_exact_search_does(monkeypatch):
+    rng = np.random.default_rng(3)
+    train = rng.normal(size=(400, 40)).astype(np.float32)
+    train[7] = 0.0  # a constant image's centred pixels
+    queries = rng.normal(size=(6, 2, 40)).astype(np.float32)
+    exact_s, exact_i = baselines.nearest_over_variants(train, [queries], 3, total=6)
+    monkeypatch.setattr(baselines, "EXACT_WORK", 1.0)
+    monkeypatch.setattr(baselines, "PCA_DIMS", 8)
+    s, i = baselines.nearest_over_variants(train, [queries], 3, total=6)
+    assert not (i == 7).any()  # an L2-derived score would put it first (0.5) for every query
+    in_both = i == exact_i
+    assert np.allclose(s[in_both], exact_s[in_both], atol=1e-5)
