@@ -380,8 +380,8 @@ def _evaluate_on(store: RunStore, dm: Datamodels, models: ReleaseModels, memory_
     if score_names(store.path):  # imported attribution scores, on the same evaluation models
         result["scores"] = evaluate_scores(store.path, np.asarray(models.eval_masks, dtype=bool),
                                            models.eval_margins, c.n_train, c.n_test, sample)  # a column block at a time
-    sample = min(n_eval, 2000)  # the scatter plot's dots: the first evaluation models
-    per_target.update(_scatter_sample(dm, np.asarray(models.eval_masks[:sample], bool), models.eval_margins[:sample],
+    dots = min(n_eval, 2000)  # the scatter plot's dots: the first evaluation models
+    per_target.update(_scatter_sample(dm, np.asarray(models.eval_masks[:dots], bool), models.eval_margins[:dots],
                                       c.n_train, c.n_targets))
     write_json(store.path / EVALUATION_JSON, result)
     save_npz(store.path / EVALUATION_TARGETS, **per_target)
