@@ -1178,7 +1178,8 @@ def block_columns(source, rows, cols: slice | np.ndarray, dtype=np.float64, max_
     for r0 in range(0, len(index), step):
         part = index[r0:r0 + step]
         run = slice(int(part[0]), int(part[-1]) + 1) if np.all(np.diff(part) == 1) else part
-        out[r0:r0 + len(part)] = np.asarray(source[run])[:, cols] if len(part) else 0
+        if len(part):  # the joined margins gather and convert only these columns; an array gathers from a view
+            out[r0:r0 + len(part)] = source[run][:, cols] if isinstance(source, np.ndarray) else source[run, cols]
         drop_pages(source)
     return out
 
