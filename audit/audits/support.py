@@ -236,6 +236,65 @@ def summarize_method(records: list[dict], method: str, max_k: int, cdf_ks: Seque
     }
 
 
+def ranking_verdict(per_method: dict[str, dict], mode: str) -> dict | None:
+    """Which ranking found the smaller supports, in a sentence a user can act on (None without datamodels
+    or without a ranking to compare them with).
+
+    A ranking does better than another when it certifies at least as many targets with a median certified
+    support no larger, and is strictly better on one of the two; a difference in the fraction certified
+    smaller than twice its binomial standard error is called out as within sampling error. Random is
+    compared but never recommended. ``per_method``: the summaries of :func:`summarize_method`.
+    """
+    if "datamodels" not in per_method or len(per_method) < 2:
+        return None
+    task = "removal (brittleness)" if mode == "remove" else "label-flip"
+
+    def key(r: dict) -> tuple[float, float]:
+        return float(r.get("fraction_certified") or 0.0), float(r["median_certified_support"])
+
+    def said(name: str) -> str:
+        r = per_method[name]
+        return (f"{name} certified {_f2(r.get('fraction_certified'))} of {r['n_targets']} targets "
+                f"(median support {r['median_certified_support_label']})")
+
+    def better(a: str, b: str) -> bool:
+        (fa, sa), (fb, sb) = key(per_method[a]), key(per_method[b])
+        return fa >= fb and sa <= sb and (fa > fb or sa < sb)
+
+    def noise(a: str, b: str) -> bool:
+        (fa, _), (fb, _) = key(per_method[a]), key(per_method[b])
+        na, nb = max(1, int(per_method[a]["n_targets"])), max(1, int(per_method[b]["n_targets"]))
+        se = math.sqrt(fa * (1 - fa) / na + fb * (1 - fb) / nb)
+        return fa != fb and abs(fa - fb) < 2 * se
+
+    others = [m for m in per_method if m != "datamodels"]
+    winners = sorted((m for m in others if m != "random" and better(m, "datamodels")),
+                     key=lambda m: (-key(per_method[m])[0], key(per_method[m])[1]))
+    if winners:
+        w = winners[0]
+        caveat = " (the difference in targets certified is within sampling error)" if noise(w, "datamodels") else ""
+        return {"best": w, "datamodels_lose": True,
+                "text": f"Datamodels lose to the {w} ranking on {task} support in this run: {said(w)}, "
+                        f"{said('datamodels')}{caveat}. On this data, trust the {w} ranking's support sets for "
+                        f"this audit."}
+    if "random" in others and better("random", "datamodels"):
+        return {"best": None, "datamodels_lose": True,
+                "text": f"Datamodels do worse than a random ranking on {task} support in this run: {said('random')}, "
+                        f"{said('datamodels')}. Their support sets are no evidence here; fit them on more models "
+                        f"before reading this audit."}
+    beaten = [m for m in others if better("datamodels", m)]
+    if len(beaten) == len(others):
+        rival = max(others, key=lambda m: (key(per_method[m])[0], -key(per_method[m])[1]))
+        caveat = " (the difference in targets certified is within sampling error)" if noise("datamodels", rival) else ""
+        return {"best": "datamodels", "datamodels_lose": False,
+                "text": f"Datamodels find the smallest {task} supports in this run: {said('datamodels')}, "
+                        f"the best other ranking, {said(rival)}{caveat}."}
+    tied = [m for m in others if m not in beaten]
+    return {"best": None, "datamodels_lose": False,
+            "text": f"No ranking finds smaller {task} supports on both counts in this run: {said('datamodels')}, "
+                    + ", ".join(said(m) for m in tied) + "; compare their support sets target by target."}
+
+
 def wrong_classes(mean_logits: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per target, the class other than ``y`` with the largest mean logit: ``[n, C], [n] -> [n]``."""
     logits = np.array(mean_logits, dtype=np.float64, copy=True)
@@ -401,11 +460,12 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
             }
         records.append(rec)
     cdf_ks = sorted(set([0] + grid + [verification_k(grid[-1])]))
+    per_method = {method: summarize_method(records, method, grid[-1], cdf_ks) for method in methods}
     summary = {
         "mode": mode, "n_targets": n_t, "T": T, "k_grid": grid, "max_k": grid[-1], "methods": methods, "seed": seed,
         "representation_features": str(Path(features).absolute()) if features is not None else "reference models",
         "full_data_accuracy": float(np.mean(full > 0)),
-        "per_method": {method: summarize_method(records, method, grid[-1], cdf_ks) for method in methods},
+        "per_method": per_method, "verdict": ranking_verdict(per_method, mode),
         "heuristic": _heuristic_summary(heur, cdf_ks),
         "models_trained_now": int(trained + trained_verify),
         "models_in_plan": int(plan.n_jobs + (vplan.n_jobs if todo else 0)),
@@ -507,6 +567,14 @@ class HeuristicSupport(Result):
     cdf: list[CdfPoint]
 
 
+class RankingVerdict(Result):
+    """Which ranking found the smaller supports (:func:`ranking_verdict`)."""
+
+    best: str | None = None  # None: no ranking better on both counts
+    datamodels_lose: bool
+    text: str
+
+
 class SupportResult(Result):
     """The "summary" of audits/brittleness.json (or mislabel.json)."""
 
@@ -519,6 +587,7 @@ class SupportResult(Result):
     seed: int
     full_data_accuracy: float | None = None
     per_method: dict[str, MethodSupport]
+    verdict: RankingVerdict | None = None  # None in files written before it, or with one ranking
     heuristic: HeuristicSupport
     heuristic_all: HeuristicSupport | None = None
     models_trained_now: int
@@ -665,6 +734,7 @@ class SupportStep(Step[SupportConfig, SupportResult]):
                   ("ranking", "median support", "certified", "median k*", "no crossing"), rows),
             Line(f"median support: median over the targets of the certified support ⌈1.2·k*⌉ (not certified = "
                  f"beyond the grid); certified: fraction certified; no crossing: fraction with k* > {s.max_k}"),
+            *([Line(s.verdict.text)] if s.verdict is not None else []),
             Line(f"heuristic support (no retraining): median {_median(s.heuristic.median)} over the targets, "
                  f"{_f2(s.heuristic.fraction_not_found)} never reached")]
         if s.heuristic_all is not None:

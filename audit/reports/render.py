@@ -23,7 +23,7 @@ from audit.audits.embed import EMBED, Extreme, Spectrum
 from audit.audits.geo import haversine_miles
 from audit.audits.leakage_audit import (LEAKAGE, Candidate, GeoTable, LeakageFile, MTurkScores, found_only_by,
                                         sources_of_union)
-from audit.audits.support import SupportRecord, read_records
+from audit.audits.support import RankingVerdict, SupportRecord, ranking_verdict, read_records
 from audit.checks import read_check_report
 from audit.contract import Line, Step
 from audit.errors import AuditError
@@ -463,7 +463,10 @@ def support_section(ctx: Context, name: str = "brittleness", n_show: int = 6, n_
     already = sum(1 for r in records if "datamodels" in r.methods and r.methods["datamodels"].certified_support == 0)
     if already:
         facts.append(("targets already misclassified by full-data models (support 0)", fmt(already)))
+    verdict = s.verdict or RankingVerdict.from_json(ranking_verdict(
+        {m: r.to_json() for m, r in s.per_method.items()}, s.mode) or {"datamodels_lose": False, "text": ""})
     return {"mode": s.mode, "what": what, "facts": facts, "methods": methods_table,
+            "verdict": verdict.text or None, "datamodels_lose": verdict.datamodels_lose,
             "cdf": cdf, "brittle": brittle, "csv": _rel(step, "table") if step.path(ctx.path, "table").exists() else None}
 
 

@@ -92,6 +92,41 @@ def test_summary_counts_uncertified_as_infinite():
     assert [c["fraction"] for c in s["cdf"]] == pytest.approx([0, 1 / 3, 1 / 3])
 
 
+def _method(certified: float, median: float, n: int = 100) -> dict:
+    return {"n_targets": n, "fraction_certified": certified, "median_certified_support": median,
+            "median_certified_support_label": support.median_label(median, 80)}
+
+
+def test_verdict_says_plainly_when_a_baseline_beats_datamodels():
+    # the label-flip figures of a digits run: the representation certifies more with smaller supports
+    v = support.ranking_verdict({"datamodels": _method(0.91, 9), "representation": _method(1.0, 3),
+                                 "random": _method(0.56, 69.5)}, "relabel")
+    assert v["datamodels_lose"] and v["best"] == "representation"
+    assert v["text"].startswith("Datamodels lose to the representation ranking on label-flip support")
+    assert "representation certified 1.00 of 100 targets (median support 3)" in v["text"]
+    assert "datamodels certified 0.91 of 100 targets (median support 9)" in v["text"]
+    assert "sampling error" not in v["text"]  # 0.09 apart at 100 targets: beyond twice the standard error
+
+
+def test_verdict_when_datamodels_win_tie_or_have_no_rival():
+    v = support.ranking_verdict({"datamodels": _method(0.43, 20), "representation": _method(0.30, 40),
+                                 "random": _method(0.04, math.inf)}, "remove")
+    assert not v["datamodels_lose"] and v["best"] == "datamodels"
+    assert "smallest removal (brittleness) supports" in v["text"] and "representation certified 0.30" in v["text"]
+    # more certified but larger supports: neither is better on both counts
+    v = support.ranking_verdict({"datamodels": _method(0.5, 10), "representation": _method(0.6, 20)}, "remove")
+    assert v["best"] is None and not v["datamodels_lose"] and v["text"].startswith("No ranking")
+    # a random ranking is never the one to use, but losing to it is said
+    v = support.ranking_verdict({"datamodels": _method(0.2, 40), "random": _method(0.3, 30)}, "remove")
+    assert v["datamodels_lose"] and v["best"] is None and v["text"].startswith("Datamodels do worse than a random")
+    # a small sample: a difference the number of targets cannot tell apart is called so
+    v = support.ranking_verdict({"datamodels": _method(0.8, 9, n=10), "representation": _method(0.9, 9, n=10)},
+                                "relabel")
+    assert v["datamodels_lose"] and "within sampling error" in v["text"]
+    assert support.ranking_verdict({"representation": _method(1, 3), "random": _method(0, math.inf)}, "remove") is None
+    assert support.ranking_verdict({"datamodels": _method(1, 3)}, "remove") is None
+
+
 # ----- the search on a small digits run ------------------------------------------------
 SMALL = dict(n=4, T=2, k_grid=[2, 8], block_size=16)
 
@@ -201,6 +236,9 @@ def test_cli_prints_the_table(audit_run):
     for method in ("datamodels", "representation", "random"):
         assert method in proc.stdout
     assert "brittleness.json" in proc.stdout.replace("\n", "")
+    verdict = summary["verdict"]  # which ranking to trust, said on the terminal and saved for scripts
+    assert verdict["text"].split(":")[0] in out and verdict["text"].split(":")[0].startswith(
+        ("Datamodels lose", "Datamodels find", "No ranking"))
     out = json.loads((audit_run / "audits" / "brittleness.json").read_text())
     assert [r["target"] for r in out["targets"]] == [0, 5] and out["summary"]["k_grid"] == [4]
 
