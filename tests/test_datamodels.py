@@ -350,3 +350,21 @@ def test_uint8_masks_count_any_non_zero_as_in_the_subset_and_bad_ranges_are_refu
             fit_datamodels(masks, Y, n, n_lambdas=5, **bad)
     half = fit_datamodels(masks, Y, n, n_lambdas=5, rows=np.arange(200) % 2 == 0)  # a boolean mask of models
     assert half.n_models_fit == 100
+
+
+def test_default_memory_budget_is_half_available_at_most_a_quarter_of_the_machine(monkeypatch):
+    import io
+
+    from audit import datamodels as dm_module
+
+    def meminfo(total_gib: float, available_gib: float):
+        text = f"MemTotal: {int(total_gib * 2**20)} kB\nMemFree: 1 kB\nMemAvailable: {int(available_gib * 2**20)} kB\n"
+        return lambda path, *a, **k: io.StringIO(text) if path == "/proc/meminfo" else open(path, *a, **k)
+
+    monkeypatch.setattr(dm_module, "open", meminfo(16, 14), raising=False)
+    assert dm_module.memory_budget() == 4 * 2**30  # a quarter of 16 GiB, below half of the 14 available
+    monkeypatch.setattr(dm_module, "open", meminfo(16, 3), raising=False)
+    assert dm_module.memory_budget() == 1.5 * 2**30  # half of what is available when little is
+    assert dm_module.memory_budget(0.5) == 2**29  # --memory-gb wins
+    with pytest.raises(AuditError, match="--memory-gb must be positive"):
+        dm_module.memory_budget(0)

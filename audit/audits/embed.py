@@ -76,7 +76,7 @@ class EmbedConfig:
                                                            "and the clusters are computed on them")
     memory_gb: float | None = setting(None, "--memory-gb", "memory budget for the embeddings and the clustering's "
                                                           "affinity matrix, GiB (dense exact PCA when it fits, else "
-                                                          "sparse truncated; default: half of the memory available)")
+                                                          "sparse truncated; default: half of the memory available, at most a quarter of the machine's)")
     cluster_seed: int = setting(0, "--cluster-seed", "random_state of the PCA solver and the spectral clustering",
                                 minimum=0)
 
