@@ -42,7 +42,7 @@ from audit.errors import AuditError
 from audit.execution import address_setting, engine_setting, train_local, train_ray
 from audit.jsonio import read_json, save_npz, write_json
 from audit.progress import SILENT, Progress
-from audit.release import ReleaseModels, is_imported, release_models, release_weights
+from audit.release import ReleaseModels, is_imported, release_models, release_weights, targets_with_weights
 from audit.scores import ScoreQuality, evaluate_scores
 from audit.scores import names as score_names
 from audit.store import RUN_JSON, STREAM_EVAL, RunConfig, RunStore
@@ -102,7 +102,8 @@ class FitConfig:
     selection: str = setting("min", "--selection", "lambda rule: min (lowest validation MSE) or 1se (largest "
                                                    "lambda within one standard error of it)")
     memory_gb: float | None = setting(None, "--memory-gb", "memory the streamed fit may hold, GiB (default: "
-                                      "half of the memory available, or of a GPU's free memory)", volatile=True)
+                                      "half of the memory available and at most a quarter of the machine's, or "
+                                      "half a GPU's free memory)", volatile=True)
 
 
 EVAL_TARGETS = 2000  # per group: all of digits' targets; a sample of larger ones (SE of a mean LDS ≈ 0.004)
@@ -115,7 +116,8 @@ class EvaluateConfig:
     n_subsets: int = setting(200, "--n-subsets", "held-out subsets to train", aliases=("--eval-subsets",))
     repeats: int = setting(1, "--repeats", "models per held-out subset, margins averaged", aliases=("-r",))
     memory_gb: float | None = setting(None, "--memory-gb", "memory the streamed evaluation may hold, GiB "
-                                      "(default: half of the memory available)", volatile=True)
+                                      "(default: half of the memory available, at most a quarter of the "
+                                      "machine's)", volatile=True)
     lds_targets: int = setting(EVAL_TARGETS, "--lds-targets", "targets scored per group (train, test): a group with more "
                            "gets a seeded random sample of this many, its mean LDS a standard error "
                            "(0: every target; the baseline costs models x N_train per target)", minimum=0)
@@ -273,7 +275,7 @@ def load_datamodels(run_dir: Path):
 
 def _release_datamodels(run_dir: Path) -> Datamodels:
     c = RunStore.read_config(run_dir)
-    published = release_weights(run_dir, c.n_train)
+    published = release_weights(run_dir, c.n_train, c.n_test)
     if published is None:
         raise AuditError(f"{run_dir} was imported without the release's datamodels/ files; run `audit fit {run_dir}` "
                          f"on its training data, or import the release again with its .pt files")
@@ -314,6 +316,9 @@ def _scatter_sample(dm, masks_eval: np.ndarray, measured: np.ndarray, n_train: i
     ``scatter_valid`` [m, k] (a train target is only scored on models that exclude it)."""
     targets = np.r_[np.linspace(0, n_train - 1, per_group), np.linspace(n_train, n_targets - 1, per_group)]
     targets = np.unique(targets.astype(int))
+    weighted = targets_with_weights(dm.weights, n_targets)
+    if weighted is not None:  # a split imported without weights has no dots
+        targets = targets[np.isin(targets, weighted)]
     pred = masks_eval.astype(np.float32) @ dm.weights[targets].T + dm.bias[targets]
     valid = np.ones((len(masks_eval), len(targets)), bool)
     is_train = targets < n_train
@@ -331,6 +336,9 @@ def evaluate(run_dir: Path, *, n_subsets: int = EvaluateConfig.n_subsets, repeat
     dm = load_datamodels(run_dir)
     c = store.config
     sample = evaluation_targets(c.n_train, c.n_targets, targets, seed=c.seed)
+    weighted = targets_with_weights(dm.weights, c.n_targets)  # an import of one split's weights: that split
+    if weighted is not None:
+        sample = weighted if sample is None else np.intersect1d(sample, weighted)
     if is_imported(store.path):  # the release's evaluation models: nothing to train
         return _evaluate_on(store, dm, release_models(store.path, c.n_train, c.n_test), memory_gb, sample, progress)
     ds = dataset_of(store)
@@ -616,8 +624,11 @@ class GroupQuality(Result):
         return self.n_targets_total is not None and self.n_targets_total > self.n_targets
 
     def targets_text(self) -> str:
-        """'5,000' or, for a sample, '5,000 of 50,000'."""
-        return f"{self.n_targets:,} of {self.n_targets_total:,}" if self.sampled else f"{self.n_targets:,}"
+        """'5,000' or, for a sample, '5,000 of 50,000' ('none of 50,000': a split imported without weights)."""
+        if self.sampled:
+            return f"{self.n_targets:,} of {self.n_targets_total:,}" if self.n_targets else \
+                f"none of {self.n_targets_total:,}"
+        return f"{self.n_targets:,}"
 
     def lds_text(self, baseline: bool = False) -> str:
         """The mean LDS, with its standard error when the group was sampled."""

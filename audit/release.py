@@ -184,9 +184,7 @@ def check_release(folder: Path, pct: int, expected: Expected, eval_models: int) 
                 problems.append(f"--eval-models {eval_models} leaves {n_models - eval_models} of the {n_models} "
                                 f"models to train on: pass --eval-models below {n_models - 1}")
     weight_roles = [r for r in WEIGHT_ROLES if r in present]
-    if weight_roles:
-        problems += [f"{rel[r]} is missing (the run's datamodels need both splits)"
-                     for r in WEIGHT_ROLES if r not in present]
+    if weight_roles:  # either split alone serves the steps that read only its targets (leakage: test)
         for role in weight_roles:
             n = sizes[role.split("_")[0]]
             try:
@@ -313,6 +311,30 @@ def release_models(run_dir: Path | str, n_train: int, n_test: int, data: dict | 
     return ReleaseModels(masks[: m - e], JoinedMargins(parts, 0, m - e), masks[m - e:], JoinedMargins(parts, m - e, m))
 
 
+class MissingWeights(AuditError):
+    """A step read the weights of targets whose .pt file the run was imported without."""
+
+
+class AbsentSplit:
+    """Stands in :class:`ReleaseWeights` for a split's .pt file the import did not have: it has the
+    split's shape [n_train, targets]; reading it raises :class:`MissingWeights`, naming the file."""
+
+    def __init__(self, n_train: int, n_targets: int, split: str, path: str) -> None:
+        self.shape = (n_train, n_targets)
+        self.split, self.path = split, path
+
+    def element_size(self) -> int:
+        return 4
+
+    def error(self) -> MissingWeights:
+        return MissingWeights(f"this run was imported without {self.path}, so its {self.split} targets have no "
+                              f"datamodel weights, which this step reads; import the release again with that file "
+                              f"into a new --run, or run `audit fit` on the run's training data")
+
+    def __getitem__(self, key: Any) -> Any:
+        raise self.error()
+
+
 class ReleaseWeights:
     """The release's weights in the run's layout, [targets, n_train] float32 (train targets first), read from
     the memory-mapped .pt tensors ([n_train, targets] each) only where asked: no transposed copy.
@@ -338,6 +360,12 @@ class ReleaseWeights:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def missing(self, idx: np.ndarray) -> np.ndarray:
+        """Which of the targets ``idx`` (relative to this view) belong to a split imported without weights."""
+        absolute = self.start + np.asarray(idx, np.int64)
+        part_of = np.searchsorted(self.bounds, absolute, "right") - 1
+        return np.array([isinstance(self.parts[p], AbsentSplit) for p in part_of], bool).reshape(np.shape(idx))
+
     def _read(self, idx: np.ndarray) -> np.ndarray:
         """Rows ``idx`` (absolute targets) as float32 [len(idx), n_train].
 
@@ -346,10 +374,13 @@ class ReleaseWeights:
         each as contiguous ``[training rows, first:last + 1]`` slabs of at most ``SLAB_BYTES``, and the
         mapped pages are released after each slab (:func:`audit.mapped.drop_pages`). A sample of targets
         spread over a tensor reads it once front to back instead of a page per target and example."""
-        out = np.empty((len(idx), self.shape[1]), np.float32)
         order = np.argsort(idx, kind="stable")
         sorted_idx = np.asarray(idx, np.int64)[order]
         part_of = np.searchsorted(self.bounds, sorted_idx, "right") - 1
+        for p in np.unique(part_of):  # before anything is read or allocated
+            if isinstance(self.parts[int(p)], AbsentSplit):
+                raise self.parts[int(p)].error()
+        out = np.empty((len(idx), self.shape[1]), np.float32)
         breaks = np.nonzero((np.diff(sorted_idx) > self.CLUSTER_GAP) | (np.diff(part_of) != 0))[0]
         n_rows = self.shape[1]
         for cluster in np.split(np.arange(len(idx)), breaks + 1):
@@ -396,20 +427,40 @@ class ReleaseWeights:
     __hash__ = None  # type: ignore[assignment]
 
 
-def release_weights(run_dir: Path | str, n_train: int) -> tuple[ReleaseWeights, np.ndarray, np.ndarray] | None:
+def release_weights(run_dir: Path | str, n_train: int,
+                    n_test: int) -> tuple[ReleaseWeights, np.ndarray, np.ndarray] | None:
     """(weights [N_train + N_test, N_train] float32 read lazily, bias, lam), train targets first; None without
-    .pt files. The .pt tensors are memory-mapped; rows are read (and transposed) only when a step asks."""
+    .pt files. The .pt tensors are memory-mapped; rows are read (and transposed) only when a step asks. A
+    split imported without its file reads as :class:`MissingWeights` (its bias and λ are NaN)."""
     data = read_release(run_dir)
     files = data["files"]
-    if not all(r in files for r in WEIGHT_ROLES):
+    if not any(r in files for r in WEIGHT_ROLES):
         return None
-    parts = [load_pt(Path(files[r])) for r in WEIGHT_ROLES]
-    weights = ReleaseWeights([p["weight"] for p in parts])
-    if weights.shape[1] != n_train:
-        raise InternalError(f"release weights have {weights.shape[1]} training rows, the run {n_train}")
-    bias = np.concatenate([p["bias"].to(torch.float32).numpy() for p in parts])
-    lam = np.concatenate([p["lam"].to(torch.float32).numpy() for p in parts])
-    return weights, bias, lam
+    rel = release_paths(int(data["pct"]))
+    weights, bias, lam = [], [], []
+    for role, n in zip(WEIGHT_ROLES, (n_train, n_test)):
+        if role in files:
+            d = load_pt(Path(files[role]))
+            weights.append(d["weight"])
+            bias.append(d["bias"].to(torch.float32).numpy())
+            lam.append(d["lam"].to(torch.float32).numpy())
+        else:
+            weights.append(AbsentSplit(n_train, n, role.split("_")[0], rel[role]))
+            bias.append(np.full(n, np.nan, np.float32))
+            lam.append(np.full(n, np.nan, np.float32))
+    out = ReleaseWeights(weights)
+    if out.shape[1] != n_train:
+        raise InternalError(f"release weights have {out.shape[1]} training rows, the run {n_train}")
+    return out, np.concatenate(bias), np.concatenate(lam)
+
+
+def targets_with_weights(weights: Any, n_targets: int) -> np.ndarray | None:
+    """The target ids that have datamodel weights: None when all do (a fitted run, a whole import)."""
+    missing = getattr(weights, "missing", None)
+    if missing is None:
+        return None
+    absent = missing(np.arange(n_targets))
+    return np.flatnonzero(~absent) if absent.any() else None
 
 
 def weight_rows(weights: Any) -> Any:

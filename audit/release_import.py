@@ -49,8 +49,8 @@ def import_release(folder: Path | str, spec: str, run_dir: Path | str, *, pct: i
         write_json(pipeline.TRAIN.path(run_dir), {"n_models": n_models, "trained": n_models, "diverged": 0,
                                                   "pending": 0, "alpha": config.alpha, "dataset": spec})
         pipeline.TRAIN.note(run_dir, pipeline.TrainConfig())
-        if all(r in content["files"] for r in WEIGHT_ROLES):
-            write_json(pipeline.FIT.path(run_dir), _fit_summary(content, n_models, ds.n_train + ds.n_test))
+        if any(r in content["files"] for r in WEIGHT_ROLES):
+            write_json(pipeline.FIT.path(run_dir), _fit_summary(content, n_models, ds.n_train, ds.n_test))
             pipeline.FIT.note(run_dir, pipeline.FitConfig())
     except BaseException:
         for name in (RUN_JSON, RELEASE_JSON, pipeline.TRAIN_JSON, pipeline.FIT_JSON):
@@ -62,15 +62,19 @@ def import_release(folder: Path | str, spec: str, run_dir: Path | str, *, pct: i
     return data
 
 
-def _fit_summary(content: dict, n_models: int, n_targets: int) -> dict:
-    """fit.json of the published weights (their non-zero count read from the memory-mapped .pt files)."""
+def _fit_summary(content: dict, n_models: int, n_train: int, n_test: int) -> dict:
+    """fit.json of the published weights (their non-zero count read from the memory-mapped .pt files; the
+    mean over the targets that have weights, ``splits`` says which)."""
     nonzero = 0
-    for role in WEIGHT_ROLES:
+    roles = [r for r in WEIGHT_ROLES if r in content["files"]]
+    weighted = sum(n_train if r == "train_weights" else n_test for r in roles)
+    for role in roles:
         w = load_pt(Path(content["files"][role]))["weight"]
         step = max(1, 2**26 // max(1, w.shape[1] * w.element_size()))
         for r0 in range(0, w.shape[0], step):  # whole rows: the file front to back, 64 MB at a time
             nonzero += int(torch.count_nonzero(w[r0:r0 + step]))
             drop_pages(w)
-    return {"n_models": n_models, "n_targets": n_targets, "seconds": 0.0, "device": "published release",
-            "mean_nonzero_weights": nonzero / max(1, n_targets), "median_lambda_ratio": float("nan"),
-            "mean_val_mse": float("nan"), "options": {"source": "release"}}
+    return {"n_models": n_models, "n_targets": n_train + n_test, "seconds": 0.0, "device": "published release",
+            "mean_nonzero_weights": nonzero / max(1, weighted), "median_lambda_ratio": float("nan"),
+            "mean_val_mse": float("nan"), "options": {"source": "release"},
+            "splits": [r.split("_")[0] for r in roles]}

@@ -19,7 +19,7 @@ from audit.contract import Cost, Result, Step, config_json, settings_of
 from audit.errors import AuditError
 from audit.jsonio import write_json
 from audit.progress import SILENT, Progress
-from audit.release import is_imported
+from audit.release import MissingWeights, is_imported
 from audit.reports.render import render_report
 from audit.steps import REGISTRY
 
@@ -76,7 +76,7 @@ class RunOptions:
                 "settings": {name: config_json(c) for name, c in self.configs.items()}}
 
 
-StepCallback = Callable[[Step, Result, dict], None]
+StepCallback = Callable[[Step, "Result | None", dict], None]  # None: skipped for the entry's "reason"
 CostCallback = Callable[[Step, Cost, str], None]
 
 
@@ -119,6 +119,8 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
         if imported and needs_models_of_its_own(step):
             steps[step.name] = {"skipped": True, "reason": IMPORTED_SKIP}
             save()
+            if on_step:
+                on_step(step, None, steps[step.name])
             continue
         runner = pipeline.TRAIN.for_dataset(spec) if step is pipeline.TRAIN else step
         config = options.config(step)
@@ -132,7 +134,14 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
             cost = runner.cost(run_dir, config) if step.name in REGISTRY.audits() else None
             if cost is not None and on_cost:
                 on_cost(step, cost, skip_hint(step, options))
-            result = runner.run(run_dir, config, dataset=dataset, progress=progress)
+            try:
+                result = runner.run(run_dir, config, dataset=dataset, progress=progress)
+            except MissingWeights as exc:  # an import of one split's weights: the steps reading the other
+                steps[step.name] = {"skipped": True, "reason": str(exc)}
+                save()
+                if on_step:
+                    on_step(step, None, steps[step.name])
+                continue
             entry = {**result.to_json(), "step_seconds": round(time.perf_counter() - t0, 2)}
         if step is pipeline.TRAIN:
             dataset = pipeline.dataset_of(pipeline.RunStore.open(run_dir, writable=False))

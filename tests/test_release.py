@@ -218,6 +218,48 @@ def test_weights_only_and_data_only(tmp_path):
     np.testing.assert_allclose(streamed.weights[same], dense.weights[same], atol=1e-3)
 
 
+def test_one_split_of_weights_serves_the_steps_that_read_it(release, tmp_path):
+    """Only datamodels/test_50pct.pt (what leakage needs): imported, its targets scored and audited; a step
+    reading the train targets' weights says which file it needs, in one line, and `audit run` skips it."""
+    from audit.audits import leakage_audit as la
+    from audit.release import MissingWeights
+    from audit.workflow import RunOptions, run_pipeline
+
+    folder, truth = release
+    shutil.copytree(folder, tmp_path / "cifar")
+    (tmp_path / "cifar" / release_paths(50)["train_weights"]).unlink()
+    result = call_main("import", str(tmp_path / "cifar"), "--dataset", SPEC, "--eval-models", str(N_EVAL),
+                       "--run", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    assert "datamodels of the test targets only" in " ".join(result.stdout.split())
+    run = tmp_path / "run"
+    dm = pipeline.load_datamodels(run)
+    assert dm.weights.shape == (60, 40) and np.isnan(dm.bias[:40]).all()
+    np.testing.assert_array_equal(dm.weights[40:], truth["weights"][40:])
+    with pytest.raises(MissingWeights, match="without datamodels/train_50pct.pt, so its train targets"):
+        dm.weights[3]
+    with pytest.raises(MissingWeights):
+        dm.weights[[45, 2]]  # any train target in the rows asked for
+    r = pipeline.EVALUATE.run(run)  # the test targets, on the release's evaluation models
+    assert r.train.n_targets == 0 and r.train.targets_text() == "none of 40" and r.test.n_targets == 20
+    assert r.test.lds_mean > r.test.baseline_lds_mean
+    c = RunStore.open(run, writable=False).config
+    np.save(tmp_path / "feats.npy", np.random.default_rng(0).normal(size=(c.n_train + c.n_test, 8)).astype(np.float32))
+    assert la.run_leakage(run, k=5, features=tmp_path / "feats.npy")["n_test"] == 20  # test weights are all it reads
+    summary = run_pipeline(SPEC, run, RunOptions.from_values(audits=("influence", "embed", "support-heuristic")))
+    for name, entry in summary["steps"].items():  # ran, or skipped saying why
+        assert "reason" not in entry or "train_50pct.pt" in entry["reason"] or "trains models" in entry["reason"], name
+    assert Path(summary["report"]).is_file()
+    # the other way round, a step that reads test targets names the test file, through the console script
+    (tmp_path / "cifar" / release_paths(50)["train_weights"]).write_bytes(
+        (folder / release_paths(50)["train_weights"]).read_bytes())
+    (tmp_path / "cifar" / release_paths(50)["test_weights"]).unlink()
+    import_release(tmp_path / "cifar", SPEC, tmp_path / "run2", eval_models=N_EVAL)
+    proc = run_cli("leakage", str(tmp_path / "run2"), "--features", str(tmp_path / "feats.npy"))
+    assert_one_line_error(proc)
+    assert "datamodels/test_50pct.pt" in proc.stderr
+
+
 def test_a_moved_or_changed_file_is_one_error(release, tmp_path):
     folder = tmp_path / "cifar"
     shutil.copytree(release[0], folder)
@@ -254,7 +296,6 @@ def _bad_pt(path: Path) -> None:
 
 BAD = {  # name -> (role, change)
     "missing margins": ("train_margins", lambda p: p.unlink()),
-    "missing test .pt": ("test_weights", lambda p: p.unlink()),
     "truncated masks": ("train_masks", _truncate),
     "float64 margins": ("test_margins", _wrong_dtype),
     "wrong shape": ("train_margins", _wrong_shape),

@@ -26,6 +26,17 @@ def import_(
     data = import_release(folder, dataset, run_dir, pct=pct, eval_models=eval_models)
     n = data["n_models"]
     what = [f"{n - eval_models:,} training + {eval_models:,} evaluation models" if n else "no models",
-            "the published datamodels" if "train_weights" in data["files"] else "no datamodels (run `audit fit`)"]
+            _weights_said(data["files"])]
     console.print(f"[bold]{run_dir}[/]: imported {', '.join(what)} from {len(data['files'])} files "
                   f"(read in place; moving or changing them breaks the run)")
+
+
+def _weights_said(files: dict) -> str:
+    """What the import holds of the published datamodels, for its one line."""
+    splits = [split for split in ("train", "test") if f"{split}_weights" in files]
+    if not splits:
+        return "no datamodels (run `audit fit`)"
+    if len(splits) == 2:
+        return "the published datamodels"
+    return (f"the published datamodels of the {splits[0]} targets only (steps that read the other split's "
+            f"weights say so)")

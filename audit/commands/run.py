@@ -16,8 +16,11 @@ from audit.steps import REGISTRY
 from audit.workflow import SUMMARY_FILE, RunOptions, run_pipeline
 
 
-def print_step(step: Step, result: Result, entry: dict) -> None:
+def print_step(step: Step, result: Result | None, entry: dict) -> None:
     """One step's outcome, as the step's own command would print it."""
+    if result is None:
+        console.print(f"{step.name}: skipped, {entry.get('reason', 'not run')}", markup=False)
+        return
     if entry.get("skipped"):
         console.print(step.skip_line())
         return
