@@ -227,7 +227,7 @@ def run_checks(run_dir: Path | str, thresholds: Mapping[str, Any], *, source: st
             status = "info"
         elif value is None:
             status = "fail"
-            details = {**details, "note": "no value (undefined or not computed)"}
+            details = {**details, "note": details.get("note", "no value (undefined or not computed)")}
         elif metric.direction == "min":
             status = "pass" if value >= threshold else "fail"
         else:

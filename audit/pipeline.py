@@ -336,9 +336,6 @@ def evaluate(run_dir: Path, *, n_subsets: int = EvaluateConfig.n_subsets, repeat
     dm = load_datamodels(run_dir)
     c = store.config
     sample = evaluation_targets(c.n_train, c.n_targets, targets, seed=c.seed)
-    weighted = targets_with_weights(dm.weights, c.n_targets)  # an import of one split's weights: that split
-    if weighted is not None:
-        sample = weighted if sample is None else np.intersect1d(sample, weighted)
     if is_imported(store.path):  # the release's evaluation models: nothing to train
         return _evaluate_on(store, dm, release_models(store.path, c.n_train, c.n_test), memory_gb, sample, progress)
     ds = dataset_of(store)
@@ -381,10 +378,14 @@ def _evaluate_on(store: RunStore, dm: Datamodels, models: ReleaseModels, memory_
         raise AuditError(f"{store.path} was imported with {n_eval} evaluation models and its release has no "
                          f"others; import it again with --eval-models 5 or more (the release has 10,000)")
     rows = np.arange(len(models.masks))
+    weighted = targets_with_weights(dm.weights, c.n_targets)  # an import of one split's weights: score that split
+    dm_sample = sample if weighted is None else weighted if sample is None else np.intersect1d(sample, weighted)
     result, per_target = streamed_evaluate(dm, models.eval_masks, models.eval_margins, c.n_train, models.masks,
-                                           models.margins, rows, memory_gb=memory_gb, targets=sample,
+                                           models.margins, rows, memory_gb=memory_gb, targets=dm_sample,
                                            progress=progress)
     result.update({"n_subsets": n_eval, "n_subsets_requested": n_eval, "repeats": 1, "n_fit_models": len(rows)})
+    if weighted is not None:
+        _mark_missing_split(result, weighted, c.n_train, c.n_targets)
     if score_names(store.path):  # imported attribution scores, on the same evaluation models
         result["scores"] = evaluate_scores(store.path, np.asarray(models.eval_masks, dtype=bool),
                                            models.eval_margins, c.n_train, c.n_test, sample)  # a column block at a time
@@ -394,6 +395,24 @@ def _evaluate_on(store: RunStore, dm: Datamodels, models: ReleaseModels, memory_
     write_json(store.path / EVALUATION_JSON, result)
     save_npz(store.path / EVALUATION_TARGETS, **per_target)
     return result
+
+
+def _mark_missing_split(result: dict, weighted: np.ndarray, n_train: int, n_targets: int) -> None:
+    """An evaluation of a run imported with one split's weights: the other group is marked ``no_weights``,
+    "all" says which split it ``only`` covers, and ``random_sample`` says whether a group is a random
+    sample of the targets that have weights (not of every target)."""
+    has = {"train": bool(np.any(weighted < n_train)), "test": bool(np.any(weighted >= n_train))}
+    sizes = {"train": n_train, "test": n_targets - n_train}
+    avail = {g: sizes[g] if has[g] else 0 for g in sizes}
+    avail["all"] = avail["train"] + avail["test"]
+    for name in ("all", "train", "test"):
+        group = result[name]
+        group["random_sample"] = bool(group["n_targets"] < avail[name])
+        if name != "all" and not has[name]:
+            group["no_weights"] = True
+    result["all"]["only"] = next(g for g in ("train", "test") if has[g])
+    result["weights_missing"] = [g for g in ("train", "test") if not has[g]]
+    result["sampled"] = any(result[g]["random_sample"] for g in ("train", "test"))
 
 
 # ----- the steps (audit.contract) --------------------------------------------------------------
@@ -618,17 +637,29 @@ class GroupQuality(Result):
     lds_se: float | None = None  # standard error of lds_mean over the targets (what a sample leaves uncertain)
     baseline_lds_se: float | None = None
     n_targets_total: int | None = None  # the group's targets; more than n_targets when a sample was scored
+    # an import of one split's weights: the other split's group has none; "all" covers only one split
+    no_weights: bool = False
+    only: str | None = None
+    random_sample: bool | None = None  # None: a sample whenever fewer than the group's targets were scored
 
     @property
     def sampled(self) -> bool:
+        """Scored on a seeded random sample of the group's targets (its mean has a standard error)."""
+        if self.random_sample is not None:
+            return self.random_sample
         return self.n_targets_total is not None and self.n_targets_total > self.n_targets
 
     def targets_text(self) -> str:
-        """'5,000' or, for a sample, '5,000 of 50,000' ('none of 50,000': a split imported without weights)."""
-        if self.sampled:
-            return f"{self.n_targets:,} of {self.n_targets_total:,}" if self.n_targets else \
-                f"none of {self.n_targets_total:,}"
-        return f"{self.n_targets:,}"
+        """'5,000' or, for a sample, '5,000 of 50,000'; says so when the run has no weights for the group
+        or "all" holds only one split's targets."""
+        if self.no_weights:
+            return "none (no weights imported)"
+        total = self.n_targets_total
+        text = f"{self.n_targets:,} of {total:,}" if total is not None and total > self.n_targets else f"{self.n_targets:,}"
+        if self.only is not None:
+            other = "test" if self.only == "train" else "train"
+            text += f" ({self.only} targets only: no {other} weights imported)"
+        return text
 
     def lds_text(self, baseline: bool = False) -> str:
         """The mean LDS, with its standard error when the group was sampled."""
@@ -759,6 +790,11 @@ def lds_value(run_dir: Path, path: Path, p: Mapping[str, Any]) -> tuple[float | 
     data = read_result(path, what)
     group = require(data, (p["lds_group"],), path, what)
     value = require(group, ("lds_mean",), path, what)
-    return finite(value), {"group": p["lds_group"], "n_targets": group.get("n_targets") if isinstance(group, dict) else None,
-                           "baseline_lds_mean": group.get("baseline_lds_mean") if isinstance(group, dict) else None}
+    details = {"group": p["lds_group"], "n_targets": group.get("n_targets") if isinstance(group, dict) else None,
+               "baseline_lds_mean": group.get("baseline_lds_mean") if isinstance(group, dict) else None}
+    if isinstance(group, dict) and group.get("no_weights"):
+        details["note"] = "the run was imported without these targets' weights"
+    elif isinstance(group, dict) and group.get("only"):
+        details["note"] = f"the run was imported with the {group['only']} targets' weights only: the mean is theirs"
+    return finite(value), details
 

@@ -329,7 +329,8 @@ class AbsentSplit:
     def error(self) -> MissingWeights:
         return MissingWeights(f"this run was imported without {self.path}, so its {self.split} targets have no "
                               f"datamodel weights, which this step reads; import the release again with that file "
-                              f"into a new --run, or run `audit fit` on the run's training data")
+                              f"into a new --run, or run `audit fit` on the run's training data (its own fit then "
+                              f"replaces the published weights of both splits)")
 
     def __getitem__(self, key: Any) -> Any:
         raise self.error()
@@ -449,9 +450,21 @@ def release_weights(run_dir: Path | str, n_train: int,
             bias.append(np.full(n, np.nan, np.float32))
             lam.append(np.full(n, np.nan, np.float32))
     out = ReleaseWeights(weights)
-    if out.shape[1] != n_train:
-        raise InternalError(f"release weights have {out.shape[1]} training rows, the run {n_train}")
+    if any(int(w.shape[0]) != n_train for w in weights if not isinstance(w, AbsentSplit)):
+        raise InternalError(f"release weights have {[int(w.shape[0]) for w in weights]} training rows, the run {n_train}")
     return out, np.concatenate(bias), np.concatenate(lam)
+
+
+def require_weights(weights: Any, n_targets: int, ids: np.ndarray | None = None) -> None:
+    """MissingWeights, before any work, when a step needs the weights of targets ``ids`` (default: all of
+    them) and the run was imported without their split's .pt file."""
+    missing = getattr(weights, "missing", None)
+    if missing is None:
+        return
+    ids = np.arange(n_targets) if ids is None else np.asarray(ids, np.int64)
+    absent = missing(ids)
+    if absent.any():
+        weights[int(ids[absent][0])]  # raises the split's own error, which names its file
 
 
 def targets_with_weights(weights: Any, n_targets: int) -> np.ndarray | None:

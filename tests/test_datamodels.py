@@ -352,10 +352,12 @@ def test_uint8_masks_count_any_non_zero_as_in_the_subset_and_bad_ranges_are_refu
     assert half.n_models_fit == 100
 
 
-def test_default_memory_budget_is_half_available_at_most_a_quarter_of_the_machine(monkeypatch):
+def test_default_memory_budget_is_half_available_at_most_a_quarter_of_the_machine(monkeypatch, tmp_path):
     import io
 
     from audit import datamodels as dm_module
+
+    monkeypatch.setattr(dm_module, "CGROUP_LIMITS", (str(tmp_path / "none"),))  # not in a limited container
 
     def meminfo(total_gib: float, available_gib: float):
         text = f"MemTotal: {int(total_gib * 2**20)} kB\nMemFree: 1 kB\nMemAvailable: {int(available_gib * 2**20)} kB\n"
@@ -368,3 +370,10 @@ def test_default_memory_budget_is_half_available_at_most_a_quarter_of_the_machin
     assert dm_module.memory_budget(0.5) == 2**29  # --memory-gb wins
     with pytest.raises(AuditError, match="--memory-gb must be positive"):
         dm_module.memory_budget(0)
+    # in a container limited to 8 GiB on a 256 GiB host, the container is the machine
+    (tmp_path / "memory.max").write_text(f"{8 * 2**30}\n")
+    monkeypatch.setattr(dm_module, "CGROUP_LIMITS", (str(tmp_path / "memory.max"),))
+    monkeypatch.setattr(dm_module, "open", meminfo(256, 250), raising=False)
+    assert dm_module.memory_budget() == 2 * 2**30
+    (tmp_path / "memory.max").write_text("max\n")  # cgroup v2 without a limit
+    assert dm_module.memory_budget() == 64 * 2**30

@@ -218,7 +218,7 @@ def test_weights_only_and_data_only(tmp_path):
     np.testing.assert_allclose(streamed.weights[same], dense.weights[same], atol=1e-3)
 
 
-def test_one_split_of_weights_serves_the_steps_that_read_it(release, tmp_path):
+def test_one_split_of_weights_serves_the_steps_that_read_it(release, tmp_path, monkeypatch):
     """Only datamodels/test_50pct.pt (what leakage needs): imported, its targets scored and audited; a step
     reading the train targets' weights says which file it needs, in one line, and `audit run` skips it."""
     from audit.audits import leakage_audit as la
@@ -240,10 +240,23 @@ def test_one_split_of_weights_serves_the_steps_that_read_it(release, tmp_path):
         dm.weights[3]
     with pytest.raises(MissingWeights):
         dm.weights[[45, 2]]  # any train target in the rows asked for
-    r = pipeline.EVALUATE.run(run)  # the test targets, on the release's evaluation models
-    assert r.train.n_targets == 0 and r.train.targets_text() == "none of 40" and r.test.n_targets == 20
-    assert r.test.lds_mean > r.test.baseline_lds_mean
     c = RunStore.open(run, writable=False).config
+    from audit import scores
+    np.save(tmp_path / "mine.npy", np.random.default_rng(1).normal(size=(c.n_train, c.n_targets)).astype(np.float32))
+    scores.import_scores(tmp_path / "mine.npy", run, n_train=c.n_train, n_test=c.n_test)
+    r = pipeline.EVALUATE.run(run)  # the test targets, on the release's evaluation models
+    assert r.train.n_targets == 0 and r.train.targets_text() == "none (no weights imported)" and r.test.n_targets == 20
+    assert r.all.targets_text() == "20 of 60 (test targets only: no train weights imported)"
+    assert not (r.all.sampled or r.train.sampled or r.test.sampled)  # no random sample: no ± and no hint
+    assert r.test.lds_mean > r.test.baseline_lds_mean
+    assert r.scores["mine"].train.n_targets == 40  # a score matrix needs no datamodel weights: every target
+    check = call_main("check", str(run), "--min-lds", "-1", "--lds-group", "all")
+    assert check.returncode == 0 and "test targets' weights only" in " ".join(check.stdout.split())
+    from audit.audits import embed
+    from audit.audits.embed import EMBED
+    monkeypatch.setattr(embed, "read_embeddings", lambda *a, **k: pytest.fail("read weights before the check"))
+    with pytest.raises(MissingWeights, match="train_50pct.pt"):
+        EMBED.run(run)  # before reading a weight (at CIFAR-10 size, 10 GB of train rows and a PCA)
     np.save(tmp_path / "feats.npy", np.random.default_rng(0).normal(size=(c.n_train + c.n_test, 8)).astype(np.float32))
     assert la.run_leakage(run, k=5, features=tmp_path / "feats.npy")["n_test"] == 20  # test weights are all it reads
     summary = run_pipeline(SPEC, run, RunOptions.from_values(audits=("influence", "embed", "support-heuristic")))

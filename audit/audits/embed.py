@@ -51,6 +51,7 @@ from audit import pipeline
 from audit.contract import Block, Line, Result, Step, Table, file_stamp, setting
 from audit.data.dataset import Dataset
 from audit.datamodels import memory_budget
+from audit.release import require_weights
 from audit.errors import AuditError
 from audit.jsonio import output_file, write_csv, write_json
 from audit.progress import SILENT, Progress
@@ -314,6 +315,7 @@ def embed(weights: Any, ds: Dataset, config: EmbedConfig, *, features: np.ndarra
     budget = memory_budget(config.memory_gb)
     n_train, n_test = ds.n_train, ds.n_test
     check_clusters(config.clusters, n_test, budget)  # before any work
+    require_weights(weights, n_train + n_test)  # both splits' embeddings: an import of one split says so now
     dense = dense_fits(n_train, n_train, budget)
     x_train, zero_train = read_embeddings(weights, np.arange(n_train), budget, dense=dense, progress=progress)
     if zero_train == n_train:

@@ -240,59 +240,78 @@ def ranking_verdict(per_method: dict[str, dict], mode: str) -> dict | None:
     """Which ranking found the smaller supports, in a sentence a user can act on (None without datamodels
     or without a ranking to compare them with).
 
-    A ranking does better than another when it certifies at least as many targets with a median certified
-    support no larger, and is strictly better on one of the two; a difference in the fraction certified
-    smaller than twice its binomial standard error is called out as within sampling error. Random is
-    compared but never recommended. ``per_method``: the summaries of :func:`summarize_method`.
+    Ranking a does better than b when it certifies more targets by more than twice the binomial standard
+    error of the difference, or as many within that error, and has a median certified support no larger,
+    strictly better on one count (two medians beyond the grid are equal: nothing is known of either).
+    Random is compared but never recommended. ``per_method``: the summaries of :func:`summarize_method`.
     """
     if "datamodels" not in per_method or len(per_method) < 2:
         return None
     task = "removal (brittleness)" if mode == "remove" else "label-flip"
 
-    def key(r: dict) -> tuple[float, float]:
-        return float(r.get("fraction_certified") or 0.0), float(r["median_certified_support"])
+    def frac(m: str) -> float:
+        return float(per_method[m].get("fraction_certified") or 0.0)
 
-    def said(name: str) -> str:
-        r = per_method[name]
-        return (f"{name} certified {_f2(r.get('fraction_certified'))} of {r['n_targets']} targets "
+    def median(m: str) -> float:
+        return float(per_method[m]["median_certified_support"])
+
+    def said(m: str) -> str:
+        r = per_method[m]
+        return (f"{m} certified {_f2(r.get('fraction_certified'))} of {r['n_targets']} targets "
                 f"(median support {r['median_certified_support_label']})")
 
-    def better(a: str, b: str) -> bool:
-        (fa, sa), (fb, sb) = key(per_method[a]), key(per_method[b])
-        return fa >= fb and sa <= sb and (fa > fb or sa < sb)
-
-    def noise(a: str, b: str) -> bool:
-        (fa, _), (fb, _) = key(per_method[a]), key(per_method[b])
+    def frac_cmp(a: str, b: str) -> int:
         na, nb = max(1, int(per_method[a]["n_targets"])), max(1, int(per_method[b]["n_targets"]))
+        fa, fb = frac(a), frac(b)
         se = math.sqrt(fa * (1 - fa) / na + fb * (1 - fb) / nb)
-        return fa != fb and abs(fa - fb) < 2 * se
+        return 0 if abs(fa - fb) <= 2 * se else (1 if fa > fb else -1)
+
+    def med_cmp(a: str, b: str) -> int:
+        sa, sb = median(a), median(b)
+        return 0 if sa == sb else (1 if sa < sb else -1)
+
+    def better(a: str, b: str) -> bool:
+        f, m = frac_cmp(a, b), med_cmp(a, b)
+        return f >= 0 and m >= 0 and (f > 0 or m > 0)
+
+    def noise(a: str, b: str) -> str:
+        return " (the fractions certified differ by less than their sampling error; the medians decide)" \
+            if frac_cmp(a, b) == 0 and frac(a) != frac(b) else ""
 
     others = [m for m in per_method if m != "datamodels"]
+    if all(frac(m) == 0 for m in per_method):
+        return {"best": None, "datamodels_lose": False,
+                "text": f"No ranking certified a {task} support within the grid in this run: "
+                        + ", ".join(said(m) for m in per_method) + "."}
     winners = sorted((m for m in others if m != "random" and better(m, "datamodels")),
-                     key=lambda m: (-key(per_method[m])[0], key(per_method[m])[1]))
+                     key=lambda m: (-frac(m), median(m)))
     if winners:
         w = winners[0]
-        caveat = " (the difference in targets certified is within sampling error)" if noise(w, "datamodels") else ""
         return {"best": w, "datamodels_lose": True,
                 "text": f"Datamodels lose to the {w} ranking on {task} support in this run: {said(w)}, "
-                        f"{said('datamodels')}{caveat}. On this data, trust the {w} ranking's support sets for "
-                        f"this audit."}
+                        f"{said('datamodels')}{noise(w, 'datamodels')}. On this data, trust the {w} ranking's "
+                        f"support sets for this audit."}
     if "random" in others and better("random", "datamodels"):
         return {"best": None, "datamodels_lose": True,
                 "text": f"Datamodels do worse than a random ranking on {task} support in this run: {said('random')}, "
-                        f"{said('datamodels')}. Their support sets are no evidence here; fit them on more models "
-                        f"before reading this audit."}
+                        f"{said('datamodels')}{noise('random', 'datamodels')}. Their support sets are no evidence "
+                        f"here; fit them on more models before reading this audit."}
     beaten = [m for m in others if better("datamodels", m)]
     if len(beaten) == len(others):
-        rival = max(others, key=lambda m: (key(per_method[m])[0], -key(per_method[m])[1]))
-        caveat = " (the difference in targets certified is within sampling error)" if noise("datamodels", rival) else ""
+        rival = max(others, key=lambda m: (m != "random", frac(m), -median(m)))
         return {"best": "datamodels", "datamodels_lose": False,
                 "text": f"Datamodels find the smallest {task} supports in this run: {said('datamodels')}, "
-                        f"the best other ranking, {said(rival)}{caveat}."}
-    tied = [m for m in others if m not in beaten]
+                        f"{'the best other ranking' if len(others) > 1 else 'against'} {said(rival)}"
+                        f"{noise('datamodels', rival)}."}
+    level = [m for m in others if m not in beaten]
+    if level == ["random"]:
+        return {"best": None, "datamodels_lose": False,
+                "text": f"Datamodels are not clearly better than a random ranking on {task} support in this run: "
+                        f"{said('datamodels')}, {said('random')}; read their support sets with care."}
+    level = [m for m in level if m != "random"]
     return {"best": None, "datamodels_lose": False,
             "text": f"No ranking finds smaller {task} supports on both counts in this run: {said('datamodels')}, "
-                    + ", ".join(said(m) for m in tied) + "; compare their support sets target by target."}
+                    + ", ".join(said(m) for m in level) + "; compare their support sets target by target."}
 
 
 def wrong_classes(mean_logits: np.ndarray, y: np.ndarray) -> np.ndarray:

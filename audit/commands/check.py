@@ -83,6 +83,10 @@ def print_checks(result: dict) -> None:
         value, threshold, status = checks.describe(c)
         table.add_row(c["key"], c["measure"], value, threshold, colour[status])
     console.print(table)
+    for c in result["checks"]:  # what a value stands for, where the check's data says (an import of one split)
+        note = (c.get("details") or {}).get("note")
+        if note and c["status"] != "info":
+            console.print(f"{c['key']}: {note}", markup=False)
     verdict = "[bold green]all checks passed[/]" if result["passed"] else \
         f"[bold red]{result['n_failed']} of {result['n_checks']} checks failed[/]"
     console.print(verdict)

@@ -113,16 +113,31 @@ def test_verdict_when_datamodels_win_tie_or_have_no_rival():
                                  "random": _method(0.04, math.inf)}, "remove")
     assert not v["datamodels_lose"] and v["best"] == "datamodels"
     assert "smallest removal (brittleness) supports" in v["text"] and "representation certified 0.30" in v["text"]
-    # more certified but larger supports: neither is better on both counts
-    v = support.ranking_verdict({"datamodels": _method(0.5, 10), "representation": _method(0.6, 20)}, "remove")
+    # more certified (beyond sampling error) but larger supports: neither is better on both counts
+    v = support.ranking_verdict({"datamodels": _method(0.5, 10), "representation": _method(0.8, 20)}, "remove")
     assert v["best"] is None and not v["datamodels_lose"] and v["text"].startswith("No ranking")
+    # 0.5 against 0.6 of 100 is within sampling error: the smaller median decides, and the text says so
+    v = support.ranking_verdict({"datamodels": _method(0.5, 10), "representation": _method(0.6, 20)}, "remove")
+    assert v["best"] == "datamodels" and "the medians decide" in v["text"]
+    # both medians beyond the grid and fractions within sampling error: nothing to choose between them
+    v = support.ranking_verdict({"datamodels": _method(0.3, math.inf), "representation": _method(0.2, math.inf)},
+                                "remove")
+    assert v["best"] is None and "median support > 80" in v["text"]
+    v = support.ranking_verdict({"datamodels": _method(0, math.inf), "representation": _method(0, math.inf)}, "remove")
+    assert v["text"].startswith("No ranking certified a removal (brittleness) support within the grid")
     # a random ranking is never the one to use, but losing to it is said
     v = support.ranking_verdict({"datamodels": _method(0.2, 40), "random": _method(0.3, 30)}, "remove")
     assert v["datamodels_lose"] and v["best"] is None and v["text"].startswith("Datamodels do worse than a random")
-    # a small sample: a difference the number of targets cannot tell apart is called so
+    # a small sample: a difference in fractions the number of targets cannot tell apart is no verdict ...
     v = support.ranking_verdict({"datamodels": _method(0.8, 9, n=10), "representation": _method(0.9, 9, n=10)},
                                 "relabel")
-    assert v["datamodels_lose"] and "within sampling error" in v["text"]
+    assert not v["datamodels_lose"] and v["best"] is None
+    # ... and where the medians then decide, the text says the fractions did not
+    v = support.ranking_verdict({"datamodels": _method(0.8, 9, n=10), "representation": _method(0.9, 7, n=10)},
+                                "relabel")
+    assert v["datamodels_lose"] and "the medians decide" in v["text"]
+    v = support.ranking_verdict({"datamodels": _method(0.5, 9), "random": _method(0.52, 9)}, "remove")
+    assert v["text"].startswith("Datamodels are not clearly better than a random ranking")
     assert support.ranking_verdict({"representation": _method(1, 3), "random": _method(0, math.inf)}, "remove") is None
     assert support.ranking_verdict({"datamodels": _method(1, 3)}, "remove") is None
 
