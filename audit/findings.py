@@ -49,6 +49,7 @@ class Findings:
     items: tuple[Finding, ...]
     looked_for: tuple[str, ...] = ()  # issues of the steps that have a saved result
     notes: dict[str, str] = field(default_factory=dict)  # step -> why its findings are missing
+    skipped: dict[str, str] = field(default_factory=dict)  # step -> why `audit run` did not run it (no result)
 
     def of(self, issue: str) -> list[Finding]:
         return [f for f in self.items if f.issue == issue]
@@ -77,15 +78,29 @@ def collect(run_dir: Path | str, registry: Registry = REGISTRY) -> Findings:
     items: list[Finding] = []
     looked_for: list[str] = []
     notes: dict[str, str] = {}
+    ran = _run_summary_steps(run_dir)
+    skipped = {name: str(entry["reason"]) for name, entry in ran.items()
+               if isinstance(entry, dict) and entry.get("skipped") and entry.get("reason")}
     for step in registry:
         if not step.issues or not step.path(run_dir).exists():
             continue
+        skipped.pop(step.name, None)  # run since (its own command)
         looked_for += step.issues
         try:
             items += step.findings(run_dir)
         except AuditError as exc:
             notes[step.name] = str(exc)
-    return Findings(tuple(sorted(cross_reference(items), key=rank_key)), tuple(looked_for), notes)
+    skipped = {name: why for name, why in skipped.items() if name in registry.audits()}
+    return Findings(tuple(sorted(cross_reference(items), key=rank_key)), tuple(looked_for), notes, skipped)
+
+
+def _run_summary_steps(run_dir: Path) -> dict:
+    """The steps of the last `audit run` (RUN/run_summary.json), or {} when there is none or it is unreadable."""
+    try:
+        steps = read_json(run_dir / "run_summary.json").get("steps", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return steps if isinstance(steps, dict) else {}
 
 
 def _raise(severity: str) -> str:
@@ -126,7 +141,8 @@ def write(run_dir: Path | str, found: Findings) -> tuple[Path, Path]:
     """RUN/findings.json (every finding, typed, with counts and notes) and RUN/findings.csv (one row each)."""
     run_dir = Path(run_dir)
     rows = [{"rank": i, **f.to_json()} for i, f in enumerate(found.items, 1)]
-    write_json(run_dir / FINDINGS_JSON, {"counts": found.counts(), "notes": found.notes, "findings": rows})
+    write_json(run_dir / FINDINGS_JSON, {"counts": found.counts(), "notes": found.notes, "skipped": found.skipped,
+                                         "findings": rows})
     write_csv(run_dir / FINDINGS_CSV, ({"rank": i, "index": f.index, "split": f.split, "issue": f.issue,
                                         "severity": f.severity, "score": f.score, "given_label": f.given_name,
                                         "predicted_label": f.predicted_name, "evidence": f.evidence,
@@ -174,5 +190,7 @@ def summary_lines(found: Findings, per_issue: int = 1) -> list[str]:
         lines += ["    " + shorten(f.headline) for f in top[1:]]
     for step, why in found.notes.items():
         lines.append(f"{step}: findings not read ({shorten(why)})")
+    for step, why in found.skipped.items():
+        lines.append(f"{step}: not run ({shorten(why, 160)})")
     return lines or ["no audit results yet: run `audit run` or an audit (brittleness, mislabel, leakage, influence, "
                      "label-errors)"]

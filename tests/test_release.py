@@ -263,6 +263,11 @@ def test_one_split_of_weights_serves_the_steps_that_read_it(release, tmp_path, m
     for name, entry in summary["steps"].items():  # ran, or skipped saying why
         assert "reason" not in entry or "train_50pct.pt" in entry["reason"] or "trains models" in entry["reason"], name
     assert Path(summary["report"]).is_file()
+    from audit import findings  # the terminal's "what we found" and the report say what was not run, and why
+    found = findings.collect(run)
+    assert "train_50pct.pt" in found.skipped["embed"] and "leakage" not in found.skipped  # leakage ran (--features)
+    assert any(line.startswith("embed: not run (this run was imported without") for line in findings.summary_lines(found))
+    assert "embed: not run by `audit run`" in Path(summary["report"]).read_text().replace("&#96;", "`")
     # the other way round, a step that reads test targets names the test file, through the console script
     (tmp_path / "cifar" / release_paths(50)["train_weights"]).write_bytes(
         (folder / release_paths(50)["train_weights"]).read_bytes())

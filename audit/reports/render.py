@@ -174,6 +174,8 @@ def findings_section(ctx: Context, per_issue: int = 6, n_related: int = 5) -> di
     found = findings.collect(ctx.path)
     for step, why in found.notes.items():
         ctx.files.notes.append(f"{step}: its findings could not be read ({why})")
+    for step, why in found.skipped.items():
+        ctx.files.notes.append(f"{step}: not run by `audit run` ({why})")
     counts = found.counts()
     if not counts:
         return None
