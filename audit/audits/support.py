@@ -309,9 +309,13 @@ def ranking_verdict(per_method: dict[str, dict], mode: str) -> dict | None:
                 "text": f"Datamodels are not clearly better than a random ranking on {task} support in this run: "
                         f"{said('datamodels')}, {said('random')}; read their support sets with care."}
     level = [m for m in level if m != "random"]
+    close = any(frac_cmp("datamodels", m) == 0 and frac("datamodels") != frac(m) for m in level)
+    why = ("the fractions certified differ by less than twice their sampling error: audit more targets (--n) to "
+           "tell them apart" if close else "one certifies more targets, the other smaller supports")
     return {"best": None, "datamodels_lose": False,
-            "text": f"No ranking finds smaller {task} supports on both counts in this run: {said('datamodels')}, "
-                    + ", ".join(said(m) for m in level) + "; compare their support sets target by target."}
+            "text": f"Neither datamodels nor {' nor '.join(level)} is clearly ahead on {task} support in this run: "
+                    f"{said('datamodels')}, " + ", ".join(said(m) for m in level)
+                    + f" ({why}); compare their support sets target by target."}
 
 
 def wrong_classes(mean_logits: np.ndarray, y: np.ndarray) -> np.ndarray:
