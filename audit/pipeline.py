@@ -566,6 +566,12 @@ class FitResult(Result):
     mean_nonzero_weights: float
     median_lambda_ratio: float
     mean_val_mse: float
+    splits: list[str] | None = None  # an import of published weights: the splits whose .pt it has
+
+    def targets_text(self) -> str:
+        """'1,797', or '60 (test targets' weights only)' for an import of one split's published weights."""
+        one = self.splits is not None and len(self.splits) == 1
+        return f"{self.n_targets:,}" + (f" ({self.splits[0]} targets' weights only)" if one else "")
 
 
 class FitStep(Step[FitConfig, FitResult]):

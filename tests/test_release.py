@@ -267,7 +267,9 @@ def test_one_split_of_weights_serves_the_steps_that_read_it(release, tmp_path, m
     found = findings.collect(run)
     assert "train_50pct.pt" in found.skipped["embed"] and "leakage" not in found.skipped  # leakage ran (--features)
     assert any(line.startswith("embed: not run (this run was imported without") for line in findings.summary_lines(found))
-    assert "embed: not run by `audit run`" in Path(summary["report"]).read_text().replace("&#96;", "`")
+    report = Path(summary["report"]).read_text().replace("&#96;", "`").replace("&#39;", "'")
+    assert "embed: not run by `audit run`" in report
+    assert pipeline.FIT.load(run).targets_text() == "60 (test targets' weights only)" and "60 (test targets' weights only)" in report
     # the other way round, a step that reads test targets names the test file, through the console script
     (tmp_path / "cifar" / release_paths(50)["train_weights"]).write_bytes(
         (folder / release_paths(50)["train_weights"]).read_bytes())

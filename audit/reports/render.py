@@ -215,7 +215,7 @@ def summary_section(ctx: Context) -> dict | None:
                   ("test accuracy of a model trained at α", pct(train.test_accuracy))]
     facts.append(("trainer", ", ".join(f"{k}={v}" for k, v in run.trainer.items()) if run.trainer else None))
     if fit is not None:
-        facts += [("models used to fit", fmt(fit.n_models)), ("datamodels (targets)", fmt(fit.n_targets)),
+        facts += [("models used to fit", fmt(fit.n_models)), ("datamodels (targets)", fit.targets_text()),
                   ("mean non-zero weights per datamodel", fmt(fit.mean_nonzero_weights, 1)),
                   ("median λ / λmax", fmt(fit.median_lambda_ratio, 4))]
     facts += [("seed", run.seed), ("created", run.created),
