@@ -30,6 +30,7 @@ from audit.jsonio import read_json, write_csv, write_json
 from audit.steps import REGISTRY
 
 FINDINGS_JSON, FINDINGS_CSV = "findings.json", "findings.csv"
+SUMMARY_FILE = "run_summary.json"  # every step's summary of the last `audit run` (written by audit.workflow)
 ISSUES = (LEAK_ISSUE, LABEL_ERROR_ISSUE, INFLUENCE_ISSUE, BRITTLE_ISSUE, LABEL_SENSITIVE_ISSUE)
 WHAT_TO_DO = {  # per issue, for an overview (each finding says it for its own example)
     LEAK_ISSUE: "remove the leaked test images (or their training copies) and measure test accuracy again",
@@ -97,7 +98,7 @@ def collect(run_dir: Path | str, registry: Registry = REGISTRY) -> Findings:
 def _run_summary_steps(run_dir: Path) -> dict:
     """The steps of the last `audit run` (RUN/run_summary.json), or {} when there is none or it is unreadable."""
     try:
-        steps = read_json(run_dir / "run_summary.json").get("steps", {})
+        steps = read_json(run_dir / SUMMARY_FILE).get("steps", {})
     except (OSError, ValueError, AttributeError):
         return {}
     return steps if isinstance(steps, dict) else {}

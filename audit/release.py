@@ -349,8 +349,9 @@ class ReleaseWeights:
     SLAB_BYTES = 2**26
     FAULT_AROUND = 2**16  # Linux's fault_around_bytes default
 
-    def __init__(self, parts: list[torch.Tensor], start: int = 0, stop: int | None = None) -> None:
+    def __init__(self, parts: list[torch.Tensor | AbsentSplit], start: int = 0, stop: int | None = None) -> None:
         self.parts = parts
+        self.absent = np.array([isinstance(p, AbsentSplit) for p in parts], bool)  # per part
         self.bounds = np.cumsum([0] + [int(p.shape[1]) for p in parts])
         self.start = start
         self.stop = int(self.bounds[-1]) if stop is None else stop
@@ -361,11 +362,23 @@ class ReleaseWeights:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def _parts_of(self, absolute: np.ndarray) -> np.ndarray:
+        """The part (.pt tensor) holding each absolute target."""
+        return np.searchsorted(self.bounds, absolute, "right") - 1
+
     def missing(self, idx: np.ndarray) -> np.ndarray:
         """Which of the targets ``idx`` (relative to this view) belong to a split imported without weights."""
-        absolute = self.start + np.asarray(idx, np.int64)
-        part_of = np.searchsorted(self.bounds, absolute, "right") - 1
-        return np.array([isinstance(self.parts[p], AbsentSplit) for p in part_of], bool).reshape(np.shape(idx))
+        return self.absent[self._parts_of(self.start + np.asarray(idx, np.int64))]
+
+    def _require_parts(self, part_of: np.ndarray) -> None:
+        """MissingWeights, naming the file, when any of these parts is a split imported without weights."""
+        hit = part_of[self.absent[part_of]]
+        if hit.size:
+            raise self.parts[int(hit[0])].error()
+
+    def require(self, idx: np.ndarray) -> None:
+        """MissingWeights before any read when a target of ``idx`` (relative) has no weights in this run."""
+        self._require_parts(self._parts_of(self.start + np.asarray(idx, np.int64)))
 
     def _read(self, idx: np.ndarray) -> np.ndarray:
         """Rows ``idx`` (absolute targets) as float32 [len(idx), n_train].
@@ -377,10 +390,8 @@ class ReleaseWeights:
         spread over a tensor reads it once front to back instead of a page per target and example."""
         order = np.argsort(idx, kind="stable")
         sorted_idx = np.asarray(idx, np.int64)[order]
-        part_of = np.searchsorted(self.bounds, sorted_idx, "right") - 1
-        for p in np.unique(part_of):  # before anything is read or allocated
-            if isinstance(self.parts[int(p)], AbsentSplit):
-                raise self.parts[int(p)].error()
+        part_of = self._parts_of(sorted_idx)
+        self._require_parts(part_of)  # before anything is read or allocated
         out = np.empty((len(idx), self.shape[1]), np.float32)
         breaks = np.nonzero((np.diff(sorted_idx) > self.CLUSTER_GAP) | (np.diff(part_of) != 0))[0]
         n_rows = self.shape[1]
@@ -458,13 +469,9 @@ def release_weights(run_dir: Path | str, n_train: int,
 def require_weights(weights: Any, n_targets: int, ids: np.ndarray | None = None) -> None:
     """MissingWeights, before any work, when a step needs the weights of targets ``ids`` (default: all of
     them) and the run was imported without their split's .pt file."""
-    missing = getattr(weights, "missing", None)
-    if missing is None:
-        return
-    ids = np.arange(n_targets) if ids is None else np.asarray(ids, np.int64)
-    absent = missing(ids)
-    if absent.any():
-        weights[int(ids[absent][0])]  # raises the split's own error, which names its file
+    require = getattr(weights, "require", None)  # only the release's weights can lack a split
+    if require is not None:
+        require(np.arange(n_targets) if ids is None else ids)
 
 
 def targets_with_weights(weights: Any, n_targets: int) -> np.ndarray | None:

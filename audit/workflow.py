@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from audit import findings, pipeline
+from audit.findings import SUMMARY_FILE
 from audit.contract import Cost, Result, Step, config_json, settings_of
 from audit.errors import AuditError
 from audit.jsonio import write_json
@@ -23,7 +24,6 @@ from audit.release import MissingWeights, is_imported
 from audit.reports.render import render_report
 from audit.steps import REGISTRY
 
-SUMMARY_FILE = "run_summary.json"
 MIN_MODELS_TO_FIT = 20
 
 
