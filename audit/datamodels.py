@@ -38,12 +38,13 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 import numpy as np
-import torch
 
 from audit.errors import AuditError, InternalError
 from audit.jsonio import save_npz
+from audit.lazy_torch import torch
 from audit.mapped import drop_pages
 from audit.progress import SILENT, Progress
+
 
 __all__ = [
     "Datamodels", "LassoSolution", "PathStep", "difference_of_means", "evaluate", "fit_datamodels",

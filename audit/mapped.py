@@ -15,7 +15,8 @@ import sys
 from typing import Any
 
 import numpy as np
-import torch
+
+from audit.lazy_torch import torch
 
 _PAGE = mmap.PAGESIZE
 _MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)

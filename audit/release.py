@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from audit.errors import AuditError, InternalError
 from audit.jsonio import read_json
+from audit.lazy_torch import torch
 from audit.mapped import drop_pages, mark_mapped
 
 RELEASE_JSON = "release.json"

@@ -38,7 +38,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from pydantic import Field
-from scipy import stats
 
 from audit import pipeline
 from audit.audits import baselines
@@ -126,6 +125,8 @@ def correlation(pred: np.ndarray, actual: np.ndarray) -> "Correlation":
     p, a = pred[ok], actual[ok]
     if len(p) < 3 or np.ptp(p) == 0 or np.ptp(a) == 0:
         return Correlation(n_points=int(ok.sum()))
+    from scipy import stats  # with the command line it would cost half a second
+
     return Correlation(n_points=int(ok.sum()), spearman=float(stats.spearmanr(p, a).statistic),
                        pearson=float(stats.pearsonr(p, a).statistic))
 

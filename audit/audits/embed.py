@@ -40,12 +40,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import lazy_loader as lazy
 import numpy as np
-import scipy.sparse as sp
-from sklearn.cluster import SpectralClustering
-from sklearn.decomposition import PCA
 
 from audit import pipeline
 from audit.contract import Block, Line, Result, Step, Table, file_stamp, setting
@@ -56,6 +54,12 @@ from audit.errors import AuditError
 from audit.jsonio import output_file, write_csv, write_json
 from audit.progress import SILENT, Progress
 from audit.reference import REFERENCE_FILE, load_reference
+
+# scikit-learn and scipy.sparse load on first use, not with the command line
+sp = lazy.load("scipy.sparse", suppress_warning=True)
+
+if TYPE_CHECKING:
+    from sklearn.decomposition import PCA
 
 CHUNK = 1024  # weight rows read at a time
 DENSE_MAX = 4000  # exact full-spectrum PCA only up to this many samples or features
@@ -210,6 +214,8 @@ def fit_pca(x: np.ndarray | sp.csr_matrix, max_components: int, seed: int,
     n, width = x.shape
     if n < 2:
         raise AuditError(f"PCA needs at least 2 train targets, got {n}")
+    from sklearn.decomposition import PCA
+
     if (not sp.issparse(x)) if exact is None else exact:
         return PCA(svd_solver="full").fit(x), True
     k = min(max_components, n - 1, width - 1)
@@ -276,6 +282,8 @@ def check_clusters(k: int, n: int, budget: float) -> None:
 
 def spectral_clusters(x: np.ndarray, k: int, seed: int, budget: float) -> tuple[np.ndarray, float]:
     """Cluster ids (0..k-1) of the rows of ``x`` by SpectralClustering with an RBF affinity, and its gamma."""
+    from sklearn.cluster import SpectralClustering
+
     check_clusters(k, len(x), budget)
     gamma = rbf_gamma(x, seed)
     model = SpectralClustering(n_clusters=k, affinity="rbf", gamma=gamma, random_state=seed, n_init=10)

@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 
 from audit import pipeline
 from audit.contract import Block, Finding, Line, Metric, Result, Step, Table, read_result, require, setting
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.jsonio import write_csv, write_json
+from audit.lazy_torch import torch
 from audit.progress import SILENT, Progress
+
 
 CHUNK = 1024  # datamodel rows read at a time
 INFLUENCE_ISSUE = "influential training example"

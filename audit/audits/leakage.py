@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from audit.data.planting import DEFAULT_PLANT_NOISE, plant_duplicates  # noqa: F401  (re-exported)
 from audit.errors import AuditError
 from audit.jsonio import write_csv, write_json
+from audit.lazy_torch import torch
 from audit.release import weight_rows
+
 
 CANDIDATE_COLUMNS = ("test_index", "train_index", "rank", "weight")
 _ROW_CHUNK = 128  # rows ranked at a time (the tie mask's temporaries)

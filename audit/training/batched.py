@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from typing import Any, Callable, ClassVar, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, Sequence, TypeVar
 
 import numpy as np
-import torch
 
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
+from audit.lazy_torch import torch
 from audit.progress import SILENT, Progress
 
 STD_FLOOR = 0.1  # a feature's scale is at least this fraction of the subset's overall spread
@@ -87,8 +87,9 @@ class BatchedModels:
         return self._forward(x, want_features=True)
 
 
-Setup = tuple[list[torch.Tensor], Callable[[torch.Tensor], torch.Tensor],
-              Callable[[list[torch.Tensor]], BatchedModels]]
+if TYPE_CHECKING:  # an alias of torch types: evaluating it would import torch with the command line
+    Setup = tuple[list[torch.Tensor], Callable[[torch.Tensor], torch.Tensor],
+                  Callable[[list[torch.Tensor]], BatchedModels]]
 
 
 class BatchedTrainer:

@@ -14,15 +14,18 @@ follows the trajectory it would follow alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
-from audit.training.batched import BatchedModels, BatchedTrainer, Setup, subset_moments, uniform_init
+from audit.lazy_torch import no_grad, torch
+from audit.training.batched import BatchedModels, BatchedTrainer, subset_moments, uniform_init
+
+if TYPE_CHECKING:
+    from audit.training.batched import Setup
+
 
 POOL_GRID = 2  # the last feature maps are averaged to a POOL_GRID x POOL_GRID grid
 EVAL_BYTES = 2**27  # activations of one evaluation chunk (all models of the block), about 128 MiB
@@ -65,10 +68,11 @@ def grouped_forward(xb: torch.Tensor, params: Sequence[torch.Tensor], want_featu
     w1, b1, w2, b2, w3, b3 = params
     n_models, n, c_in, h, w = xb.shape
     z = xb.transpose(0, 1).reshape(n, n_models * c_in, h, w)  # models side by side as channel groups
-    z = F.relu(F.conv2d(z, w1.flatten(0, 1), b1.flatten(), padding=1, groups=n_models))
-    z = F.max_pool2d(z, 2, ceil_mode=True)
-    z = F.relu(F.conv2d(z, w2.flatten(0, 1), b2.flatten(), padding=1, groups=n_models))
-    z = F.adaptive_avg_pool2d(z, POOL_GRID)  # [n, B·2c, 2, 2]: coarse layout kept, small shifts averaged out
+    nnf = torch.nn.functional
+    z = nnf.relu(nnf.conv2d(z, w1.flatten(0, 1), b1.flatten(), padding=1, groups=n_models))
+    z = nnf.max_pool2d(z, 2, ceil_mode=True)
+    z = nnf.relu(nnf.conv2d(z, w2.flatten(0, 1), b2.flatten(), padding=1, groups=n_models))
+    z = nnf.adaptive_avg_pool2d(z, POOL_GRID)  # [n, B·2c, 2, 2]: coarse layout kept, small shifts averaged out
     feats = z.reshape(n, n_models, -1).transpose(0, 1)  # [B, n, F], each model's channels are contiguous
     return feats if want_features else torch.baddbmm(b3[:, None, :], feats, w3)
 
@@ -82,7 +86,7 @@ class BatchedCNN(BatchedModels):
         self.n_models = int(params[0].shape[0])
         self.checkpoints: list[tuple[float, BatchedCNN]] = []  # (mean learning rate of the epoch, model after it)
 
-    @torch.no_grad()
+    @no_grad
     def _forward(self, x: np.ndarray, want_features: bool) -> np.ndarray:
         h, w = x.shape[1:3]
         widest = int(self.params[2].shape[1])  # the second convolution's channels (at half resolution)

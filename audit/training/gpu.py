@@ -33,13 +33,19 @@ from dataclasses import asdict, dataclass, fields
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
+from audit.lazy_torch import no_grad, torch
 from audit.progress import SILENT, Progress
-from audit.training.resnets import build_model
+
+
+def _build_model(name: str, n_classes: int, width: int, in_channels: int) -> "torch.nn.Module":
+    """resnets.build_model, imported here: its nn.Module classes load torch, which the command line should not."""
+    from audit.training.resnets import build_model
+
+    return build_model(name, n_classes, width=width, in_channels=in_channels)
+
 
 AUGMENTS = ("flip_translate_cutout", "flip_translate", "flip", "none")
 PRECISIONS = ("bf16", "fp32")
@@ -279,7 +285,7 @@ def _train_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, idx: t
             out = model(xf)
     else:
         out = model(xf)
-    return F.cross_entropy(out.float(), y[idx], label_smoothing=label_smoothing)
+    return torch.nn.functional.cross_entropy(out.float(), y[idx], label_smoothing=label_smoothing)
 
 
 _COMPILED: dict[str, Callable] = {}
@@ -313,7 +319,7 @@ class _Job:
         init_seed, data_seed = (int(v) for v in np.random.SeedSequence(int(seed)).generate_state(2, dtype=np.uint64))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)
-            model = build_model(trainer.name, n_classes, width=trainer.cfg.width, in_channels=in_channels)
+            model = _build_model(trainer.name, n_classes, width=trainer.cfg.width, in_channels=in_channels)
         self.init_state = list(model.state_dict().values())
         self.gen = torch.Generator().manual_seed(data_seed)
         self.subset = torch.from_numpy(np.flatnonzero(mask))
@@ -332,7 +338,7 @@ class _Slot:
         cfg, device = trainer.cfg, trainer.device
         self.name, self.cfg, self.data, self.device = trainer.name, cfg, data, device
         self.n_classes, self.loss_fn, self.bf16 = n_classes, loss_fn, bf16
-        model = build_model(trainer.name, n_classes, width=cfg.width, in_channels=data.c).to(device)
+        model = _build_model(trainer.name, n_classes, width=cfg.width, in_channels=data.c).to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model.train()
@@ -416,7 +422,7 @@ class _Slot:
     def export(self) -> torch.nn.Module:
         """A copy of the slot's network in eval mode (call after the slot's stream is joined)."""
         with torch.device("meta"):
-            model = build_model(self.name, self.n_classes, width=self.cfg.width, in_channels=self.data.c)
+            model = _build_model(self.name, self.n_classes, width=self.cfg.width, in_channels=self.data.c)
         model = model.to_empty(device=self.device)
         if self.cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -444,7 +450,7 @@ class TrainedResNets:
         self.mean, self.inv_std, self.device, self.cfg = mean, inv_std, device, cfg
         self.n_models = len(models)
 
-    @torch.no_grad()
+    @no_grad
     def _run(self, x: np.ndarray, features: bool) -> np.ndarray:
         x = np.asarray(x)
         if x.ndim != 4:

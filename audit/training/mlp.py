@@ -4,13 +4,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 
 from audit.data.dataset import Dataset
-from audit.training.batched import BatchedModels, BatchedTrainer, Setup, subset_moments, uniform_init
+from audit.lazy_torch import no_grad, torch
+from audit.training.batched import BatchedModels, BatchedTrainer, subset_moments, uniform_init
+
+if TYPE_CHECKING:
+    from audit.training.batched import Setup
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,7 @@ class BatchedMLP(BatchedModels):
         self.w1_raw = w1 / std[:, :, None]
         self.b1_raw = b1 - torch.bmm((mean / std)[:, None, :], w1)[:, 0, :]
 
-    @torch.no_grad()
+    @no_grad
     def _forward(self, x: np.ndarray, want_features: bool) -> np.ndarray:
         outs = []
         for start in range(0, len(x), self.chunk):

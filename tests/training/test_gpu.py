@@ -8,6 +8,7 @@ from audit.errors import AuditError
 from audit.training import gpu as G
 from audit.training.base import correct_class_margins
 from audit.training.registry import trainer_config, trainer_from_config
+from audit.training.resnets import build_model
 from tests.conftest import FIXTURES, assert_one_line_error, run_cli
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
@@ -191,7 +192,7 @@ def test_epoch_plans_are_seeded_by_the_model_and_stay_in_range():
 
 def test_tta_logits_average_the_image_and_its_mirror():
     torch.manual_seed(0)
-    model = G.build_model("resnet9", 10, width=4).eval()
+    model = build_model("resnet9", 10, width=4).eval()
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         tta = G.tta_logits(model, x)
@@ -326,7 +327,7 @@ def test_compiled_loss_equals_eager_and_is_shared_by_all_models():
     loss_fn = torch.compile(G._train_loss, dynamic=False)
     for seed in range(3):
         torch.manual_seed(seed)
-        model = G.build_model("resnet9", 10, width=4).train()
+        model = build_model("resnet9", 10, width=4).train()
         idx = torch.randint(0, 32, (8,), generator=gen)
         aug = torch.stack([torch.randint(0, 2, (8,), generator=gen), torch.randint(0, 5, (8,), generator=gen),
                            torch.randint(0, 5, (8,), generator=gen), torch.randint(0, 29, (8,), generator=gen),
