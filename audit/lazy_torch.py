@@ -10,11 +10,14 @@ decorators use :func:`no_grad` below instead of ``@torch.no_grad()``.
 from __future__ import annotations
 
 import functools
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import lazy_loader as lazy
 
-torch = lazy.load("torch")
+if TYPE_CHECKING:  # type checkers and editors see the real module
+    import torch
+else:
+    torch = lazy.load("torch")
 
 F = TypeVar("F", bound=Callable)
 
