@@ -41,7 +41,7 @@ import numpy as np
 
 from audit.errors import AuditError, InternalError
 from audit.jsonio import save_npz
-from audit.lazy_torch import torch
+from audit.lazy import torch
 from audit.mapped import drop_pages
 from audit.progress import SILENT, Progress
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.lazy_torch import torch
+from audit.lazy import torch
 
 _PAGE = mmap.PAGESIZE
 _MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)

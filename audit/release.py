@@ -26,7 +26,7 @@ import numpy as np
 
 from audit.errors import AuditError, InternalError
 from audit.jsonio import read_json
-from audit.lazy_torch import torch
+from audit.lazy import torch
 from audit.mapped import drop_pages, mark_mapped
 
 RELEASE_JSON = "release.json"

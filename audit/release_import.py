@@ -16,7 +16,7 @@ from audit import pipeline
 from audit.data import dataset_kind, load_dataset
 from audit.errors import AuditError
 from audit.jsonio import write_json
-from audit.lazy_torch import torch
+from audit.lazy import torch
 from audit.mapped import drop_pages
 from audit.release import RELEASE_JSON, WEIGHT_ROLES, Expected, check_release, load_pt, record_release
 from audit.store import RUN_JSON, RunConfig

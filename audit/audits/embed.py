@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import lazy_loader as lazy
 import numpy as np
 
 from audit import pipeline
@@ -52,11 +51,9 @@ from audit.datamodels import memory_budget
 from audit.release import require_weights
 from audit.errors import AuditError
 from audit.jsonio import output_file, write_csv, write_json
+from audit.lazy import sparse as sp
 from audit.progress import SILENT, Progress
 from audit.reference import REFERENCE_FILE, load_reference
-
-# scikit-learn and scipy.sparse load on first use, not with the command line
-sp = lazy.load("scipy.sparse", suppress_warning=True)
 
 if TYPE_CHECKING:
     from sklearn.decomposition import PCA

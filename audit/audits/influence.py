@@ -25,7 +25,7 @@ from audit.contract import Block, Finding, Line, Metric, Result, Step, Table, re
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.jsonio import write_csv, write_json
-from audit.lazy_torch import torch
+from audit.lazy import torch
 from audit.progress import SILENT, Progress
 
 

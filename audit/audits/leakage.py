@@ -15,7 +15,7 @@ import numpy as np
 from audit.data.planting import DEFAULT_PLANT_NOISE, plant_duplicates  # noqa: F401  (re-exported)
 from audit.errors import AuditError
 from audit.jsonio import write_csv, write_json
-from audit.lazy_torch import torch
+from audit.lazy import torch
 from audit.release import weight_rows
 
 

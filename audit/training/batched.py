@@ -17,7 +17,7 @@ import numpy as np
 
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
-from audit.lazy_torch import torch
+from audit.lazy import torch
 from audit.progress import SILENT, Progress
 
 STD_FLOOR = 0.1  # a feature's scale is at least this fraction of the subset's overall spread

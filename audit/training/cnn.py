@@ -20,7 +20,7 @@ import numpy as np
 
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
-from audit.lazy_torch import no_grad, torch
+from audit.lazy import no_grad, torch
 from audit.training.batched import BatchedModels, BatchedTrainer, subset_moments, uniform_init
 
 if TYPE_CHECKING:

@@ -36,7 +36,7 @@ import numpy as np
 
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
-from audit.lazy_torch import no_grad, torch
+from audit.lazy import no_grad, torch
 from audit.progress import SILENT, Progress
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from audit.data.dataset import Dataset
-from audit.lazy_torch import no_grad, torch
+from audit.lazy import no_grad, torch
 from audit.training.batched import BatchedModels, BatchedTrainer, subset_moments, uniform_init
 
 if TYPE_CHECKING:
