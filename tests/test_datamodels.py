@@ -7,7 +7,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from audit.datamodels import (Datamodels, difference_of_means, evaluate, fit_datamodels, lambda_max,
-                              lasso_objective, solve_lasso, spearman_columns, target_rows)
+                              lambda_ratios, lasso_objective, lasso_path, path_start, solve_lasso,
+                              spearman_columns, target_rows)
 from audit.errors import AuditError
 
 
@@ -57,6 +58,44 @@ def test_solver_matches_sklearn_objective(ratio):
         assert (ours - ref) / ref <= 1e-3, (j, ours, ref)
         if targets[j] < n:
             assert sol.weights[j, targets[j]] == 0.0  # its own column is all zero on its rows
+
+
+@pytest.mark.parametrize("own_rows", [True, False])
+def test_path_matches_sklearn_at_every_lambda(own_rows):
+    """The warm-started path (each step started on the line through the last two solutions) reaches
+    scikit-learn's objective at every λ, for targets on their own rows (data form) and on all (Gram form)."""
+    from sklearn.linear_model import lasso_path as sk_path
+
+    rng = np.random.default_rng(3)
+    m, n, n_test = 400, 40, 3
+    masks, Y, _, _ = planted(rng, m, n, n_test, noise=1.0)
+    targets = [0, 11, 23] if own_rows else [n, n + 1, n + 2]
+    Y = Y[:, targets]
+    D = target_rows(masks, n + n_test)[:, targets] if own_rows else None
+    steps = list(lasso_path(masks, Y, D, n_lambdas=12, lambda_min_ratio=1e-3, tol=1e-6))
+    assert len(steps) == 12
+    ratios = lambda_ratios(12, 1e-3)
+    for j in range(len(targets)):
+        keep = D[:, j] if own_rows else slice(None)
+        x, y = masks[keep].astype(np.float64), Y[keep, j].astype(np.float64)
+        lams = np.array([s.lam[j] for s in steps], np.float64)
+        np.testing.assert_allclose(lams / lams[0], ratios, rtol=1e-5)
+        _, coefs, _ = sk_path(x - x.mean(0), y - y.mean(), alphas=lams, tol=1e-10, max_iter=100000)
+        for k, s in enumerate(steps):
+            w = coefs[:, k]
+            ref = lasso_objective(x, y, w, y.mean() - x.mean(0) @ w, float(lams[k]))
+            ours = lasso_objective(x, y, s.weights[j], s.bias[j], float(lams[k]))
+            assert (ours - ref) / ref <= 1e-4, (j, k, ours, ref)
+
+
+def test_path_start_extends_the_line_through_the_last_two_solutions():
+    import torch
+
+    ratios = np.array([1.0, 0.5, 0.25, 0.125])
+    W_prev, W = torch.tensor([[0.0, 2.0]]), torch.tensor([[1.0, 2.0]])
+    assert torch.equal(path_start(W, None, ratios, 1), W) and torch.equal(path_start(W, W_prev, ratios, 1), W)
+    # λ went 0.5 → 0.25 while W moved by (1, 0); the next λ step (0.25 → 0.125) is half as long
+    assert torch.allclose(path_start(W, W_prev, ratios, 3), torch.tensor([[1.5, 2.0]]))
 
 
 def test_solver_default_tolerance_is_close_to_sklearn():
