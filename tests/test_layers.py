@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1] / "audit"
 # module (or package prefix) -> layer; the longest matching prefix wins
 LAYERS: dict[str, int] = {
     "audit": 0, "audit.errors": 0, "audit.jsonio": 0, "audit.progress": 0, "audit.seeding": 0, "audit.csvio": 0,
-    "audit.contract": 0, "audit.interrupt": 0,
+    "audit.contract": 0, "audit.interrupt": 0, "audit.lazy": 0,
     "audit.data": 1,
     "audit.training": 2,
     "audit.execution": 3, "audit.store": 3, "audit.retrain": 3, "audit.release": 3,
