@@ -28,7 +28,6 @@ from audit.jsonio import write_csv, write_json
 from audit.lazy import torch
 from audit.progress import SILENT, Progress
 
-
 CHUNK = 1024  # datamodel rows read at a time
 INFLUENCE_ISSUE = "influential training example"
 MEDIUM_TIMES, LOW_TIMES = 10, 5  # findings: top-k of this many times the test predictions a uniform spread gives

@@ -18,7 +18,6 @@ from audit.jsonio import write_csv, write_json
 from audit.lazy import torch
 from audit.release import weight_rows
 
-
 CANDIDATE_COLUMNS = ("test_index", "train_index", "rank", "weight")
 _ROW_CHUNK = 128  # rows ranked at a time (the tie mask's temporaries)
 _READ_ROWS = 8 * _ROW_CHUNK  # rows read at a time

@@ -26,7 +26,6 @@ from audit.training.batched import BatchedModels, BatchedTrainer, subset_moments
 if TYPE_CHECKING:
     from audit.training.batched import Setup
 
-
 POOL_GRID = 2  # the last feature maps are averaged to a POOL_GRID x POOL_GRID grid
 EVAL_BYTES = 2**27  # activations of one evaluation chunk (all models of the block), about 128 MiB
 
