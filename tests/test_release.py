@@ -15,7 +15,7 @@ import torch
 from audit import pipeline
 from audit.audits.influence import INFLUENCE
 from audit.datamodels import (Datamodels, block_columns, difference_of_means, evaluate, evaluation_targets,
-                              streamed_evaluate, target_columns)
+                              lasso_objective, streamed_evaluate, target_columns)
 from audit.errors import AuditError
 from audit.release import ReleaseWeights, release_paths
 from audit.release_import import import_release
@@ -215,7 +215,20 @@ def test_weights_only_and_data_only(tmp_path):
     rows = np.flatnonzero(~same)
     np.testing.assert_allclose(dense.val_mse_path[rows, k_d[rows]], dense.val_mse_path[rows, k_s[rows]], rtol=1e-5)
     assert same.mean() >= 0.95
-    np.testing.assert_allclose(streamed.weights[same], dense.weights[same], atol=1e-3)
+    # every target here has fewer rows (12-40) than features (40), so its LASSO weights need not be unique and
+    # the two paths' float rounding may end at different optimal points; what is unique is the objective and
+    # the fit on the target's own rows: both paths reach the same ones within the solver's tolerance
+    store = RunStore.open(tmp_path / "rd", writable=False)
+    x_all = np.asarray(store.masks[:N_MODELS - N_EVAL], dtype=np.float64)
+    y_all = np.asarray(store.margins[:N_MODELS - N_EVAL], dtype=np.float64)
+    n_train = dense.n_train
+    for j in np.flatnonzero(same):
+        rows = ~x_all[:, j].astype(bool) if j < n_train else slice(None)
+        x, y = x_all[rows], y_all[rows, j]
+        a, b = (lasso_objective(x, y, dm.weights[j], dm.bias[j], float(dm.lam[j])) for dm in (dense, streamed))
+        assert abs(a - b) <= 1e-4 * y.var(), (j, a, b)  # the fit's tol: duality gap ≤ 1e-4 × variance
+        fitted = [x @ dm.weights[j] + dm.bias[j] for dm in (dense, streamed)]
+        np.testing.assert_allclose(fitted[1], fitted[0], atol=2e-3, err_msg=f"target {j}")
 
 
 def test_one_split_of_weights_serves_the_steps_that_read_it(release, tmp_path, monkeypatch):
