@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 
 class LazyModule(types.ModuleType):
-    """Stands in for the module ``name``; the first attribute read imports it and copies its namespace
+    """Stands in for the module named ``__name__``; the first attribute read imports it and copies its namespace
     here, so later reads are plain lookups."""
 
     def __getattr__(self, attr: str) -> Any:

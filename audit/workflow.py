@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from audit import findings, pipeline
-from audit.findings import SUMMARY_FILE
 from audit.contract import Cost, Result, Step, config_json, settings_of
 from audit.errors import AuditError
+from audit.findings import SUMMARY_FILE
 from audit.jsonio import write_json
 from audit.progress import SILENT, Progress
 from audit.release import MissingWeights, is_imported

@@ -42,6 +42,17 @@ def audit_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "audit"]
 
 
+def python_output(code: str, timeout: float = 300) -> str:
+    """Stripped stdout of ``code`` run by a fresh interpreter from the repository root (nothing imported yet);
+    fails the test, with its stderr, on a non-zero exit."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):
     """Run the installed CLI in a subprocess; returns CompletedProcess with text output."""
     import subprocess

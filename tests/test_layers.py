@@ -9,11 +9,11 @@ functions are allowed only for the heavy optional dependencies deferred on purpo
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import python_output
 
 ROOT = Path(__file__).resolve().parents[1] / "audit"
 
@@ -137,9 +137,7 @@ def test_the_command_line_starts_without_torch_or_scikit_learn():
     and trainer registered) leaves torch, scikit-learn and scipy.stats to the first command that computes."""
     code = ("import sys, audit.cli; heavy = [m for m in ('torch', 'sklearn', 'scipy.stats', 'faiss', 'ray')"
             " if m in sys.modules]; print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=ROOT.parent, timeout=120)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    assert python_output(code, timeout=120) == "[]"
 
 
 @pytest.mark.parametrize("module,expected", [("audit.data.npz", 1), ("audit.audits.support", 5), ("audit.cli", 7),

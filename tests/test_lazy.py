@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from audit.lazy import LazyModule, no_grad
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _fresh(code: str) -> str:
-    """stdout of ``code`` in a new interpreter (nothing imported yet)."""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
+from tests.conftest import python_output
 
 
 def test_torch_is_imported_by_the_first_attribute_read_only():
     code = ("import sys\nfrom audit.lazy import torch\nbefore = 'torch' in sys.modules\n"
             "x = torch.ones(3)\nimport torch as real\n"
             "print(before, 'torch' in sys.modules, torch.Tensor is real.Tensor, float(x.sum()))")
-    assert _fresh(code) == "False True True 3.0"
+    assert python_output(code) == "False True True 3.0"
 
 
 def test_libraries_that_look_for_torch_do_not_import_it():
@@ -32,7 +22,7 @@ def test_libraries_that_look_for_torch_do_not_import_it():
     code uses torch (a proxy placed there at once made every scipy.stats call import torch)."""
     code = ("import sys, audit.cli, scipy.stats, sklearn.datasets\n"
             "scipy.stats.spearmanr([1, 2, 3], [1, 3, 2])\nprint('torch' in sys.modules)")
-    assert _fresh(code) == "False"
+    assert python_output(code) == "False"
 
 
 def test_threads_reading_torch_first_at_once_all_get_it():
@@ -41,7 +31,7 @@ def test_threads_reading_torch_first_at_once_all_get_it():
             "    except Exception as exc:\n        out.append(repr(exc))\n"
             "threads = [threading.Thread(target=use) for _ in range(8)]\n"
             "[t.start() for t in threads]\ngo.set()\n[t.join() for t in threads]\nprint(sorted(map(str, out)))")
-    assert _fresh(code) == str(["0.0"] * 8)
+    assert python_output(code) == str(["0.0"] * 8)
 
 
 def test_a_missing_module_fails_on_first_use_as_an_import_does():

@@ -1,5 +1,3 @@
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -7,6 +5,7 @@ import pytest
 
 from audit.errors import AuditError
 from audit.store import RunConfig, RunStore
+from tests.conftest import python_output
 
 
 def make_config(**kw):
@@ -101,7 +100,5 @@ def test_claim_is_exclusive_across_processes(tmp_path):
     """)
     with store.claim(1) as mine:
         assert mine
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-        assert out.strip() == "False"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "True"
+        assert python_output(code) == "False"
+    assert python_output(code) == "True"
