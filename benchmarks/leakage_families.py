@@ -10,7 +10,7 @@ median full rank, overall and per family. Prints a table and writes
 $OUT/leakage_families.json (or --json).
 
     python benchmarks/leakage_families.py [--models 5000] [--plant 100] [--plant-models 5000] [--seed 0]
-        [--trainer mlp|cnn] [--runs-dir DIR] [--families noise,shift,brightness,crop,jpeg]
+        [--trainer mlp|cnn] [-o NAME=VALUE] [--runs-dir DIR] [--families noise,shift,brightness,crop,jpeg]
 """
 
 from __future__ import annotations
@@ -43,14 +43,19 @@ def main() -> int:
     ap.add_argument("--alpha", type=float, default=0.5, help="subset fraction of both runs (the paper's grid: "
                                                             "0.1, 0.2, 0.5, 0.75)")
     ap.add_argument("--trainer", default="mlp", help="the CPU trainer: mlp or cnn (its default recipe)")
+    ap.add_argument("--option", "-o", action="append", default=[],
+                    help="trainer setting NAME=VALUE, as `audit train -o` (e.g. translate=1); repeatable")
     ap.add_argument("--families", default=None, help="comma-separated (default: every family digits allows)")
     ap.add_argument("--runs-dir", default=None)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     runs = Path(a.runs_dir or tempfile.mkdtemp(prefix="leak-families-"))
-    run = runs / f"digits-{a.trainer}-{a.models}-a{a.alpha:g}-s{a.seed}"
+    options = pipeline.parse_trainer_options(a.option)
+    tag = "".join(f"-{k}{v}" for k, v in sorted(options.items()))
+    run = runs / f"digits-{a.trainer}{tag}-{a.models}-a{a.alpha:g}-s{a.seed}"
     t0 = time.perf_counter()
-    pipeline.train("digits", run, n_models=a.models, alpha=a.alpha, seed=a.seed, trainer=a.trainer)
+    pipeline.train("digits", run, n_models=a.models, alpha=a.alpha, seed=a.seed, trainer=a.trainer,
+                   trainer_options=options)
     pipeline.TRAIN.note(run)
     if not pipeline.FIT.is_current(run):
         pipeline.FIT.run(run)
@@ -60,7 +65,7 @@ def main() -> int:
     ev = pipeline.EVALUATE.run(Path(r["run"]))  # the twin's datamodels (they rank the planted copies): LDS
     seconds = time.perf_counter() - t0
     methods = [m for m in (*la.METHODS, *la.COMBINED) if m in r["methods"]]
-    lines = [f"digits {a.trainer}, α={a.alpha:g}, {a.models} models (twin {a.plant_models or a.models}), {a.plant} planted copies, "
+    lines = [f"digits {a.trainer}{' ' + ' '.join(a.option) if a.option else ''}, α={a.alpha:g}, {a.models} models (twin {a.plant_models or a.models}), {a.plant} planted copies, "
              f"seed {a.seed}; {seconds:.0f} s, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
              f"({platform.processor() or platform.machine()})",
              f"LDS of the twin's datamodels on {ev.n_subsets} held-out subsets: test targets {_f(ev.test.lds_mean)}, "

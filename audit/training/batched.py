@@ -21,6 +21,8 @@ from audit.lazy import torch
 from audit.progress import SILENT, Progress
 
 STD_FLOOR = 0.1  # a feature's scale is at least this fraction of the subset's overall spread
+LATER = {"translate": 0}  # settings added after runs were made, with the default those runs had
+MAX_TRANSLATE = 4  # pixels: a random translation beyond this is no longer a small move of a small image
 M = TypeVar("M")
 
 
@@ -60,6 +62,10 @@ def check_config(cfg: BatchedConfig, trainer: str, whole: Sequence[str]) -> None
         value = getattr(cfg, key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise AuditError(f"{trainer} option {key} must be a whole number >= 1 (got {value!r})")
+    shift = getattr(cfg, "translate", 0)
+    if not isinstance(shift, int) or isinstance(shift, bool) or not 0 <= shift <= MAX_TRANSLATE:
+        raise AuditError(f"{trainer} option translate must be a whole number of pixels from 0 to {MAX_TRANSLATE} "
+                         f"(got {shift!r})")
     ranges = {"lr": (0.0, math.inf, False), "momentum": (0.0, 1.0, True), "weight_decay": (0.0, math.inf, True),
               "label_smoothing": (0.0, 1.0, True)}
     for key, (low, high, low_ok) in ranges.items():
@@ -108,7 +114,9 @@ class BatchedTrainer:
         check_config(self.cfg, self.name, self.whole_settings)
 
     def config(self) -> dict:
-        return {"name": self.name, **asdict(self.cfg)}
+        """The settings run.json records. One added later is recorded only away from its default (``translate``
+        at 0 is left out), so a run made before it is still the same run and resumes."""
+        return {"name": self.name, **{k: v for k, v in asdict(self.cfg).items() if k not in LATER or v != LATER[k]}}
 
     def _setup(self, dataset: Dataset, masks: np.ndarray, gens: Sequence[torch.Generator]) -> Setup:
         """The block's parameters (initialised from ``gens``), its forward pass (see :func:`train_models`)
@@ -132,6 +140,40 @@ class BatchedTrainer:
         model = wrap([p.detach() for p in params])
         model.checkpoints = saved
         return model
+
+
+def as_channels_first(x: np.ndarray) -> torch.Tensor:
+    """Images ``[N, H, W, C]`` (any number type) as float32 ``[N, C, H, W]``."""
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 3, 1, 2)))
+
+
+def translated_batches(images: torch.Tensor, shift: int, gens: Sequence[torch.Generator]
+                       ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``batch(idx)``: the images ``[N, C, H, W]`` of each model's minibatch ``idx`` ``[B, bs]`` as ``[B, bs, C, H, W]``,
+    each moved by its own random whole-pixel translation of up to ``shift`` pixels in each direction (drawn from
+    its model's generator; the uncovered border is 0). ``shift`` 0: the images as they are, no draws.
+
+    The paper's models train with random crops of a padded image (a translation of a few pixels): an image and
+    its copy moved by a pixel are then the same image seen at two offsets. On digits (benchmarks/README.md,
+    "leakage_families.py") one pixel lets the MLP's datamodels find one-pixel-shifted copies (recall@10 0.10 →
+    0.55) but makes them far less predictive (LDS 0.65 → 0.20), so the trainers' default is 0.
+    """
+    if shift == 0:
+        return lambda idx: images[idx]
+    n, c, h, w = images.shape
+    wp = w + 2 * shift
+    padded = torch.nn.functional.pad(images, (shift, shift, shift, shift)).reshape(n, c, -1)  # [N, C, (H+2s)(W+2s)]
+    rows, cols = torch.arange(h), torch.arange(w)
+
+    def batch(idx: torch.Tensor) -> torch.Tensor:
+        b, bs = idx.shape
+        moves = torch.stack([torch.randint(0, 2 * shift + 1, (bs, 2), generator=g) for g in gens])  # [B, bs, 2]
+        r = rows[None, None, :, None] + moves[:, :, 0, None, None]  # [B, bs, H, 1] rows of the padded image
+        q = cols[None, None, None, :] + moves[:, :, 1, None, None]  # [B, bs, 1, W]
+        flat = (r * wp + q).reshape(b, bs, 1, h * w).expand(b, bs, c, h * w)
+        return torch.gather(padded[idx], 3, flat).reshape(b, bs, c, h, w)
+
+    return batch
 
 
 def model_generators(seeds: Sequence[int]) -> list[torch.Generator]:

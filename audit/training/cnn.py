@@ -21,7 +21,8 @@ import numpy as np
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.lazy import no_grad, torch
-from audit.training.batched import BatchedModels, BatchedTrainer, subset_moments, uniform_init
+from audit.training.batched import (BatchedModels, BatchedTrainer, as_channels_first, subset_moments,
+                                    translated_batches, uniform_init)
 
 if TYPE_CHECKING:
     from audit.training.batched import Setup
@@ -39,6 +40,7 @@ class CNNConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
+    translate: int = 0  # random whole-pixel translation of each training image, up to this many pixels
 
 
 def require_images(dataset: Dataset) -> None:
@@ -46,11 +48,6 @@ def require_images(dataset: Dataset) -> None:
     if not dataset.is_image:
         raise AuditError(f"the cnn trainer needs images [N, H, W] or [N, H, W, C]; {dataset.spec} holds flat "
                          f"features of shape {tuple(dataset.x_train.shape[1:])}: use --trainer mlp")
-
-
-def as_channels_first(x: np.ndarray) -> torch.Tensor:
-    """Images ``[N, H, W, C]`` (any number type) as float32 ``[N, C, H, W]``."""
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float32).transpose(0, 3, 1, 2)))
 
 
 def channel_statistics(x: torch.Tensor, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,8 +115,9 @@ class CNNTrainer(BatchedTrainer):
         for p in params:
             p.requires_grad_()
         scale = (mean[:, None, :, None, None], std[:, None, :, None, None])
+        batch = translated_batches(x, self.cfg.translate, gens)
 
         def forward(idx: torch.Tensor) -> torch.Tensor:
-            return grouped_forward((x[idx] - scale[0]) / scale[1], params)  # each model's own normalisation
+            return grouped_forward((batch(idx) - scale[0]) / scale[1], params)  # each model's own normalisation
 
         return params, forward, lambda ps: BatchedCNN(ps, mean, std)

@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from audit.data.dataset import Dataset
+from audit.errors import AuditError
 from audit.lazy import no_grad, torch
-from audit.training.batched import BatchedModels, BatchedTrainer, subset_moments, uniform_init
+from audit.training.batched import (BatchedModels, BatchedTrainer, as_channels_first, subset_moments,
+                                    translated_batches, uniform_init)
 
 if TYPE_CHECKING:
     from audit.training.batched import Setup
@@ -25,6 +27,7 @@ class MLPConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
+    translate: int = 0  # images only: random whole-pixel translation of each training image, up to this many pixels
 
 
 def subset_statistics(x: torch.Tensor, masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,9 +75,22 @@ class MLPTrainer(BatchedTrainer):
         w2, b2 = uniform_init(gens, h, h, c), uniform_init(gens, h, c)
         params = [p.requires_grad_() for p in (w1, b1, w2, b2)]
 
+        rows = self._batches(dataset, x, gens)
+
         def forward(idx: torch.Tensor) -> torch.Tensor:
-            xb = (x[idx] - mean[:, None, :]) / std[:, None, :]  # [B, bs, D], each model's normalisation
+            xb = (rows(idx) - mean[:, None, :]) / std[:, None, :]  # [B, bs, D], each model's normalisation
             hid = torch.relu(torch.baddbmm(b1[:, None, :], xb, w1))
             return torch.baddbmm(b2[:, None, :], hid, w2)
 
         return params, forward, lambda ps: BatchedMLP(*ps, mean=mean, std=std)
+
+    def _batches(self, dataset: Dataset, x: torch.Tensor, gens: Sequence[torch.Generator]):
+        """``rows(idx)``: each model's minibatch of flat inputs ``[B, bs, D]``; with ``translate``, images moved at
+        random (``audit.training.batched.translated_batches``) and flattened in the dataset's own order."""
+        if self.cfg.translate == 0:
+            return lambda idx: x[idx]
+        if not dataset.is_image:
+            raise AuditError(f"the mlp option translate moves images; {dataset.spec} holds flat features of shape "
+                             f"{tuple(dataset.x_train.shape[1:])}: leave translate at 0")
+        batch = translated_batches(as_channels_first(dataset.x_train), self.cfg.translate, gens)
+        return lambda idx: batch(idx).permute(0, 1, 3, 4, 2).reshape(*idx.shape, -1)  # [B, bs, H·W·C]

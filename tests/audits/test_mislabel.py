@@ -40,6 +40,46 @@ def test_mislabel_relabels_instead_of_removing(audit_run, digits):
     for t, r in enumerate(out["targets"]):
         assert not (y[lists[t][lists[t] >= 0]] == r["wrong_class"]).any()
     assert not (audit_run / "audits" / "brittleness.json").exists()
+    # the datamodels rank by their embeddings when relabelling, and each certified record names what it edited
+    assert s["datamodel_ranking"] == out["summary"]["datamodel_ranking"] == "embedding"
+    from audit import pipeline
+    from audit.audits.support import datamodel_neighbours, without_no_op_flips
+
+    tgt = np.array([r["target"] for r in out["targets"]])
+    wrong = np.array([r["wrong_class"] for r in out["targets"]])
+    K = lists.shape[2]
+    near = datamodel_neighbours(pipeline.load_datamodels(audit_run).weights, digits.n_train + tgt, digits.n_train, 2 * K)
+    assert (lists[:, 0] == without_no_op_flips(near, y, wrong, K)).all()
+    for t, r in enumerate(out["targets"]):
+        for m, res in enumerate(r["methods"].values()):
+            assert res["edited"] == (lists[t, m, :res["verify_k"]].tolist() if res["certified"] else None)
+    # a finding lists the examples its search relabelled, as recorded (here: made certified by hand)
+    from audit.audits.support import MISLABEL
+
+    first = out["targets"][0]
+    first["methods"]["datamodels"].update(certified=True, certified_support=2, verify_k=2, k_star=1.5,
+                                          edited=lists[0, 0, :2].tolist())
+    (audit_run / "audits" / "mislabel.json").write_text(json.dumps(out))
+    (finding,) = [f for f in MISLABEL.findings(audit_run) if f.index == first["target"]]
+    assert finding.related == lists[0, 0, :2].tolist() and finding.details["ranking"] == "datamodels"
+
+
+def test_the_weight_ranking_can_be_chosen_for_relabelling(audit_run, digits):
+    s = run_mislabel(audit_run, n=2, T=1, k_grid=[4], block_size=32, dataset=digits, methods=["datamodels"],
+                     datamodel_ranking="weights")
+    assert s["datamodel_ranking"] == "weights"
+    (grid_dir,) = (audit_run / "retrain").glob("mislabel-grid-*")
+    with np.load(grid_dir / "plan.npz") as z:
+        lists = z["lists"].reshape(2, -1)
+    from audit import pipeline
+    from audit.audits.support import datamodel_ranking, without_no_op_flips
+
+    out = json.loads((audit_run / "audits" / "mislabel.json").read_text())
+    tgt = np.array([r["target"] for r in out["targets"]])
+    w = pipeline.load_datamodels(audit_run).weights[digits.n_train + tgt]
+    want = without_no_op_flips(datamodel_ranking(w, 2 * lists.shape[1]), digits.y_train,
+                               np.array([r["wrong_class"] for r in out["targets"]]), lists.shape[1])
+    assert (lists == want).all()
 
 
 def test_without_no_op_flips_skips_examples_already_of_the_wrong_class():

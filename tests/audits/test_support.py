@@ -33,6 +33,31 @@ def test_heuristic_support():
     assert list(heuristic_support(w, bias, chunk=1)) == [3, NOT_FOUND, 0]
 
 
+def test_datamodel_neighbours_are_the_nearest_rows_by_cosine(tmp_path):
+    rng = np.random.default_rng(3)
+    weights = rng.normal(size=(70, 50)).astype(np.float32)
+    weights[7] = 0.0  # a datamodel with no weights: cosine 0 with every row
+    weights[11] = 4 * weights[60]  # as near as can be to target row 60, whatever its scale
+    rows = np.array([50, 60, 69])
+    unit = weights / np.maximum(np.linalg.norm(weights, axis=1, keepdims=True), 1e-12)
+    want = np.argsort(-(unit[rows] @ unit[:50].T), axis=1, kind="stable")[:, :6]
+    mapped = np.lib.format.open_memmap(tmp_path / "w.npy", mode="w+", dtype=np.float32, shape=weights.shape)
+    mapped[:] = weights
+    for source, chunk in ((weights, 4096), (mapped, 7)):  # read in chunks of train rows: the same answer
+        got = support.datamodel_neighbours(source, rows, 50, 6, chunk=chunk)
+        assert got.tolist() == want.tolist()
+    assert got[1, 0] == 11 and 7 not in got
+    assert support.datamodel_neighbours(weights, rows, 50, 80).shape == (3, 50)
+
+
+def test_datamodel_ranking_per_mode():
+    assert support.datamodel_ranking_for("remove") == "weights"
+    assert support.datamodel_ranking_for("relabel") == "embedding"
+    assert support.datamodel_ranking_for("remove", "embedding") == "embedding"
+    with pytest.raises(AuditError, match="datamodel-ranking"):
+        support.datamodel_ranking_for("relabel", "nearest")
+
+
 def test_zero_crossing_interpolates():
     assert zero_crossing([0, 2, 4, 8], [3.0, 1.0, -1.0, -2.0]) == pytest.approx(3.0)
     assert zero_crossing([0, 10, 20], [2.0, 0.0, -1.0]) == pytest.approx(10.0)
@@ -162,6 +187,7 @@ def _check_records(out: dict, grid: list[int]) -> None:
                 assert res["verify_k"] == verification_k(res["k_star"])
                 assert res["certified"] == (res["verify_margin"] < 0)
                 assert res["certified_support"] == (res["verify_k"] if res["certified"] else None)
+                assert res["edited"] is None if not res["certified"] else len(res["edited"]) == res["verify_k"]
 
 
 def test_brittleness_resumes_after_a_kill(audit_run, digits, monkeypatch):
@@ -189,7 +215,7 @@ def test_brittleness_resumes_after_a_kill(audit_run, digits, monkeypatch):
 
     out = json.loads((audit_run / "audits" / "brittleness.json").read_text())
     assert out["summary"]["per_method"].keys() == {"datamodels", "representation", "random"}
-    assert s["n_targets"] == 4 and s["k_grid"] == [2, 8] and s["T"] == 2
+    assert s["n_targets"] == 4 and s["k_grid"] == [2, 8] and s["T"] == 2 and s["datamodel_ranking"] == "weights"
     assert len(out["targets"]) == 4 and len(out["heuristic_all"]) == digits.n_test
     targets = [r["target"] for r in out["targets"]]
     assert targets == list(sample_targets(digits.y_test, 4, 0))
@@ -223,7 +249,7 @@ def test_bad_inputs_are_one_line_errors(audit_run, monkeypatch, capsys):
     from tests.conftest import assert_one_line_error
 
     for args in (["--targets", "3,99999"], ["--targets", "a,b"], ["--k-grid", "8,2"], ["--methods", "nearest"],
-                 ["--T", "0"], ["--k-grid", "2,5000"]):
+                 ["--T", "0"], ["--k-grid", "2,5000"], ["--datamodel-ranking", "nearest"]):
         assert_one_line_error(_audit_in_process(monkeypatch, capsys, "brittleness", str(audit_run), *args))
     assert not (audit_run / "audits").exists() and not (audit_run / "retrain").exists()
     unfitted = audit_run.parent / "unfitted"
