@@ -41,6 +41,7 @@ from audit.training.registry import trainer_from_config
 MODES = ("remove", "relabel")
 METHODS = ("datamodels", "representation", "random")
 DATAMODEL_RANKINGS = ("auto", "weights", "embedding")  # how the datamodels rank (``datamodel_ranking_for``)
+RANKING_WORDS = {"weights": "their largest weights", "embedding": "their nearest datamodel embeddings (cosine)"}
 PAPER_GRID = (10, 20, 40, 80, 160, 320, 640, 1280)  # for CIFAR-10's 50,000 training examples
 PAPER_N_TRAIN = 50_000
 VERIFY_FACTOR = 1.2
@@ -813,6 +814,8 @@ class SupportStep(Step[SupportConfig, SupportResult]):
             Line(f"median support: median over the targets of the certified support ⌈1.2·k*⌉ (not certified = "
                  f"beyond the grid); certified: fraction certified; no crossing: fraction with k* > {s.max_k}"),
             *([Line(s.verdict.text)] if s.verdict is not None else []),
+            *([Line(f"datamodels ranked by {RANKING_WORDS[s.datamodel_ranking]} (--datamodel-ranking)")]
+              if "datamodels" in s.per_method else []),
             Line(f"heuristic support (no retraining): median {_median(s.heuristic.median)} over the targets, "
                  f"{_f2(s.heuristic.fraction_not_found)} never reached")]
         if s.heuristic_all is not None:

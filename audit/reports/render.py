@@ -23,7 +23,7 @@ from audit.audits.embed import EMBED, Extreme, Spectrum
 from audit.audits.geo import haversine_miles
 from audit.audits.leakage_audit import (LEAKAGE, Candidate, GeoTable, LeakageFile, MTurkScores, found_only_by,
                                         sources_of_union)
-from audit.audits.support import RankingVerdict, SupportRecord, ranking_verdict, read_records
+from audit.audits.support import RANKING_WORDS, RankingVerdict, SupportRecord, ranking_verdict, read_records
 from audit.checks import read_check_report
 from audit.contract import Line, Step
 from audit.errors import AuditError
@@ -462,6 +462,8 @@ def support_section(ctx: Context, name: str = "brittleness", n_show: int = 6, n_
              ("k grid", ", ".join(str(k) for k in s.k_grid)),
              ("full-data accuracy on these targets", pct(s.full_data_accuracy)),
              ("models trained (in plan)", fmt(s.models_in_plan))]
+    if "datamodels" in s.per_method:
+        facts.append(("datamodels ranked by", RANKING_WORDS[s.datamodel_ranking]))
     already = sum(1 for r in records if "datamodels" in r.methods and r.methods["datamodels"].certified_support == 0)
     if already:
         facts.append(("targets already misclassified by full-data models (support 0)", fmt(already)))

@@ -53,6 +53,10 @@ def test_mislabel_relabels_instead_of_removing(audit_run, digits):
     for t, r in enumerate(out["targets"]):
         for m, res in enumerate(r["methods"].values()):
             assert res["edited"] == (lists[t, m, :res["verify_k"]].tolist() if res["certified"] else None)
+    from audit.audits.support import MISLABEL as step, SupportResult
+
+    lines = [b.text for b in step.summary(SupportResult.from_json(out["summary"])) if hasattr(b, "text")]
+    assert "datamodels ranked by their nearest datamodel embeddings (cosine) (--datamodel-ranking)" in lines
     # a finding lists the examples its search relabelled, as recorded (here: made certified by hand)
     from audit.audits.support import MISLABEL
 
