@@ -41,6 +41,7 @@ from audit.training.registry import trainer_from_config
 MODES = ("remove", "relabel")
 METHODS = ("datamodels", "representation", "random")
 DATAMODEL_RANKINGS = ("auto", "weights", "embedding")  # how the datamodels rank (``datamodel_ranking_for``)
+NEIGHBOUR_CHUNK_BYTES = 2**28  # train rows of datamodel weights read at once by datamodel_neighbours
 RANKING_WORDS = {"weights": "their largest weights", "embedding": "their nearest datamodel embeddings (cosine)"}
 PAPER_GRID = (10, 20, 40, 80, 160, 320, 640, 1280)  # for CIFAR-10's 50,000 training examples
 PAPER_N_TRAIN = 50_000
@@ -123,20 +124,22 @@ def datamodel_ranking(weights: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-weights, axis=1, kind="stable")[:, :k].astype(np.int64)
 
 
-def datamodel_neighbours(weights: Any, rows: np.ndarray, n_train: int, k: int, chunk: int = 4096) -> np.ndarray:
+def datamodel_neighbours(weights: Any, rows: np.ndarray, n_train: int, k: int, chunk: int | None = None) -> np.ndarray:
     """Top-``k`` training examples nearest each target in datamodel-embedding space: ``[len(rows), k]``.
 
     ``weights`` holds every target's datamodel row, train targets first (``[n_train + n_test, n_train]``, an
     array or a memory map); ``rows`` are the targets' row numbers. A row scaled to unit length is the target's
     datamodel embedding (paper §4.3, as ``audit embed``; all-zero rows stay zero): two images are close when the same training examples
     raise and lower their predictions. Training example ``i`` is scored by the cosine of its own row (train
-    target ``i``) with the target's; the train rows are read ``chunk`` at a time and the best ``k`` kept with
-    faiss's ``ResultHeap``, so the [n_train, n_train] block is never in memory.
+    target ``i``) with the target's; the train rows are read ``chunk`` at a time (default: about 256 MB of
+    float32) and the best ``k`` kept with faiss's ``ResultHeap``, so the [n_train, n_train] block (10 GB for
+    CIFAR-10) is never in memory.
     """
     import faiss
 
     weights = weight_rows(weights)
     k = min(int(k), n_train)
+    chunk = chunk or max(1, NEIGHBOUR_CHUNK_BYTES // (4 * n_train))
     query = baselines.normalise_rows(weights[np.asarray(rows, dtype=np.int64)], "datamodel weights")
     heap = faiss.ResultHeap(len(query), k, keep_max=True)
     for start in range(0, n_train, chunk):

@@ -33,7 +33,7 @@ def test_heuristic_support():
     assert list(heuristic_support(w, bias, chunk=1)) == [3, NOT_FOUND, 0]
 
 
-def test_datamodel_neighbours_are_the_nearest_rows_by_cosine(tmp_path):
+def test_datamodel_neighbours_are_the_nearest_rows_by_cosine(tmp_path, monkeypatch):
     rng = np.random.default_rng(3)
     weights = rng.normal(size=(70, 50)).astype(np.float32)
     weights[7] = 0.0  # a datamodel with no weights: cosine 0 with every row
@@ -43,10 +43,21 @@ def test_datamodel_neighbours_are_the_nearest_rows_by_cosine(tmp_path):
     want = np.argsort(-(unit[rows] @ unit[:50].T), axis=1, kind="stable")[:, :6]
     mapped = np.lib.format.open_memmap(tmp_path / "w.npy", mode="w+", dtype=np.float32, shape=weights.shape)
     mapped[:] = weights
-    for source, chunk in ((weights, 4096), (mapped, 7)):  # read in chunks of train rows: the same answer
+    for source, chunk in ((weights, None), (mapped, 7)):  # read in chunks of train rows: the same answer
         got = support.datamodel_neighbours(source, rows, 50, 6, chunk=chunk)
         assert got.tolist() == want.tolist()
     assert got[1, 0] == 11 and 7 not in got
+
+    class Rows:  # records the largest block of rows read at once
+        shape, largest = weights.shape, 0
+
+        def __getitem__(self, key):
+            block = weights[key]
+            Rows.largest = max(Rows.largest, len(block))
+            return block
+
+    monkeypatch.setattr(support, "NEIGHBOUR_CHUNK_BYTES", 4 * 50 * 9)  # nine train rows of 50 weights
+    assert support.datamodel_neighbours(Rows(), rows, 50, 6).tolist() == want.tolist() and Rows.largest == 9
     assert support.datamodel_neighbours(weights, rows, 50, 80).shape == (3, 50)
 
 
