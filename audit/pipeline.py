@@ -185,7 +185,7 @@ def train(spec: str, run_dir: Path, *, n_models: int = TrainConfig.n_models, alp
     name = trainer or DEFAULT_TRAINER[dataset_kind(spec)]
     if engine == "local":  # fail fast (resnet9/18 without CUDA) before the run directory exists
         make_trainer(name, **(trainer_options or {}))
-    check_trainer_dataset(name, ds)  # e.g. the cnn trainer on flat features
+    check_trainer_dataset(name, ds, trainer_options)  # e.g. the cnn trainer on flat features
     tconfig = trainer_config(name, **(trainer_options or {}))  # builds nothing: a CPU-only Ray driver can send it
     config = RunConfig(dataset=spec, fingerprint=ds.fingerprint(), n_train=ds.n_train, n_test=ds.n_test,
                        alpha=alpha, n_models=n_models, seed=seed, trainer=tconfig,

@@ -67,6 +67,9 @@ class RunOptions:
             n = getattr(self.config(s), "n", None)
             if n is not None and n < 1:
                 raise AuditError(f"--n (--audit-targets) must be at least 1, got {n}")
+            own_check = getattr(self.config(s), "check", None)  # a step's settings that check themselves
+            if callable(own_check):
+                own_check()
         unknown = [a for a in self.audits if a not in REGISTRY.audits()]
         if unknown:
             raise AuditError(f"unknown audit(s) {', '.join(unknown)}: choose among {', '.join(REGISTRY.audits())}")

@@ -2,7 +2,7 @@
 
 Runs the support search (`audit mislabel` and `audit brittleness`) on a fitted run twice, once per
 `--datamodel-ranking` (weights, embedding), beside the representation and random rankings, and prints
-each ranking's fraction certified and median certified support. Without --run it trains and fits
+each ranking's fraction certified and median certified support; the run's own result files are put back. Without --run it trains and fits
 `audit run digits`' models first (5,000 MLPs at α = 0.5; --models to change). Writes
 $OUT/support_rankings.json (or --json).
 
@@ -45,10 +45,10 @@ def main() -> int:
     results, lines = [], []
     for mode in a.modes.split(","):
         name = "mislabel" if mode == "relabel" else "brittleness"
-        kept = saved / f"{name}.json"
-        backup = kept.with_suffix(".json.keep") if kept.exists() else None
-        if backup:  # the run's own result is put back afterwards
-            shutil.copy2(kept, backup)
+        files = [saved / f"{name}.json", saved / f"{name}.csv"]
+        backups = {f: f.with_name(f.name + ".keep") for f in files if f.exists()}
+        for f, b in backups.items():  # the run's own result is put back afterwards (or none left, if it had none)
+            shutil.copy2(f, b)
         try:
             for ranking in ("weights", "embedding"):
                 t0 = time.perf_counter()
@@ -66,8 +66,11 @@ def main() -> int:
                              f"load {row['load']:.1f})")
                 print(lines[-1], flush=True)
         finally:
-            if backup:
-                shutil.move(backup, kept)
+            for f in files:
+                if f in backups:
+                    shutil.move(backups[f], f)
+                else:
+                    f.unlink(missing_ok=True)
     out = Path(a.json) if a.json else Path(os.environ.get("OUT", ".")) / "support_rankings.json"
     out.write_text(json.dumps({"args": vars(a), "run": str(run), "results": results, "table": lines}, indent=2,
                               default=str))

@@ -2,7 +2,10 @@
 
 The top-k examples of a ranking keep their place in the training set but take the
 target's most likely *wrong* class: the incorrect class with the highest mean logit on the
-target over full-data reference models (``audit.reference``).
+target over full-data reference models (``audit.reference``). The datamodels rank by their
+nearest embeddings here, not by their largest weights as in the paper and in the removal audit
+(``audit.audits.support.datamodel_ranking_for`` says why; ``--datamodel-ranking weights`` for
+the paper's).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, StrictBool, StrictInt, ValidationError
@@ -132,8 +132,8 @@ def datamodel_neighbours(weights: Any, rows: np.ndarray, n_train: int, k: int, c
     datamodel embedding (paper §4.3, as ``audit embed``; all-zero rows stay zero): two images are close when the same training examples
     raise and lower their predictions. Training example ``i`` is scored by the cosine of its own row (train
     target ``i``) with the target's; the train rows are read ``chunk`` at a time (default: about 256 MB of
-    float32) and the best ``k`` kept with faiss's ``ResultHeap``, so the [n_train, n_train] block (10 GB for
-    CIFAR-10) is never in memory.
+    float32, a few hundred MB with their normalised copy) and the best ``k`` kept with faiss's ``ResultHeap``, so
+    the [n_train, n_train] block (10 GB for CIFAR-10) is never in memory.
     """
     import faiss
 
@@ -376,7 +376,8 @@ class SupportConfig:
                                                               "import-scores, audit gradients)", parse="names")
     datamodel_ranking: str = setting("auto", "--datamodel-ranking", "how the datamodels rank training examples: "
                                      "weights (largest first), embedding (nearest datamodel rows, cosine) or auto "
-                                     "(weights to remove, embedding to relabel)")
+                                     "(weights to remove, embedding to relabel; in `audit run` one value serves "
+                                     "both audits)")
     features: str | None = setting(None, "--features", "your own features [n_train + n_test, d] (.npy/.npz) for the "
                                                        "representation baseline instead of the reference models'")
     all_heuristic: bool = setting(False, "--all-heuristic", "also the heuristic support of every test example",
@@ -385,6 +386,10 @@ class SupportConfig:
                                      "target samples; >= 0)", minimum=0)
     engine: str = engine_setting()
     address: str | None = address_setting()
+
+    def check(self) -> None:
+        """One line for a setting no search can use, before anything runs (``audit run`` calls it first)."""
+        datamodel_ranking_for("remove", self.datamodel_ranking)
 
 
 # ----- the search ------------------------------------------------------------------------
@@ -664,7 +669,7 @@ class SupportResult(Result):
     max_k: int
     methods: list[str]
     seed: int
-    datamodel_ranking: str = "weights"  # files written before the setting ranked by weights
+    datamodel_ranking: Literal["weights", "embedding"] = "weights"  # files written before the setting: weights
     full_data_accuracy: float | None = None
     per_method: dict[str, MethodSupport]
     verdict: RankingVerdict | None = None  # None in files written before it, or with one ranking

@@ -36,6 +36,13 @@ def subset_statistics(x: torch.Tensor, masks: np.ndarray) -> tuple[torch.Tensor,
     return subset_moments(masks, xd, xd * xd)
 
 
+def check_translate(translate: int, dataset: Dataset) -> None:
+    """One line when ``translate`` asks to move the inputs of a dataset of flat features."""
+    if translate and not dataset.is_image:
+        raise AuditError(f"the mlp option translate moves images; {dataset.spec} holds flat features of shape "
+                         f"{tuple(dataset.x_train.shape[1:])}: leave translate at 0")
+
+
 class BatchedMLP(BatchedModels):
     """B trained two-layer MLPs, evaluated together."""
 
@@ -89,8 +96,6 @@ class MLPTrainer(BatchedTrainer):
         random (``audit.training.batched.translated_batches``) and flattened in the dataset's own order."""
         if self.cfg.translate == 0:
             return lambda idx: x[idx]
-        if not dataset.is_image:
-            raise AuditError(f"the mlp option translate moves images; {dataset.spec} holds flat features of shape "
-                             f"{tuple(dataset.x_train.shape[1:])}: leave translate at 0")
+        check_translate(self.cfg.translate, dataset)
         batch = translated_batches(as_channels_first(dataset.x_train), self.cfg.translate, gens)
         return lambda idx: batch(idx).permute(0, 1, 3, 4, 2).reshape(*idx.shape, -1)  # [B, bs, H·W·C]

@@ -7,7 +7,7 @@ from audit.errors import AuditError
 from audit.training.base import Trainer
 from audit.training.cnn import CNNTrainer, require_images
 from audit.training.gpu import DEFAULT_BLOCK_SIZE, gpu_config, make_gpu_trainer
-from audit.training.mlp import MLPTrainer
+from audit.training.mlp import MLPTrainer, check_translate
 
 DEFAULT_TRAINER = {"digits": "mlp", "npz": "mlp", "cifar10": "resnet9", "fmow": "resnet18",
                    "folder": "mlp", "csv": "mlp", "hf": "mlp"}  # users' own images: CPU unless --trainer
@@ -31,10 +31,13 @@ def make_trainer(name: str, **options) -> Trainer:
     raise AuditError(f"unknown trainer '{name}': use mlp, cnn, resnet9 or resnet18")
 
 
-def check_trainer_dataset(name: str, dataset: Dataset) -> None:
-    """One line, before any run directory exists, when trainer ``name`` cannot train on ``dataset``."""
+def check_trainer_dataset(name: str, dataset: Dataset, options: dict | None = None) -> None:
+    """One line, before any run directory exists, when trainer ``name`` (with ``options``) cannot train on
+    ``dataset``."""
     if name == "cnn":
         require_images(dataset)
+    if name == "mlp":
+        check_translate((options or {}).get("translate", 0), dataset)
 
 
 def trainer_config(name: str, **options) -> dict:

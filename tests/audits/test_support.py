@@ -242,6 +242,26 @@ def test_brittleness_resumes_after_a_kill(audit_run, digits, monkeypatch):
     assert json.loads((audit_run / "audits" / "brittleness.json").read_text())["targets"] == out["targets"]
 
 
+def test_each_certified_support_records_the_examples_it_edited(audit_run, digits, monkeypatch):
+    """With margins that fall below zero from k = 5 on, every ranking of every target is certified at
+    ⌈1.2·k*⌉ = 6, and ``edited`` is that prefix of the list the plan edited (for removal and relabelling)."""
+    plans = {}
+
+    def margins_by_k(root, name, plan, *args, **kwargs):
+        plans[name] = plan
+        return (5.0 - plan.job_k[plan.row_job]).astype(np.float32), 0
+
+    monkeypatch.setattr(support, "run_plan", margins_by_k)
+    for mode, name in (("remove", "brittleness"), ("relabel", "mislabel")):
+        support.run_brittleness(audit_run, mode=mode, n=3, T=1, k_grid=[2, 8], dataset=digits)
+        out = json.loads((audit_run / "audits" / f"{name}.json").read_text())
+        lists = plans[f"{name}-grid"].lists.reshape(3, 3, -1)
+        for t, r in enumerate(out["targets"]):
+            for m, res in enumerate(r["methods"].values()):
+                assert res["certified"] and res["certified_support"] == 6
+                assert res["edited"] == [int(j) for j in lists[t, m, :6] if j >= 0] and len(res["edited"]) == 6
+
+
 def _audit_in_process(monkeypatch, capsys, *args: str):
     """``audit ARGS`` through the CLI entry point in this process; returns (exit code, stdout, stderr)."""
     from audit.cli import main

@@ -307,3 +307,29 @@ def test_counterfactual_section_has_the_scatter_and_the_correlations(full, audit
     assert render.fmt(r.overall.spearman) in text and render.fmt(r.per_heuristic["top"].pearson) in text
     images = page.all("img", "counterfactual")
     assert len(images) == 1 and "retrained" in images[0]["alt"]
+
+
+def test_the_support_strip_shows_what_the_search_edited(tmp_path):
+    """The examples shown under a brittle test image: those recorded as edited, else the top of the ranking the
+    search used (embedding or weights), without examples already of the wrong class when it relabelled."""
+    from types import SimpleNamespace
+
+    from audit.audits.support import SupportRecord, datamodel_neighbours
+    from audit.reports.data import DatamodelRows
+
+    w = np.random.default_rng(0).normal(size=(35, 30)).astype(np.float32)
+    np.savez(tmp_path / "dm.npz", weights=w, bias=np.zeros(35, np.float32))
+    y = np.arange(30) % 3
+    ctx = SimpleNamespace(datamodels=DatamodelRows(tmp_path / "dm.npz"), n_train=30,
+                          images=SimpleNamespace(dataset=SimpleNamespace(y_train=y)))
+
+    def record(wrong=None, **outcome):
+        return SupportRecord.from_json({"target": 2, "wrong_class": wrong,
+                                        "methods": {"datamodels": {"certified": False, "k_star": 3.0, **outcome}}})
+
+    edited = record(certified=True, certified_support=2, edited=[7, 4])
+    assert render._shown_support(ctx, "embedding", edited, 5) == [7, 4]
+    near = datamodel_neighbours(w, np.array([32]), 30, 30)[0]
+    assert render._shown_support(ctx, "embedding", record(), 4) == near[:4].tolist()
+    assert render._shown_support(ctx, "embedding", record(wrong=1), 4) == [j for j in near if y[j] != 1][:4]
+    assert render._shown_support(ctx, "weights", record(), 4) == np.argsort(-w[32], kind="stable")[:4].tolist()

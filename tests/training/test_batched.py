@@ -84,3 +84,14 @@ def test_translate_is_recorded_only_when_set(name):
     """A run made before the option existed records no translate: it must still be the same run."""
     assert "translate" not in make_trainer(name).config()
     assert make_trainer(name, translate=2).config()["translate"] == 2
+
+
+def test_the_cli_refuses_to_translate_flat_features_before_making_the_run(tmp_path, digits):
+    from tests.conftest import assert_one_line_error, run_cli
+
+    npz = tmp_path / "feat.npz"
+    np.savez(npz, x_train=digits.x_train[:100].reshape(100, -1), y_train=digits.y_train[:100],
+             x_test=digits.x_test[:20].reshape(20, -1), y_test=digits.y_test[:20])
+    proc = run_cli("train", f"npz:{npz}", "--run", str(tmp_path / "flat"), "-m", "2", "-o", "translate=1")
+    assert_one_line_error(proc)
+    assert "translate moves images" in proc.stderr and not (tmp_path / "flat").exists()
