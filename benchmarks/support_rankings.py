@@ -2,7 +2,8 @@
 
 Runs the support search (`audit mislabel` and `audit brittleness`) on a fitted run twice, once per
 `--datamodel-ranking` (weights, embedding), beside the representation and random rankings, and prints
-each ranking's fraction certified and median certified support; the run's own result files are put back. Without --run it trains and fits
+each ranking's fraction certified and median certified support (the run's own result files are put
+back). Without --run it trains and fits
 `audit run digits`' models first (5,000 MLPs at α = 0.5; --models to change). Writes
 $OUT/support_rankings.json (or --json).
 

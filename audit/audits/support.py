@@ -129,8 +129,8 @@ def datamodel_neighbours(weights: Any, rows: np.ndarray, n_train: int, k: int, c
 
     ``weights`` holds every target's datamodel row, train targets first (``[n_train + n_test, n_train]``, an
     array or a memory map); ``rows`` are the targets' row numbers. A row scaled to unit length is the target's
-    datamodel embedding (paper §4.3, as ``audit embed``; all-zero rows stay zero): two images are close when the same training examples
-    raise and lower their predictions. Training example ``i`` is scored by the cosine of its own row (train
+    datamodel embedding (paper §4.3, as ``audit embed``; all-zero rows stay zero): two images are close when the
+    same training examples raise and lower their predictions. Training example ``i`` is scored by the cosine of its own row (train
     target ``i``) with the target's; the train rows are read ``chunk`` at a time (default: about 256 MB of
     float32, a few hundred MB with their normalised copy) and the best ``k`` kept with faiss's ``ResultHeap``, so
     the [n_train, n_train] block (10 GB for CIFAR-10) is never in memory.
