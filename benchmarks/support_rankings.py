@@ -3,9 +3,8 @@
 Runs the support search (`audit mislabel` and `audit brittleness`) on a fitted run twice, once per
 `--datamodel-ranking` (weights, embedding), beside the representation and random rankings, and prints
 each ranking's fraction certified and median certified support (the run's own result files are put
-back). Without --run it trains and fits
-`audit run digits`' models first (5,000 MLPs at α = 0.5; --models to change). Writes
-$OUT/support_rankings.json (or --json).
+back). Without --run it trains and fits `audit run digits`' models first (5,000 MLPs at α = 0.5;
+--models to change). Writes $OUT/support_rankings.json (or --json).
 
     python benchmarks/support_rankings.py [--run RUN] [--models 5000] [--n 100] [--seed 0] [--T 2]
         [--modes relabel,remove]
