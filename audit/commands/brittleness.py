@@ -19,6 +19,7 @@ _RUN = typer.Option(None, "--run", help="run directory (default runs/<dataset>)"
 def _search(step: SupportStep, target: str, run: Optional[Path], settings: dict) -> None:
     run_dir = pipeline.resolve_run(target, run)
     config = build(SupportConfig, settings)
+    config.check()  # a setting no search can use: one line before the cost of the search is shown
     show_cost(step, step.cost(run_dir, config), "resumable: Ctrl-C keeps the models trained so far")
     s = step.run(run_dir, config, progress=progress())
     show_step(step, s, run_dir)

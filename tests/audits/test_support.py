@@ -283,6 +283,9 @@ def test_bad_inputs_are_one_line_errors(audit_run, monkeypatch, capsys):
                  ["--T", "0"], ["--k-grid", "2,5000"], ["--datamodel-ranking", "nearest"]):
         assert_one_line_error(_audit_in_process(monkeypatch, capsys, "brittleness", str(audit_run), *args))
     assert not (audit_run / "audits").exists() and not (audit_run / "retrain").exists()
+    proc = _audit_in_process(monkeypatch, capsys, "mislabel", str(audit_run), "--datamodel-ranking", "nearest")
+    assert_one_line_error(proc)
+    assert "models to train" not in proc.stdout  # refused before the search's cost is shown
     unfitted = audit_run.parent / "unfitted"
     shutil.copytree(audit_run, unfitted, ignore=shutil.ignore_patterns("datamodels.npz"))
     proc = _audit_in_process(monkeypatch, capsys, "mislabel", str(unfitted), "--n", "2")
