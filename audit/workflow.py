@@ -53,8 +53,11 @@ class RunOptions:
 
     def check(self) -> None:
         """One clear error for options that cannot work, before anything runs."""
+        for s in REGISTRY:  # the steps' settings that check themselves (train's --plant-labels first)
+            own_check = getattr(self.config(s), "check", None)
+            if callable(own_check):
+                own_check()
         train = self.config(pipeline.TRAIN)
-        train.check()
         if not 0 < train.alpha < 1:
             raise AuditError(f"--alpha must be in (0, 1), got {train.alpha}")
         if train.n_models < MIN_MODELS_TO_FIT:
@@ -67,9 +70,6 @@ class RunOptions:
             n = getattr(self.config(s), "n", None)
             if n is not None and n < 1:
                 raise AuditError(f"--n (--audit-targets) must be at least 1, got {n}")
-            own_check = getattr(self.config(s), "check", None)  # a step's settings that check themselves
-            if callable(own_check):
-                own_check()
         unknown = [a for a in self.audits if a not in REGISTRY.audits()]
         if unknown:
             raise AuditError(f"unknown audit(s) {', '.join(unknown)}: choose among {', '.join(REGISTRY.audits())}")

@@ -150,6 +150,19 @@ def datamodel_neighbours(weights: Any, rows: np.ndarray, n_train: int, k: int, c
     return heap.I.astype(np.int64)
 
 
+def datamodel_top(weights: Any, rows: np.ndarray, n_train: int, k: int, ranking: str,
+                  y_train: np.ndarray | None = None, wrong: np.ndarray | None = None) -> np.ndarray:
+    """The datamodel ranking's first ``k`` training examples for the targets in ``rows`` (every datamodel row in
+    ``weights``, train targets first): by largest weight or nearest embedding (``ranking``); relabelling to
+    ``wrong`` (a class per target) skips the examples already of that class, -1 padded. ``[len(rows), k]``."""
+    wide = k if wrong is None else min(n_train, 2 * k)
+    if ranking == "embedding":
+        lists = datamodel_neighbours(weights, rows, n_train, wide)
+    else:
+        lists = datamodel_ranking(np.asarray(weights[np.asarray(rows, dtype=np.int64)], dtype=np.float32), wide)
+    return lists if wrong is None else without_no_op_flips(lists, y_train, wrong, k)
+
+
 def predicted_full_margin(weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """The datamodel's margin with every training example present: bias + sum(weights)."""
     return np.asarray(bias, dtype=np.float64) + np.asarray(weights, dtype=np.float64).sum(axis=1)
@@ -441,7 +454,8 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
     lists = np.full((n_t, n_m, K), -1, dtype=np.int64)
     for mi, method in enumerate(methods):
         ranked = scores.top_k(matrices[method].test_rows(tgt), wide) if method in matrices \
-            else _ranking(method, dm.weights, rows_dm, dm_ranking, feats, ds, tgt, wide, seed)
+            else _ranking(method, weights, feats, ds, tgt, wide, seed,
+                          embeddings=dm.weights if dm_ranking == "embedding" else None)
         lists[:, mi] = ranked if wrong is None else without_no_op_flips(ranked, ds.y_train, wrong, K)
     label = np.full((n_t, n_m), REMOVE, dtype=np.int64) if wrong is None else np.repeat(wrong[:, None], n_m, 1)
 
@@ -593,14 +607,15 @@ def without_no_op_flips(lists: np.ndarray, y_train: np.ndarray, wrong: np.ndarra
     return out
 
 
-def _ranking(method: str, weights: Any, rows: np.ndarray, dm_ranking: str, features: np.ndarray | None, ds,
-             tgt: np.ndarray, K: int, seed: int) -> np.ndarray:
-    """Candidate lists ``[n_targets, K]`` (-1 padded) for one method (``weights``: every datamodel row, ``rows``:
-    the targets'; ``features``: unit rows of every target, train first, for the representation baseline)."""
+def _ranking(method: str, weights: np.ndarray, features: np.ndarray | None, ds, tgt: np.ndarray, K: int,
+             seed: int, embeddings: Any = None) -> np.ndarray:
+    """Candidate lists ``[n_targets, K]`` (-1 padded) for one method (``weights``: the targets' datamodel rows;
+    ``features``: unit rows of every target, train first, for the representation baseline; ``embeddings``: every
+    datamodel row when the datamodels rank by their nearest embeddings)."""
     if method == "datamodels":
-        if dm_ranking == "embedding":
-            return datamodel_neighbours(weights, rows, ds.n_train, K)
-        return datamodel_ranking(np.asarray(weights[rows], dtype=np.float32), K)
+        if embeddings is not None:
+            return datamodel_neighbours(embeddings, ds.n_train + tgt, ds.n_train, K)
+        return datamodel_ranking(weights, K)
     if method == "representation":
         n_train = ds.n_train
         _, idx = baselines.nearest_neighbours(features[:n_train], features[n_train:][tgt], K)

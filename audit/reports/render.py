@@ -23,8 +23,8 @@ from audit.audits.embed import EMBED, Extreme, Spectrum
 from audit.audits.geo import haversine_miles
 from audit.audits.leakage_audit import (LEAKAGE, Candidate, GeoTable, LeakageFile, MTurkScores, found_only_by,
                                         sources_of_union)
-from audit.audits.support import (RANKING_WORDS, RankingVerdict, SupportRecord, datamodel_neighbours, ranking_verdict,
-                                  read_records, without_no_op_flips)
+from audit.audits.support import (RANKING_WORDS, RankingVerdict, SupportRecord, datamodel_top, ranking_verdict,
+                                  read_records)
 from audit.checks import read_check_report
 from audit.contract import Line, Step
 from audit.errors import AuditError
@@ -482,16 +482,11 @@ def _shown_support(ctx: Context, ranking: str, r: SupportRecord, k: int) -> list
     res = r.methods.get("datamodels")
     if res is not None and res.edited is not None:
         return list(res.edited[:k])
-    dm, row = ctx.datamodels, ctx.n_train + int(r.target)
-    wide = min(ctx.n_train, 2 * k)
-    if ranking == "embedding":
-        order = datamodel_neighbours(dm.weights, np.array([row]), ctx.n_train, wide)
-    else:
-        order = np.argsort(-dm.rows([row]), axis=1, kind="stable")[:, :wide]
     y_train = ctx.images.dataset.y_train if ctx.images.dataset is not None else None
-    if r.wrong_class is not None and y_train is not None:
-        order = without_no_op_flips(order, y_train, np.array([r.wrong_class]), k)
-    return [int(j) for j in order[0, :k] if j >= 0]
+    wrong = np.array([r.wrong_class]) if r.wrong_class is not None and y_train is not None else None
+    top = datamodel_top(ctx.datamodels.weights, np.array([ctx.n_train + int(r.target)]), ctx.n_train, k, ranking,
+                        y_train, wrong)
+    return [int(j) for j in top[0] if j >= 0]
 
 
 def _most_brittle(ctx: Context, records: list[SupportRecord], n_show: int, n_support: int,

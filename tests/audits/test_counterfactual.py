@@ -41,8 +41,7 @@ def test_heuristics_choose_the_right_sets():
     same = removal_lists("random_same_class", w, None, y_train, targets, y_t, 5, 0)
     assert all((y_train[same[t]] == y_t[t]).all() and len(set(same[t])) == 5 for t in range(4))
     # the brittleness audit's random ranking, same draw (so its retrained models are reused)
-    assert (same == support._ranking("random", w, np.arange(4), "weights", None, _Data(y_train, y_t),
-                                            np.arange(4), 5, 0)).all()
+    assert (same == support._ranking("random", w, None, _Data(y_train, y_t), np.arange(4), 5, 0)).all()
     rand = removal_lists("random", w, None, y_train, targets, y_t, 5, 0)
     assert all(len(set(r)) == 5 and r.min() >= 0 and r.max() < 30 for r in rand)
     assert not all((y_train[rand[t]] == y_t[t]).all() for t in range(4))  # not restricted to the class
