@@ -124,7 +124,8 @@ def datamodel_ranking(weights: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-weights, axis=1, kind="stable")[:, :k].astype(np.int64)
 
 
-def datamodel_neighbours(weights: Any, rows: np.ndarray, n_train: int, k: int, chunk: int | None = None) -> np.ndarray:
+def datamodel_neighbours(weights: Any, rows: np.ndarray, n_train: int, k: int, chunk: int | None = None,
+                         progress: Progress = SILENT) -> np.ndarray:
     """Top-``k`` training examples nearest each target in datamodel-embedding space: ``[len(rows), k]``.
 
     ``weights`` holds every target's datamodel row, train targets first (``[n_train + n_test, n_train]``, an
@@ -142,10 +143,12 @@ def datamodel_neighbours(weights: Any, rows: np.ndarray, n_train: int, k: int, c
     chunk = chunk or max(1, NEIGHBOUR_CHUNK_BYTES // (4 * n_train))
     query = baselines.normalise_rows(weights[np.asarray(rows, dtype=np.int64)], "datamodel weights")
     heap = faiss.ResultHeap(len(query), k, keep_max=True)
-    for start in range(0, n_train, chunk):
-        block = baselines.normalise_rows(weights[start:min(start + chunk, n_train)], "datamodel weights")
-        ids = np.broadcast_to(np.arange(start, start + len(block), dtype=np.int64), (len(query), len(block)))
-        heap.add_result(np.ascontiguousarray(query @ block.T, dtype=np.float32), np.ascontiguousarray(ids))
+    with progress.task("nearest datamodel embeddings", total=n_train, unit="rows") as bar:
+        for start in range(0, n_train, chunk):
+            block = baselines.normalise_rows(weights[start:min(start + chunk, n_train)], "datamodel weights")
+            ids = np.broadcast_to(np.arange(start, start + len(block), dtype=np.int64), (len(query), len(block)))
+            heap.add_result(np.ascontiguousarray(query @ block.T, dtype=np.float32), np.ascontiguousarray(ids))
+            bar.advance(len(block))
     heap.finalize()
     return heap.I.astype(np.int64)
 
@@ -455,7 +458,7 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
     for mi, method in enumerate(methods):
         ranked = scores.top_k(matrices[method].test_rows(tgt), wide) if method in matrices \
             else _ranking(method, weights, feats, ds, tgt, wide, seed,
-                          embeddings=dm.weights if dm_ranking == "embedding" else None)
+                          embeddings=dm.weights if dm_ranking == "embedding" else None, progress=progress)
         lists[:, mi] = ranked if wrong is None else without_no_op_flips(ranked, ds.y_train, wrong, K)
     label = np.full((n_t, n_m), REMOVE, dtype=np.int64) if wrong is None else np.repeat(wrong[:, None], n_m, 1)
 
@@ -608,13 +611,13 @@ def without_no_op_flips(lists: np.ndarray, y_train: np.ndarray, wrong: np.ndarra
 
 
 def _ranking(method: str, weights: np.ndarray, features: np.ndarray | None, ds, tgt: np.ndarray, K: int,
-             seed: int, embeddings: Any = None) -> np.ndarray:
+             seed: int, embeddings: Any = None, progress: Progress = SILENT) -> np.ndarray:
     """Candidate lists ``[n_targets, K]`` (-1 padded) for one method (``weights``: the targets' datamodel rows;
     ``features``: unit rows of every target, train first, for the representation baseline; ``embeddings``: every
     datamodel row when the datamodels rank by their nearest embeddings)."""
     if method == "datamodels":
         if embeddings is not None:
-            return datamodel_neighbours(embeddings, ds.n_train + tgt, ds.n_train, K)
+            return datamodel_neighbours(embeddings, ds.n_train + tgt, ds.n_train, K, progress=progress)
         return datamodel_ranking(weights, K)
     if method == "representation":
         n_train = ds.n_train

@@ -1,3 +1,4 @@
+import io
 import json
 import math
 import shutil
@@ -11,6 +12,7 @@ from audit.audits import support
 from audit.audits.support import (NOT_FOUND, default_k_grid, estimate_support, heuristic_support, is_certified,
                                   sample_targets, verification_k, zero_crossing)
 from audit.errors import AuditError
+from audit.progress import PlainProgress
 
 
 # ----- pure logic ----------------------------------------------------------------------
@@ -57,7 +59,10 @@ def test_datamodel_neighbours_are_the_nearest_rows_by_cosine(tmp_path, monkeypat
             return block
 
     monkeypatch.setattr(support, "NEIGHBOUR_CHUNK_BYTES", 4 * 50 * 9)  # nine train rows of 50 weights
-    assert support.datamodel_neighbours(Rows(), rows, 50, 6).tolist() == want.tolist() and Rows.largest == 9
+    out = io.StringIO()
+    got = support.datamodel_neighbours(Rows(), rows, 50, 6, progress=PlainProgress(out, interval=60))
+    assert got.tolist() == want.tolist() and Rows.largest == 9
+    assert "nearest datamodel embeddings" in out.getvalue() and "50/50 rows" in out.getvalue().splitlines()[-1]
     assert support.datamodel_neighbours(weights, rows, 50, 80).shape == (3, 50)
 
 
