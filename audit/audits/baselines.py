@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from audit.data.moves import ONE_PIXEL_MOVES, shift_images
 from audit.errors import AuditError
 from audit.progress import SILENT, Progress
 
@@ -247,9 +248,7 @@ def aligned_variants(images: np.ndarray, mirror: bool = False) -> np.ndarray:
     x = np.asarray(images, dtype=np.float32)
     n, h, w, c = x.shape
     out = [x]
-    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    out += [padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-            if (dy, dx) != (0, 0)]
+    out += [shift_images(x, -dy, -dx) for dy, dx in ONE_PIXEL_MOVES]  # the order the variants always had
     for y0, y1 in _crops(h):
         ry = _resize_matrix(y1 - y0, h)
         for x0, x1 in _crops(w):

@@ -29,6 +29,7 @@ import dataclasses
 import numpy as np
 
 from audit.data.dataset import Dataset
+from audit.data.moves import ONE_PIXEL_MOVES, shift_images
 from audit.errors import AuditError
 
 PLANT_OPTIONS = ("plant", "plant_seed", "plant_noise", "plant_shift", "plant_families")
@@ -41,9 +42,7 @@ FLIP_SAFE = ("cifar10", "fmow")  # datasets whose classes survive a horizontal f
 
 def _shift_one_pixel(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """Shift an [H, W, C] image by (dy, dx) in {-1, 0, 1}, repeating the edge."""
-    padded = np.pad(img, ((1, 1), (1, 1), (0, 0)), mode="edge")
-    h, w = img.shape[:2]
-    return padded[1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+    return shift_images(img[None], dy, dx)[0]
 
 
 MIN_SHIFT_SIDE = 16  # a one-pixel shift is "slight" only when it is at most ~6% of the image side
@@ -172,8 +171,7 @@ def perturb(copy: np.ndarray, family: str, rng: np.random.Generator, *, sigma: n
         a, b = rng.uniform(0.8, 1.2), rng.uniform(-0.1, 0.1) * span
         return (copy - copy.mean()) * a + copy.mean() + b
     if family == "shift":
-        moves = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
-        dy, dx = moves[int(rng.integers(len(moves)))]
+        dy, dx = ONE_PIXEL_MOVES[int(rng.integers(len(ONE_PIXEL_MOVES)))]
         return _shift_one_pixel(copy, dy, dx)
     if family == "crop":
         return _crop_resize(copy, rng)
