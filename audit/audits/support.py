@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import Field, StrictBool, StrictInt, ValidationError
@@ -858,7 +858,7 @@ class SupportStep(Step[SupportConfig, SupportResult]):
         if not path.is_file():
             return []
         what = f"audit {self.name} {run_dir}"
-        _, records = read_records(path, what)
+        summary, records = read_records(path, what)
         supports = [(r, smallest_support(r)) for r in records]
         supports = [(r, s) for r, s in supports if s is not None]
         run_dir = Path(run_dir)
@@ -866,8 +866,12 @@ class SupportStep(Step[SupportConfig, SupportResult]):
         examples = {(r.target, method): r.methods[method].edited for r, (_, method) in supports
                     if r.methods[method].edited is not None}  # what the search edited (files from 2026-12 on)
         missing = [(r.target, method, size) for r, (size, method) in supports if (r.target, method) not in examples]
-        if missing:  # older files: recomputed from the weights and reference features
-            examples.update(support_examples(run_dir, missing))
+        if missing:  # older files: recomputed with the rankings they used
+            wrong = {r.target: r.wrong_class for r in records if r.wrong_class is not None} \
+                if self.mode == "relabel" else None
+            K = min(n_train, verification_k(max(summary.k_grid)))  # the lists the search ranked: K, 2K to relabel
+            examples.update(support_examples(run_dir, missing, datamodel_ranking=summary.datamodel_ranking,
+                                             wrong=wrong, width=min(n_train, 2 * K) if wrong is not None else K))
         return [support_finding(self.mode, r, size, method, examples.get((r.target, method)), n_train)
                 for r, (size, method) in supports]
 
@@ -906,32 +910,49 @@ def smallest_support(record: SupportRecord) -> tuple[int, str] | None:
     return int(size), method
 
 
-def support_examples(run_dir: Path, wanted: Sequence[tuple[int, str, int]]) -> dict[tuple[int, str], list[int]]:
+def support_examples(run_dir: Path, wanted: Sequence[tuple[int, str, int]], *, datamodel_ranking: str = "weights",
+                     wrong: Mapping[int, int] | None = None, width: int | None = None
+                     ) -> dict[tuple[int, str], list[int]]:
     """``{(test target, ranking): its top-k training examples}`` for ``(target, ranking, k)`` triples, recomputed
-    from the saved datamodels (``datamodels``) and reference features (``representation``); a random
-    ranking is not kept, so its examples are not listed."""
+    from the saved datamodels (``datamodels``, ranked by ``datamodel_ranking``), reference features
+    (``representation``) or imported scores; a random ranking is not kept, so its examples are not listed.
+    ``wrong`` (relabelling: each target's wrong class) skips the examples already of that class, as the search did;
+    ``width``: the length of the lists the search ranked (ties at the end of a top list depend on it)."""
     out: dict[tuple[int, str], list[int]] = {}
     by_method: dict[str, list[tuple[int, int]]] = {}
     for target, method, k in wanted:
         by_method.setdefault(method, []).append((int(target), int(k)))
     store = pipeline.RunStore.open(run_dir, writable=False)
     n_train = store.config.n_train
+    y_train = pipeline.dataset_of(store).y_train if wrong else None
+
+    def listed(target: int, ranked: np.ndarray, k: int) -> list[int]:
+        if y_train is not None and target in wrong:
+            ranked = without_no_op_flips(ranked[None], y_train, np.array([wrong[target]]), k)[0]
+        return [int(j) for j in ranked[:k] if j >= 0]
+
+    def wide(k: int) -> int:
+        return max(k, min(n_train, width)) if width else min(n_train, 2 * k) if y_train is not None else k
+
     if by_method.get("datamodels"):
         weights = pipeline.load_datamodels(run_dir).weights
-        for target, k in by_method["datamodels"]:
-            out[(target, "datamodels")] = datamodel_ranking(weights[n_train + target][None], k)[0].tolist()
+        rows = np.array([n_train + t for t, _ in by_method["datamodels"]], dtype=np.int64)
+        tops = datamodel_top(weights, rows, n_train, max(wide(k) for _, k in by_method["datamodels"]),
+                             datamodel_ranking)  # one pass over the rows for every target (the embedding reads all)
+        for top, (target, k) in zip(tops, by_method["datamodels"]):
+            out[(target, "datamodels")] = listed(target, top, k)
     ref = load_reference(run_dir) if by_method.get("representation") else None
     if ref is not None:
         targets = np.array([t for t, _ in by_method["representation"]], dtype=np.int64)
-        k_max = max(k for _, k in by_method["representation"])
+        k_max = max(wide(k) for _, k in by_method["representation"])
         _, idx = baselines.nearest_neighbours(ref.train_features(n_train), ref.test_features(n_train)[targets],
                                               min(k_max, n_train))
         for row, (target, k) in zip(idx, by_method["representation"]):
-            out[(target, "representation")] = [int(j) for j in row[:k]]
+            out[(target, "representation")] = listed(target, np.asarray(row, dtype=np.int64), k)
     for name in set(by_method) & set(scores.names(run_dir)):
         matrix = scores.load(run_dir, name)
         for target, k in by_method[name]:
-            out[(target, name)] = scores.top_k(matrix.test_rows(np.array([target])), k)[0].tolist()
+            out[(target, name)] = listed(target, scores.top_k(matrix.test_rows(np.array([target])), wide(k))[0], k)
     return out
 
 

@@ -265,6 +265,20 @@ def test_each_certified_support_records_the_examples_it_edited(audit_run, digits
             for m, res in enumerate(r["methods"].values()):
                 assert res["certified"] and res["certified_support"] == 6
                 assert res["edited"] == [int(j) for j in lists[t, m, :6] if j >= 0] and len(res["edited"]) == 6
+    # a file from before ``edited`` was recorded: the findings recompute the same examples, with the ranking the
+    # file names (the embedding, for relabelling) and without the examples already of the wrong class
+    path = audit_run / "audits" / "mislabel.json"
+    data = json.loads(path.read_text())
+    edited = [{m: res.pop("edited") for m, res in r["methods"].items()} for r in data["targets"]]
+    assert data["summary"]["datamodel_ranking"] == "embedding"
+    for chosen in ("datamodels", "representation"):
+        if chosen == "representation":  # the datamodels' support made larger: the representation's is the smallest
+            for r in data["targets"]:
+                r["methods"]["datamodels"]["certified_support"] = 7
+        path.write_text(json.dumps(data))
+        findings = support.MISLABEL.findings(audit_run)
+        assert [f.details["ranking"] for f in findings] == [chosen] * 3
+        assert [f.related for f in findings] == [e[chosen] for e in edited]
 
 
 def _audit_in_process(monkeypatch, capsys, *args: str):
