@@ -150,7 +150,8 @@ def datamodel_neighbours(weights: Any, rows: np.ndarray, n_train: int, k: int, c
             heap.add_result(np.ascontiguousarray(query @ block.T, dtype=np.float32), np.ascontiguousarray(ids))
             bar.advance(len(block))
     heap.finalize()
-    return heap.I.astype(np.int64)
+    order = np.lexsort((heap.I, -heap.D), axis=-1)  # equal cosines (all-zero rows) in index order, as the weights'
+    return np.take_along_axis(heap.I, order, axis=1).astype(np.int64)
 
 
 def datamodel_top(weights: Any, rows: np.ndarray, n_train: int, k: int, ranking: str,

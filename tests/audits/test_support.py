@@ -64,6 +64,9 @@ def test_datamodel_neighbours_are_the_nearest_rows_by_cosine(tmp_path, monkeypat
     assert got.tolist() == want.tolist() and Rows.largest == 9
     assert "nearest datamodel embeddings" in out.getvalue() and "50/50 rows" in out.getvalue().splitlines()[-1]
     assert support.datamodel_neighbours(weights, rows, 50, 80).shape == (3, 50)
+    # a target with no weights is equally far from every example: index order, however the rows are read
+    for chunk in (None, 7, 1):
+        assert support.datamodel_neighbours(weights, np.array([7, 50]), 50, 5, chunk=chunk)[0].tolist() == [0, 1, 2, 3, 4]
 
 
 def test_datamodel_ranking_per_mode():
