@@ -34,8 +34,8 @@ def found_run(small_digits_run, digits, tmp_path_factory):
     INFLUENCE.run(run, dataset=digits)
     LABEL_ERRORS.run(run, LabelErrorsConfig(n_replay=2), dataset=digits)
     targets = [int(t) for t in np.flatnonzero(np.isin(digits.y_test, [0, 1, 2, 3]))[:8]]
-    support_json(run, digits, "remove", targets, ("datamodels", "representation"), [1, 2, 4, 8, 16])
-    support_json(run, digits, "relabel", targets[:4], ("datamodels",), [1, 2, 4, 8])
+    support_json(run, digits, "remove", targets, ("datamodels", "representation"), [1, 2, 4, 8, 16], edited=True)
+    support_json(run, digits, "relabel", targets[:4], ("datamodels",), [1, 2, 4, 8], edited=True)
     return run
 
 

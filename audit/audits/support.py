@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, StrictBool, StrictInt, ValidationError
@@ -31,10 +32,10 @@ from audit.data.dataset import Dataset
 from audit.errors import AuditError
 from audit.release import weight_rows
 from audit.execution import ENGINES, address_setting, engine_setting
-from audit.jsonio import write_csv, write_json
+from audit.jsonio import read_json, write_csv, write_json
 from audit.progress import SILENT, Progress
-from audit.reference import load_reference, reference_models, user_features
-from audit.retrain import REMOVE, RetrainPlan, run_plan
+from audit.reference import reference_models, user_features
+from audit.retrain import PLAN_JSON, REMOVE, RetrainPlan, run_plan
 from audit.seeding import STREAM_TARGETS, sample_rng
 from audit.training.registry import trainer_from_config
 
@@ -867,12 +868,11 @@ class SupportStep(Step[SupportConfig, SupportResult]):
         examples = {(r.target, method): r.methods[method].edited for r, (_, method) in supports
                     if r.methods[method].edited is not None}  # what the search edited (files from 2026-12 on)
         missing = [(r.target, method, size) for r, (size, method) in supports if (r.target, method) not in examples]
-        if missing:  # older files: recomputed with the rankings they used
-            wrong = {r.target: r.wrong_class for r in records if r.wrong_class is not None} \
-                if self.mode == "relabel" else None
-            K = min(n_train, verification_k(max(summary.k_grid)))  # the lists the search ranked: K, 2K to relabel
-            examples.update(support_examples(run_dir, missing, datamodel_ranking=summary.datamodel_ranking,
-                                             wrong=wrong, width=min(n_train, 2 * K) if wrong is not None else K))
+        if missing:  # older files: the first examples of the lists their search planned
+            planned = planned_lists(run_dir, self.name, summary, [r.target for r in records]) or {}
+            for target, method, size in missing:
+                if (target, method) in planned:
+                    examples[(target, method)] = [int(j) for j in planned[(target, method)][:size] if j >= 0]
         return [support_finding(self.mode, r, size, method, examples.get((r.target, method)), n_train)
                 for r, (size, method) in supports]
 
@@ -911,50 +911,32 @@ def smallest_support(record: SupportRecord) -> tuple[int, str] | None:
     return int(size), method
 
 
-def support_examples(run_dir: Path, wanted: Sequence[tuple[int, str, int]], *, datamodel_ranking: str = "weights",
-                     wrong: Mapping[int, int] | None = None, width: int | None = None
-                     ) -> dict[tuple[int, str], list[int]]:
-    """``{(test target, ranking): its top-k training examples}`` for ``(target, ranking, k)`` triples, recomputed
-    from the saved datamodels (``datamodels``, ranked by ``datamodel_ranking``), reference features
-    (``representation``) or imported scores; a random ranking is not kept, so its examples are not listed.
-    ``wrong`` (relabelling: each target's wrong class) skips the examples already of that class, as the search did;
-    ``width``: the length of the lists the search ranked (ties at the end of a top list depend on it)."""
-    out: dict[tuple[int, str], list[int]] = {}
-    by_method: dict[str, list[tuple[int, int]]] = {}
-    for target, method, k in wanted:
-        by_method.setdefault(method, []).append((int(target), int(k)))
-    store = pipeline.RunStore.open(run_dir, writable=False)
-    n_train = store.config.n_train
-    y_train = pipeline.dataset_of(store).y_train if wrong else None
-
-    def listed(target: int, ranked: np.ndarray, k: int) -> list[int]:
-        if y_train is not None and target in wrong:
-            ranked = without_no_op_flips(ranked[None], y_train, np.array([wrong[target]]), k)[0]
-        return [int(j) for j in ranked[:k] if j >= 0]
-
-    def wide(k: int) -> int:
-        return max(k, min(n_train, width)) if width else min(n_train, 2 * k) if y_train is not None else k
-
-    if by_method.get("datamodels"):
-        weights = pipeline.load_datamodels(run_dir).weights
-        rows = np.array([n_train + t for t, _ in by_method["datamodels"]], dtype=np.int64)
-        tops = datamodel_top(weights, rows, n_train, max(wide(k) for _, k in by_method["datamodels"]),
-                             datamodel_ranking)  # one pass over the rows for every target (the embedding reads all)
-        for top, (target, k) in zip(tops, by_method["datamodels"]):
-            out[(target, "datamodels")] = listed(target, top, k)
-    ref = load_reference(run_dir) if by_method.get("representation") else None
-    if ref is not None:
-        targets = np.array([t for t, _ in by_method["representation"]], dtype=np.int64)
-        k_max = max(wide(k) for _, k in by_method["representation"])
-        _, idx = baselines.nearest_neighbours(ref.train_features(n_train), ref.test_features(n_train)[targets],
-                                              min(k_max, n_train))
-        for row, (target, k) in zip(idx, by_method["representation"]):
-            out[(target, "representation")] = listed(target, np.asarray(row, dtype=np.int64), k)
-    for name in set(by_method) & set(scores.names(run_dir)):
-        matrix = scores.load(run_dir, name)
-        for target, k in by_method[name]:
-            out[(target, name)] = listed(target, scores.top_k(matrix.test_rows(np.array([target])), wide(k))[0], k)
-    return out
+def planned_lists(run_dir: Path, name: str, summary: SupportResult, targets: Sequence[int]
+                  ) -> dict[tuple[int, str], np.ndarray] | None:
+    """Each ``(test target, ranking)``'s candidate list, best first (-1 padded), as the search's grid plan
+    (``retrain/NAME-grid-*``) holds it: the examples a certified support of size k edited are its first k. For
+    result files written before each support recorded them (``edited``). The plan is the one whose options are
+    this result's (targets, T, grid, rankings, seed, datamodel ranking); None when there is none or more than one
+    (its examples are then left unlisted rather than re-ranked: how the search ranked has changed over versions)."""
+    want = {"mode": summary.mode, "targets": [int(t) for t in targets], "T": summary.T, "k_grid": summary.k_grid,
+            "methods": summary.methods, "seed": summary.seed}
+    found = []
+    for meta_path in sorted((Path(run_dir) / "retrain").glob(f"{name}-grid-*/{PLAN_JSON}")):
+        try:
+            options = read_json(meta_path).get("options", {})
+        except (AuditError, OSError, ValueError, AttributeError):
+            continue
+        if isinstance(options, dict) and {k: options.get(k) for k in want} == want \
+                and options.get("datamodel_ranking", "weights") == summary.datamodel_ranking:
+            found.append(meta_path.parent)
+    if len(found) != 1:
+        return None
+    try:
+        with np.load(found[0] / "plan.npz", allow_pickle=False) as z:
+            lists = np.asarray(z["lists"], dtype=np.int64).reshape(len(targets), len(summary.methods), -1)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    return {(int(t), m): lists[i, j] for i, t in enumerate(targets) for j, m in enumerate(summary.methods)}
 
 
 def support_finding(mode: str, r: SupportRecord, size: int, method: str, examples: list[int] | None,

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from audit import retrain
 from audit.audits import support
 from audit.audits.support import (NOT_FOUND, default_k_grid, estimate_support, heuristic_support, is_certified,
                                   sample_targets, verification_k, zero_crossing)
@@ -257,6 +258,10 @@ def test_each_certified_support_records_the_examples_it_edited(audit_run, digits
 
     def margins_by_k(root, name, plan, *args, **kwargs):
         plans[name] = plan
+        settings = {"seed": kwargs["seed"], "trainer": kwargs["trainer_config"], "fingerprint": kwargs["fingerprint"],
+                    "block_size": kwargs["block_size"]}
+        retrain.RetrainStore.open_or_create(retrain.job_dir(root, name, plan, **settings), plan,
+                                            options=kwargs["options"], **settings)  # its folder, as run_plan leaves it
         return (5.0 - plan.job_k[plan.row_job]).astype(np.float32), 0
 
     monkeypatch.setattr(support, "run_plan", margins_by_k)
@@ -268,8 +273,8 @@ def test_each_certified_support_records_the_examples_it_edited(audit_run, digits
             for m, res in enumerate(r["methods"].values()):
                 assert res["certified"] and res["certified_support"] == 6
                 assert res["edited"] == [int(j) for j in lists[t, m, :6] if j >= 0] and len(res["edited"]) == 6
-    # a file from before ``edited`` was recorded: the findings recompute the same examples, with the ranking the
-    # file names (the embedding, for relabelling) and without the examples already of the wrong class
+    # a file from before ``edited`` was recorded: the findings list the first examples of the lists the search's
+    # plan holds (the embedding's, without examples already of the wrong class, for relabelling)
     path = audit_run / "audits" / "mislabel.json"
     data = json.loads(path.read_text())
     edited = [{m: res.pop("edited") for m, res in r["methods"].items()} for r in data["targets"]]
@@ -282,6 +287,13 @@ def test_each_certified_support_records_the_examples_it_edited(audit_run, digits
         findings = support.MISLABEL.findings(audit_run)
         assert [f.details["ranking"] for f in findings] == [chosen] * 3
         assert [f.related for f in findings] == [e[chosen] for e in edited]
+    # no plan with this result's options, or two of them: the examples are left unlisted, not guessed
+    (grid,) = (audit_run / "retrain").glob("mislabel-grid-*")
+    shutil.copytree(grid, grid.with_name("mislabel-grid-copy"))
+    assert [f.related for f in support.MISLABEL.findings(audit_run)] == [[]] * 3
+    shutil.rmtree(audit_run / "retrain")
+    findings = support.MISLABEL.findings(audit_run)
+    assert [f.related for f in findings] == [[]] * 3 and all(f.details["support"] == 6 for f in findings)
 
 
 def _audit_in_process(monkeypatch, capsys, *args: str):
@@ -380,8 +392,6 @@ def test_brittleness_ranks_by_a_score_matrix(audit_run, digits, tmp_path, monkey
         lists = z["lists"].reshape(2, 2, -1)
     K = lists.shape[-1]
     np.testing.assert_array_equal(lists[:, 1], scores.top_k(mine[:, [0, 5]].T, K))
-    examples = support.support_examples(audit_run, [(5, "mine", 3)])
-    assert examples[(5, "mine")] == list(np.argsort(-mine[:, 5], kind="stable")[:3])
     table = support.BRITTLENESS.summary(support.BRITTLENESS.load(audit_run))[0]
     assert [row[0] for row in table.rows] == ["datamodels", "mine"]
 

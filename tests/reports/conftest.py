@@ -36,8 +36,11 @@ def with_coordinates(ds, seed: int = 0):
 
 
 def support_json(run: Path, ds, mode: str, targets: list[int], methods: tuple[str, ...], grid: list[int],
-                 wrong_name: str | None = None) -> dict:
-    """RUN/audits/{brittleness,mislabel}.json as run_brittleness writes it, from made-up margin curves."""
+                 wrong_name: str | None = None, edited: bool = False) -> dict:
+    """RUN/audits/{brittleness,mislabel}.json as run_brittleness writes it, from made-up margin curves; with
+    ``edited``, each certified support of the datamodels or representation also names the examples the search
+    would have edited (the first of its ranking, as run_brittleness ranks), else the file is one written before
+    supports named them."""
     from audit.audits import support
 
     rng = np.random.default_rng(len(targets))
@@ -63,6 +66,8 @@ def support_json(run: Path, ds, mode: str, targets: list[int], methods: tuple[st
                                       "certified_support": vk if cert else None,
                                       "curve": {str(k): c for k, c in zip(ks, curve)},
                                       "fitted": {str(k): float(f) for k, f in zip(ks, fitted)}}
+            if edited and cert and method in ("datamodels", "representation"):
+                rec["methods"][method]["edited"] = _edited(run, ds, mode, method, int(t), vk, rec.get("wrong_class"))
         records.append(rec)
     cdf_ks = sorted(set([0] + grid + [support.verification_k(grid[-1])]))
     heur = np.array([r["heuristic_k"] for r in records])
@@ -79,6 +84,24 @@ def support_json(run: Path, ds, mode: str, targets: list[int], methods: tuple[st
     columns, rows = support._csv_rows(records, methods, mode == "relabel")
     write_csv(run / "audits" / f"{name}.csv", rows, columns)
     return summary
+
+
+def _edited(run: Path, ds, mode: str, method: str, target: int, size: int, wrong: int | None) -> list[int]:
+    """The first ``size`` examples of ``method``'s ranking for test ``target``, as run_brittleness ranks them."""
+    from audit import pipeline
+    from audit.audits import support
+    from audit.reference import load_reference
+
+    n_train = ds.n_train
+    if method == "datamodels":
+        top = support.datamodel_top(pipeline.load_datamodels(run).weights, np.array([n_train + target]), n_train, size,
+                                    support.datamodel_ranking_for(mode), ds.y_train,
+                                    None if wrong is None else np.array([wrong]))[0]
+    else:  # the nearest reference features by cosine
+        ref = load_reference(run)
+        order = np.argsort(-(ref.train_features(n_train) @ ref.test_features(n_train)[target]), kind="stable")
+        top = order if wrong is None else order[ds.y_train[order] != wrong]
+    return [int(j) for j in top[:size] if j >= 0]
 
 
 def mturk_results(export_dir: Path, out: Path, seed: int = 0) -> Path:
