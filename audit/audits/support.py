@@ -924,7 +924,7 @@ def planned_lists(run_dir: Path, name: str, summary: SupportResult, targets: Seq
     for meta_path in sorted((Path(run_dir) / "retrain").glob(f"{name}-grid-*/{PLAN_JSON}")):
         try:
             options = read_json(meta_path).get("options", {})
-        except (AuditError, OSError, ValueError, AttributeError):
+        except (AuditError, OSError, ValueError, AttributeError, RecursionError):
             continue
         if isinstance(options, dict) and {k: options.get(k) for k in want} == want \
                 and options.get("datamodel_ranking", "weights") == summary.datamodel_ranking:
@@ -934,8 +934,8 @@ def planned_lists(run_dir: Path, name: str, summary: SupportResult, targets: Seq
     try:
         with np.load(found[0] / "plan.npz", allow_pickle=False) as z:
             lists = np.asarray(z["lists"], dtype=np.int64).reshape(len(targets), len(summary.methods), -1)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
-        return None
+    except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile):
+        return None  # not a readable plan: unlisted
     return {(int(t), m): lists[i, j] for i, t in enumerate(targets) for j, m in enumerate(summary.methods)}
 
 

@@ -291,6 +291,20 @@ def test_each_certified_support_records_the_examples_it_edited(audit_run, digits
     (grid,) = (audit_run / "retrain").glob("mislabel-grid-*")
     shutil.copytree(grid, grid.with_name("mislabel-grid-copy"))
     assert [f.related for f in support.MISLABEL.findings(audit_run)] == [[]] * 3
+    shutil.rmtree(grid.with_name("mislabel-grid-copy"))
+    (grid / "plan.npz").write_bytes(b"")  # a plan that cannot be read
+    assert [f.related for f in support.MISLABEL.findings(audit_run)] == [[]] * 3
+    # removal, as files and plans were written before the datamodel ranking was a setting (weights, unnamed)
+    path = audit_run / "audits" / "brittleness.json"
+    data = json.loads(path.read_text())
+    edited = [{m: res.pop("edited") for m, res in r["methods"].items()} for r in data["targets"]]
+    del data["summary"]["datamodel_ranking"]
+    path.write_text(json.dumps(data))
+    (grid,) = (audit_run / "retrain").glob("brittleness-grid-*")
+    meta = json.loads((grid / "plan.json").read_text())
+    assert meta["options"].pop("datamodel_ranking") == "weights"
+    (grid / "plan.json").write_text(json.dumps(meta))
+    assert [f.related for f in support.BRITTLENESS.findings(audit_run)] == [e["datamodels"] for e in edited]
     shutil.rmtree(audit_run / "retrain")
     findings = support.MISLABEL.findings(audit_run)
     assert [f.related for f in findings] == [[]] * 3 and all(f.details["support"] == 6 for f in findings)
