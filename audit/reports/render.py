@@ -23,8 +23,8 @@ from audit.audits.embed import EMBED, Extreme, Spectrum
 from audit.audits.geo import haversine_miles
 from audit.audits.leakage_audit import (LEAKAGE, Candidate, GeoTable, LeakageFile, MTurkScores, found_only_by,
                                         sources_of_union)
-from audit.audits.support import (RANKING_WORDS, RankingVerdict, SupportRecord, datamodel_top, ranking_verdict,
-                                  read_records)
+from audit.audits.support import (RANKING_WORDS, RankingVerdict, SupportRecord, datamodel_top, planned_lists,
+                                  ranking_verdict, read_records)
 from audit.checks import read_check_report
 from audit.contract import Line, Step
 from audit.errors import AuditError
@@ -458,7 +458,9 @@ def support_section(ctx: Context, name: str = "brittleness", n_show: int = 6, n_
     what = "removed" if s.mode == "remove" else "relabelled"
     cdf = plots.step_cdfs(curves, f"training examples {what} (k)", "support size: fraction of targets ≤ k",
                           dashed=dashed)
-    brittle = _most_brittle(ctx, records, n_show, n_support, s.datamodel_ranking)
+    unnamed = any(r.methods["datamodels"].edited is None for r in records if "datamodels" in r.methods)
+    planned = planned_lists(ctx.path, name, s, [r.target for r in records]) if unnamed else None  # older files
+    brittle = _most_brittle(ctx, records, n_show, n_support, s.datamodel_ranking, planned)
     facts = [("test targets", fmt(s.n_targets)), ("models per grid point (T)", fmt(s.T)),
              ("k grid", ", ".join(str(k) for k in s.k_grid)),
              ("full-data accuracy on these targets", pct(s.full_data_accuracy)),
@@ -475,13 +477,17 @@ def support_section(ctx: Context, name: str = "brittleness", n_show: int = 6, n_
             "cdf": cdf, "brittle": brittle, "csv": _rel(step, "table") if step.path(ctx.path, "table").exists() else None}
 
 
-def _shown_support(ctx: Context, ranking: str, r: SupportRecord, k: int) -> list[int]:
+def _shown_support(ctx: Context, ranking: str, r: SupportRecord, k: int,
+                   planned: dict[tuple[int, str], np.ndarray] | None = None) -> list[int]:
     """The datamodel ranking's first ``k`` training examples for target ``r``: those its search edited (recorded
-    since the searches name them), else recomputed with the ranking the result used (``weights`` or
-    ``embedding``), skipping examples already of the target's wrong class when it relabelled."""
+    since the searches name them), else the first of the list its search planned (``planned``: older files whose
+    plan is found), else recomputed with the ranking the result used (``weights`` or ``embedding``), skipping
+    examples already of the target's wrong class when it relabelled."""
     res = r.methods.get("datamodels")
     if res is not None and res.edited is not None:
         return list(res.edited[:k])
+    if planned is not None and (int(r.target), "datamodels") in planned:
+        return [int(j) for j in planned[(int(r.target), "datamodels")][:k] if j >= 0]
     y_train = ctx.images.dataset.y_train if ctx.images.dataset is not None else None
     wrong = np.array([r.wrong_class]) if r.wrong_class is not None and y_train is not None else None
     top = datamodel_top(ctx.datamodels.weights, np.array([ctx.n_train + int(r.target)]), ctx.n_train, k, ranking,
@@ -490,7 +496,7 @@ def _shown_support(ctx: Context, ranking: str, r: SupportRecord, k: int) -> list
 
 
 def _most_brittle(ctx: Context, records: list[SupportRecord], n_show: int, n_support: int,
-                  ranking: str = "weights") -> list[dict]:
+                  ranking: str = "weights", planned: dict[tuple[int, str], np.ndarray] | None = None) -> list[dict]:
     """Targets with the smallest certified support > 0 (datamodel ranking), with their support sets."""
     def key(r: SupportRecord) -> tuple:
         res = r.methods.get("datamodels")
@@ -510,7 +516,7 @@ def _most_brittle(ctx: Context, records: list[SupportRecord], n_show: int, n_sup
         support = []
         if dm is not None and k and ctx.n_train + int(t) < dm.n_targets:
             row = dm.rows([ctx.n_train + int(t)])[0]
-            order = _shown_support(ctx, ranking, r, k)[:n_support]
+            order = _shown_support(ctx, ranking, r, k, planned)[:n_support]
             support = [ctx.images.example("train", int(j), weight=fmt(float(row[j]), 3)) for j in order]
         curve = plots.margin_curves({m: v.curve for m, v in r.methods.items()}, f"test {t}: mean margin vs k",
                                     marks={m: num(v.k_star) for m, v in r.methods.items()})

@@ -333,3 +333,7 @@ def test_the_support_strip_shows_what_the_search_edited(tmp_path):
     assert render._shown_support(ctx, "embedding", record(), 4) == near[:4].tolist()
     assert render._shown_support(ctx, "embedding", record(wrong=1), 4) == [j for j in near if y[j] != 1][:4]
     assert render._shown_support(ctx, "weights", record(), 4) == np.argsort(-w[32], kind="stable")[:4].tolist()
+    planned = {(2, "datamodels"): np.array([9, 3, -1]), (5, "datamodels"): np.array([1, 2, 3])}  # an older file's plan
+    assert render._shown_support(ctx, "embedding", record(), 4, planned) == [9, 3]
+    assert render._shown_support(ctx, "embedding", edited, 4, planned) == [7, 4]  # what was edited comes first
+    assert render._shown_support(ctx, "weights", record(), 4, {}) == np.argsort(-w[32], kind="stable")[:4].tolist()
