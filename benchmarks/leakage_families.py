@@ -11,6 +11,7 @@ $OUT/leakage_families.json (or --json).
 
     python benchmarks/leakage_families.py [--models 5000] [--plant 100] [--plant-models 5000] [--seed 0]
         [--trainer mlp|cnn] [-o NAME=VALUE] [--runs-dir DIR] [--families noise,shift,brightness,crop,jpeg]
+        [--datamodel-ranking auto|weights|embedding]
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def main() -> int:
     ap.add_argument("--option", "-o", action="append", default=[],
                     help="trainer setting NAME=VALUE, as `audit train -o` (e.g. translate=1); repeatable")
     ap.add_argument("--families", default=None, help="comma-separated (default: every family digits allows)")
+    ap.add_argument("--datamodel-ranking", default="auto", help="how the datamodels list candidates, as `audit leakage "
+                                                                "--datamodel-ranking`: weights, embedding or auto")
     ap.add_argument("--runs-dir", default=None)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
@@ -59,13 +62,15 @@ def main() -> int:
     pipeline.TRAIN.note(run)
     if not pipeline.FIT.is_current(run):
         pipeline.FIT.run(run)
-    la.run_leakage(run)
+    la.run_leakage(run, datamodel_ranking=a.datamodel_ranking)
     families = "default" if a.families is None else tuple(a.families.split(","))
-    r = la.run_planted_check(run, a.plant, n_models=a.plant_models or a.models, families=families, seed=a.seed)
+    r = la.run_planted_check(run, a.plant, n_models=a.plant_models or a.models, families=families, seed=a.seed,
+                             datamodel_ranking=a.datamodel_ranking)
     ev = pipeline.EVALUATE.run(Path(r["run"]))  # the twin's datamodels (they rank the planted copies): LDS
     seconds = time.perf_counter() - t0
     methods = [m for m in (*la.METHODS, *la.COMBINED) if m in r["methods"]]
-    lines = [f"digits {a.trainer}{' ' + ' '.join(a.option) if a.option else ''}, α={a.alpha:g}, {a.models} models (twin {a.plant_models or a.models}), {a.plant} planted copies, "
+    lines = [f"digits {a.trainer}{' ' + ' '.join(a.option) if a.option else ''}, datamodels by {a.datamodel_ranking}, "
+             f"α={a.alpha:g}, {a.models} models (twin {a.plant_models or a.models}), {a.plant} planted copies, "
              f"seed {a.seed}; {seconds:.0f} s, load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
              f"({platform.processor() or platform.machine()})",
              f"LDS of the twin's datamodels on {ev.n_subsets} held-out subsets: test targets {_f(ev.test.lds_mean)}, "

@@ -271,7 +271,11 @@ def test_one_split_of_weights_serves_the_steps_that_read_it(release, tmp_path, m
     with pytest.raises(MissingWeights, match="train_50pct.pt"):
         EMBED.run(run)  # before reading a weight (at CIFAR-10 size, 10 GB of train rows and a PCA)
     np.save(tmp_path / "feats.npy", np.random.default_rng(0).normal(size=(c.n_train + c.n_test, 8)).astype(np.float32))
-    assert la.run_leakage(run, k=5, features=tmp_path / "feats.npy")["n_test"] == 20  # test weights are all it reads
+    leak = la.run_leakage(run, k=5, features=tmp_path / "feats.npy")
+    assert leak["n_test"] == 20  # test weights are all it reads: no embeddings (train rows), so by weights, saying so
+    assert leak["datamodel_ranking"] == "weights" and "no train-target datamodels" in leak["datamodel_ranking_note"]
+    with pytest.raises(AuditError, match="test targets only; use --datamodel-ranking weights"):
+        la.run_leakage(run, k=5, features=tmp_path / "feats.npy", datamodel_ranking="embedding")
     summary = run_pipeline(SPEC, run, RunOptions.from_values(audits=("influence", "embed", "support-heuristic")))
     for name, entry in summary["steps"].items():  # ran, or skipped saying why
         assert "reason" not in entry or "train_50pct.pt" in entry["reason"] or "trains models" in entry["reason"], name

@@ -212,6 +212,37 @@ def fuse_rankings(lists: dict[str, np.ndarray], k: int, c: float = 60.0) -> tupl
     return idx, scores, found_by
 
 
+def interleave_rankings(first: np.ndarray, second: np.ndarray, k: int) -> np.ndarray:
+    """Two top lists per query taken in turn (``first[0], second[0], first[1], ...``), each candidate at its
+    first place, -1 (none) skipped: ``[n_q, k]``, -1 padded. Unlike rank fusion, a candidate that only one
+    list ranks high keeps its place (half the list is each ranking's own)."""
+    a, b = np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64)
+    if a.ndim != 2 or b.ndim != 2 or len(a) != len(b):
+        raise ValueError(f"interleave needs two [n, K] lists of the same length, got {a.shape} and {b.shape}")
+    width = max(a.shape[1], b.shape[1])
+    pad = lambda x: np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=-1)  # noqa: E731
+    turns = np.stack([pad(a), pad(b)], axis=2).reshape(len(a), 2 * width)
+    out = np.full((len(a), k), -1, dtype=np.int64)
+    for q, row in enumerate(turns):
+        seen = list(dict.fromkeys(j for j in row.tolist() if j >= 0))[:k]
+        out[q, :len(seen)] = seen
+    return out
+
+
+def interleaved_scores(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Scores ``[n_q, n]`` that order every candidate as :func:`interleave_rankings` does two full rankings:
+    ``1 / min(2·rank_first − 1, 2·rank_second)``, a rank being 1 + how many score higher (ties in the
+    candidate's favour) and counting only where that ranking's score is positive; 0 where neither is."""
+    def place(s: np.ndarray, offset: int) -> np.ndarray:
+        s = np.asarray(s, dtype=np.float64)
+        srt = np.sort(s, axis=1)
+        rank = np.stack([s.shape[1] - np.searchsorted(r, v, side="right") + 1 for r, v in zip(srt, s)])
+        return np.where(s > 0, 2.0 * rank - offset, np.inf)
+
+    key = np.minimum(place(first, 1), place(second, 0))
+    return np.where(np.isfinite(key), 1.0 / key, 0.0)
+
+
 # ----- alignment-tolerant pixel matching -------------------------------------------------
 CROP_FRACTION = 0.1  # crops of the variants: about this share of each side (at least one pixel)
 

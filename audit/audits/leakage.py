@@ -97,6 +97,19 @@ def datamodel_candidates(weights, test_rows, k: int = 10, n_annot: int = 5, posi
     return {"test_rows": rows, "top_idx": top_idx, "top_w": top_w, "annot_idx": annot_idx, "annot_w": annot_w}
 
 
+def weights_at(weights, rows, idx) -> np.ndarray:
+    """The datamodel weight of each listed candidate: ``weights[rows[r], idx[r, c]]`` as float32 ``[n, K]``
+    (0 where ``idx`` is -1), reading the rows a block at a time."""
+    w = weight_rows(weights)
+    rows, idx = np.asarray(rows, dtype=np.int64), np.asarray(idx, dtype=np.int64)
+    out = np.zeros(idx.shape, np.float32)
+    for start in range(0, len(rows), _READ_ROWS):
+        block = np.asarray(w[rows[start:start + _READ_ROWS]], dtype=np.float32)
+        part = idx[start:start + _READ_ROWS]
+        out[start:start + _READ_ROWS] = np.where(part >= 0, np.take_along_axis(block, np.maximum(part, 0), axis=1), 0)
+    return out
+
+
 def candidates_table(test_ids, idx, w) -> list[dict]:
     """One row per (test, candidate): ``test_index, train_index, rank`` (1 = first), ``weight``.
 

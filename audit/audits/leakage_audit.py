@@ -2,7 +2,8 @@
 
 ``run_leakage`` wires the building blocks to a run directory:
 
-- datamodel candidates of every test example (top-k positive weights; top 5 + bottom 5
+- datamodel candidates of every test example (``--datamodel-ranking``: the largest positive weights,
+  the nearest datamodel embeddings, or by default both in turn; top 5 + bottom 5 weights
   for annotation) and the FAISS representation baseline with the same k (penultimate
   features of full-data reference models, audit/reference.py), and their overlap;
 - where the dataset has coordinates (FMoW ``lat_*``/``lon_*``): the geodesic ground truth
@@ -24,19 +25,20 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import Field
 
 from audit import pipeline, scores
-from audit.audits.baselines import (aligned_variants, centred_pixels, fuse_rankings, nearest_neighbours,
-                                   nearest_over_variants, normalise_rows)
+from audit.audits.baselines import (aligned_variants, centred_pixels, fuse_rankings, interleave_rankings,
+                                   interleaved_scores, nearest_neighbours, nearest_over_variants, normalise_rows)
 from audit.audits.geo import leakage_efficacy, nearest_train_distance_miles
 from audit.audits.leakage import (NEAR_COPY, POSSIBLE_COPY, candidate_overlap, candidates_table, datamodel_candidates,
-                                  near_copy_distance, pixel_spread, planted_recall)
+                                  near_copy_distance, pixel_spread, planted_recall, weights_at)
 from audit.audits.mturk import export_batch, import_results, read_manifest
-from audit.audits.support import sample_targets
+from audit.audits.support import (DATAMODEL_RANKING_HELP, datamodel_ranking_for, embedding_cosine_blocks,
+                                  nearest_embeddings, sample_targets)
 from audit.contract import (Block, Finding, Line, Metric, Param, Result, Step, Table, finite, read_result, require,
                             setting, unreadable)
 from audit.data import load_dataset
@@ -48,6 +50,7 @@ from audit.execution import ENGINES, address_setting, engine_setting
 from audit.jsonio import read_json, write_csv, write_json
 from audit.progress import SILENT, Progress
 from audit.reference import Reference, load_reference, reference_models, user_features
+from audit.release import targets_with_weights, weight_rows
 from audit.store import RunStore
 
 DEFAULT_K = 10
@@ -58,6 +61,9 @@ PAPER_FMOW_CDF = {"0.25": 0.20, "2.6": 0.80}  # paper §4.2.2: share of test ima
 RECALL_KS = (1, 5, 10)
 METHODS = ("datamodels", "representation", "pixels")  # the rankings that propose candidates
 COMBINED = ("union", "fused")  # any method's top k; reciprocal rank fusion of the methods' lists
+LEAK_RANKING_WORDS = {"weights": "largest positive datamodel weights",
+                      "embedding": "nearest datamodel embeddings (positive cosine)",
+                      "both": "nearest datamodel embeddings and largest positive weights, in turn"}
 PIXEL_QUERY_CHUNK = 512  # test images whose aligned variants are searched at once
 PIXEL_SIDE = 32  # the pixel baseline compares images block-averaged down to at most this many pixels a side
 N_REFERENCE = 3
@@ -119,6 +125,50 @@ def full_rank(scores_row: np.ndarray, j: int) -> int:
     """
     s = np.asarray(scores_row)
     return int((s > s[j]).sum() + 1)
+
+
+def datamodel_leak_ranking(weights: Any, n_targets: int, n_train: int, choice: str) -> tuple[str, str | None]:
+    """The datamodel ranking this run can use for leakage (``choice`` resolved by
+    :func:`audit.audits.support.datamodel_ranking_for`) and, when it falls back, why.
+
+    The embedding of a training example is its own datamodel row (a train target's), so a run whose datamodels
+    cover only the test targets (an import of one split) ranks by weights: with ``auto`` saying so, with
+    ``embedding`` as an error."""
+    with_weights = targets_with_weights(weights, n_targets)
+    if choice == "weights" or with_weights is None or (with_weights < n_train).any():
+        return choice, None
+    if choice == "embedding":
+        raise AuditError("--datamodel-ranking embedding needs the training examples' own datamodels, and this "
+                         "run has datamodels for its test targets only; use --datamodel-ranking weights")
+    return "weights", "no train-target datamodels (an import of the test split): ranked by weights alone"
+
+
+def datamodel_leak_lists(weights: Any, test_rows: np.ndarray, n_train: int, k: int, ranking: str,
+                         weight_idx: np.ndarray, progress: Progress = SILENT) -> np.ndarray:
+    """The datamodels' top-``k`` leakage candidates of each test image ``[n_test, k]`` (-1: none):
+    ``weight_idx`` (the largest positive weights) for ``weights``; the training examples whose datamodel
+    embeddings are nearest the test image's (positive cosine) for ``embedding``; both lists in turn, the
+    embedding's first, for ``both``. A near-copy that shapes the test image's prediction has a large weight;
+    one whose prediction the same training examples drive (a copy in place, noisy or re-exposed) has a near
+    embedding even where its own weight is lost among redundant neighbours (README, "Leakage")."""
+    if ranking == "weights":
+        return np.asarray(weight_idx, dtype=np.int64)
+    cos, idx = nearest_embeddings(weights, test_rows, n_train, k, progress=progress)
+    near = np.where(cos > 0, idx, -1)
+    return near if ranking == "embedding" else interleave_rankings(near, weight_idx, k)
+
+
+def planted_datamodel_scores(weights: Any, rows: np.ndarray, n_train: int, ranking: str) -> np.ndarray:
+    """Every training example's datamodel score for the test targets in ``rows``, ordered as the ranking lists
+    them (for the planted copies' full ranks): weights, embedding cosines, or both in turn
+    (:func:`audit.audits.baselines.interleaved_scores`). ``[len(rows), n_train]`` float64."""
+    w = np.asarray(weight_rows(weights)[np.asarray(rows, dtype=np.int64)], dtype=np.float64)
+    if ranking == "weights":
+        return w
+    cos = np.zeros_like(w)
+    for start, block in embedding_cosine_blocks(weights, rows, n_train):
+        cos[:, start:start + block.shape[1]] = block
+    return cos if ranking == "embedding" else interleaved_scores(cos, w)
 
 
 def pixel_images(x: np.ndarray) -> np.ndarray | None:
@@ -316,7 +366,8 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
                 mturk_results: Path | str | None = None, mturk_sample: int | None = None,
                 upscale: int | None = None, n_reference: int = N_REFERENCE, dataset=None,
                 engine: str = "local", address: str | None = None, features: Path | str | None = None,
-                score_methods: Sequence[str] = (), progress: Progress = SILENT) -> dict:
+                score_methods: Sequence[str] = (), datamodel_ranking: str = "auto",
+                progress: Progress = SILENT) -> dict:
     """Leakage audit of a fitted run; writes RUN/audits/leakage.json + leakage_candidates.csv.
 
     Returns the summary (also leakage.json's "summary"): overlap of datamodel and FAISS
@@ -325,9 +376,11 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     class-balanced test images instead of all) and the imported MTurk scores
     (``mturk_results`` CSV; the manifest comes from ``mturk_export`` if given, else from
     the run's last export). ``engine='ray'`` trains the reference models as Ray tasks.
+    ``datamodel_ranking``: how the datamodels list candidates (:func:`datamodel_leak_ranking`).
     """
     start = time.perf_counter()
     run_dir = Path(run_dir)
+    dm_choice = datamodel_ranking_for("leak", datamodel_ranking)
     store, dm, ds = pipeline.open_fitted(run_dir, dataset)
     c = store.config
     n_train, n_test = c.n_train, c.n_test
@@ -373,24 +426,28 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     test_rows = n_train + test_ids
     n_annot = min(N_ANNOT, n_train // 2)
     cand = datamodel_candidates(dm.weights, test_rows, k=k, n_annot=n_annot, positive_only=True)
+    dm_ranking, dm_note = datamodel_leak_ranking(dm.weights, c.n_targets, n_train, dm_choice)
+    dm_idx = datamodel_leak_lists(dm.weights, test_rows, n_train, k, dm_ranking, cand["top_idx"], progress)
+    dm_w = cand["top_w"] if dm_ranking == "weights" else weights_at(dm.weights, test_rows, dm_idx)
     rep_scores, rep_idx = representation_candidates(ref, n_train, k, progress=progress)
     px_scores, px_idx = pixel_candidates(ds, k, progress=progress)
-    top = {"datamodels": cand["top_idx"], "representation": rep_idx, "pixels": px_idx}
+    top = {"datamodels": dm_idx, "representation": rep_idx, "pixels": px_idx}
     combined = combined_candidates(top, k)
-    n_pos = (cand["top_idx"] >= 0).sum(axis=1)
+    n_pos = (dm_idx >= 0).sum(axis=1)
 
     chance = k / n_train
-    overlap = candidate_overlap(cand["top_idx"], rep_idx)
+    overlap = candidate_overlap(dm_idx, rep_idx)
     overlap["chance_overlap_at_k"] = chance
-    same_class = float(np.mean(ds.y_train[np.maximum(cand["top_idx"], 0)][cand["top_idx"] >= 0]
+    same_class = float(np.mean(ds.y_train[np.maximum(dm_idx, 0)][dm_idx >= 0]
                                == np.repeat(ds.y_test, n_pos))) if n_pos.sum() else None
     extra_cands = {name: datamodel_candidates(m.weights, np.arange(n_test) + n_train - m.first_target, k=k,
                                               n_annot=0, positive_only=True) for name, m in extra.items()}
     summary: dict = {
-        "score_methods": {name: {**candidate_overlap(cand["top_idx"], e["top_idx"]), "how": extra[name].info.how}
+        "score_methods": {name: {**candidate_overlap(dm_idx, e["top_idx"]), "how": extra[name].info.how}
                           for name, e in extra_cands.items()},  # overlap of each score matrix's candidates
         "run": str(run_dir), "dataset": c.dataset, "n_train": n_train, "n_test": n_test, "k": int(k),
-        "n_annot": n_annot, "n_reference_models": ref.n_models,
+        "n_annot": n_annot, "n_reference_models": ref.n_models, "datamodel_ranking": dm_ranking,
+        **({"datamodel_ranking_note": dm_note} if dm_note else {}),
         "reference_test_accuracy": ref.test_accuracy(ds.y_test, n_train) if ref.n_models else None,
         "representation_features": str(Path(features).absolute()) if features is not None else "reference models",
         "datamodel_candidates": {"mean_positive": float(n_pos.mean()), "n_tests_fewer_than_k": int((n_pos < k).sum()),
@@ -399,7 +456,8 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     }
     out: dict = {"summary": summary,
                  "config": {"k": int(k), "n_annot": n_annot, "d_grid": grid, "n_reference": n_reference,
-                            "methods": list(METHODS), "datamodel_candidates": "positive weights only (-1: none)",
+                            "methods": list(METHODS), "datamodel_ranking": dm_ranking,
+                            "datamodel_candidates": LEAK_RANKING_WORDS[dm_ranking] + " (-1: none)",
                             "representation": "FAISS exact inner product on L2-normalised penultimate features "
                                               "of full-data reference models",
                             "pixels": f"FAISS exact inner product on centred, L2-normalised pixels (images "
@@ -440,7 +498,7 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     # planted duplicates (a known answer)
     pairs = planted_pairs(ds)
     if pairs is not None and len(pairs):
-        w_pl = np.asarray(dm.weights[n_train + pairs[:, 0]], dtype=np.float64)
+        w_pl = planted_datamodel_scores(dm.weights, n_train + pairs[:, 0], n_train, dm_ranking)
         s_pl = ref.test_features(n_train)[pairs[:, 0]] @ ref.train_features(n_train).T
         cands = {**top, **{name: idx for name, (idx, _) in combined.items()}}
         planted = planted_report(pairs, cands, {"datamodels": w_pl, "representation": s_pl,
@@ -453,7 +511,7 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
 
     # files: candidates (+ geo table), then leakage.json (keeping sections this call does not recompute)
     audits = run_dir / "audits"
-    rows = (_candidate_rows(test_ids, cand["top_idx"], cand["top_w"], "datamodels")
+    rows = (_candidate_rows(test_ids, dm_idx, dm_w, "datamodels")
             + _candidate_rows(test_ids, rep_idx, rep_scores, "representation")
             + _candidate_rows(test_ids, px_idx, px_scores, "pixels")
             + _combined_rows(test_ids, combined)
@@ -656,7 +714,7 @@ def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_mode
                       seed: int = 0, noise: float | None = None, shift: bool | None = None,
                       families: Sequence[str] | None | str = None,
                       planted_run: Path | None = None, engine: str = "local", address: str | None = None,
-                      progress: Progress = SILENT) -> dict:
+                      datamodel_ranking: str = "auto", progress: Progress = SILENT) -> dict:
     """Plant perturbed copies of ``n`` test images, train + fit a twin run, and measure recall@k.
 
     ``families``: how the copies are perturbed — None for the classic copies (noise, plus a
@@ -669,9 +727,11 @@ def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_mode
     α and seed, with ``n_models`` models (default: 1,000 or the run's count if smaller). Resumable: a rerun
     trains only what is missing and refits only when models were added. The result (also in
     the twin's own leakage.json) is saved as "planted_check" in the run's leakage.json.
-    ``engine``/``address`` train the twin's models (and its reference models) as Ray tasks.
+    ``engine``/``address`` train the twin's models (and its reference models) as Ray tasks;
+    ``datamodel_ranking`` ranks the twin's datamodel candidates as the run's audit does.
     """
     start = time.perf_counter()
+    datamodel_ranking_for("leak", datamodel_ranking)
     run_dir = Path(run_dir)
     store = RunStore.open(run_dir, writable=False)
     c = store.config
@@ -702,7 +762,8 @@ def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_mode
     fitted = pipeline.FIT.is_current(twin, fit_config)
     if not fitted:
         pipeline.FIT.run(twin, fit_config, progress=progress)
-    s = run_leakage(twin, k=k, dataset=ds, engine=engine, address=address, progress=progress)
+    s = run_leakage(twin, k=k, dataset=ds, engine=engine, address=address, datamodel_ranking=datamodel_ranking,
+                    progress=progress)
     planted = read_json(twin / "audits" / LEAKAGE_JSON)["planted"]
     result = {"run": str(twin), "n_planted": int(n), "n_models": n_models, "k": int(k),
               "plant_options": options, "models_trained_now": t["trained_now"], "refitted": not fitted,
@@ -732,6 +793,7 @@ class LeakageConfig:
     score_methods: tuple[str, ...] | None = setting(None, "--score-methods", "also list candidates from these score matrices "
                                              "of the run (audit import-scores, audit gradients), with their overlap "
                                              "with the datamodels'", parse="names")
+    datamodel_ranking: str = setting("auto", "--datamodel-ranking", DATAMODEL_RANKING_HELP)
     mturk_export: str | None = setting(None, "--mturk-export", "write the MTurk batch into DIR (with "
                                        "--mturk-results and no --image-base-url: read the export in DIR)",
                                        command_only=True, volatile=True)
@@ -753,9 +815,13 @@ class LeakageConfig:
     plant_models: int | None = setting(None, "--plant-models", "models in the planted run (default 1000, at most "
                                        "the run's)", command_only=True, volatile=True)
 
+    def check(self) -> None:
+        """One line for a setting the audit cannot use, before anything runs (``audit run`` calls it first)."""
+        datamodel_ranking_for("leak", self.datamodel_ranking)
+
 
 class CandidateStats(Result):
-    mean_positive: float
+    mean_positive: float  # candidates listed per test image (positive weights or cosines)
     n_tests_fewer_than_k: int
     n_tests_none: int
     same_class_fraction: float | None = None
@@ -780,6 +846,8 @@ class LeakageResult(Result):
     n_annot: int
     n_reference_models: int
     reference_test_accuracy: float | None = None
+    datamodel_ranking: Literal["weights", "embedding", "both"] = "weights"  # files written before the setting: weights
+    datamodel_ranking_note: str | None = None
     datamodel_candidates: CandidateStats
     overlap: Overlap
     geo: dict | None = None
@@ -1064,12 +1132,13 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
                         image_base_url=config.image_base_url, mturk_results=config.mturk_results,
                         mturk_sample=config.mturk_sample, n_reference=config.n_reference, dataset=dataset,
                         engine=config.engine, address=config.address, features=config.features,
-                        score_methods=config.score_methods or (), progress=progress)
+                        score_methods=config.score_methods or (), datamodel_ranking=config.datamodel_ranking,
+                        progress=progress)
         if config.plant is not None:
             fams = config.plant_families
             families = "default" if fams is None else None if tuple(fams) == ("classic",) else fams
             p = run_planted_check(run_dir, config.plant, k=config.k, n_models=config.plant_models, families=families,
-                                  engine=config.engine,
+                                  engine=config.engine, datamodel_ranking=config.datamodel_ranking,
                                   address=config.address, progress=progress)
             s["planted_check"] = _brief("planted_check", p)
         ds = dataset if dataset is not None else pipeline.dataset_of(RunStore.open(run_dir, writable=False))
@@ -1108,8 +1177,9 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
         out: list[Block] = [
             Line(f"[bold]leakage[/] {s.dataset}: {s.n_test} test x {s.n_train} train, top {s.k} candidates; FAISS on "
                  f"{s.n_reference_models} full-data models (test acc {_f(s.reference_test_accuracy)})"),
-            Line(f"datamodel candidates with positive weight: {dc.mean_positive:.1f} of {s.k} on average "
-                 f"({dc.n_tests_fewer_than_k} test images have fewer, {dc.n_tests_none} none); "
+            Line(f"datamodel candidates ({LEAK_RANKING_WORDS.get(s.datamodel_ranking, s.datamodel_ranking)}"
+                 f"{'; ' + s.datamodel_ranking_note if s.datamodel_ranking_note else ''}): {dc.mean_positive:.1f} "
+                 f"of {s.k} on average ({dc.n_tests_fewer_than_k} test images have fewer, {dc.n_tests_none} none); "
                  f"same class as the test image: {_f(dc.same_class_fraction)}"),
             Line(f"overlap datamodels vs FAISS: {_f(o.mean_overlap_at_k)} of the top {o.k} shared "
                  f"(chance {o.chance_overlap_at_k:.4f}), Jaccard {_f(o.mean_jaccard)}, "

@@ -18,7 +18,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, StrictBool, StrictInt, ValidationError
@@ -42,8 +42,13 @@ from audit.training.registry import trainer_from_config
 MODES = ("remove", "relabel")
 METHODS = ("datamodels", "representation", "random")
 DATAMODEL_RANKINGS = ("auto", "weights", "embedding")  # how the datamodels rank (``datamodel_ranking_for``)
-NEIGHBOUR_CHUNK_BYTES = 2**28  # train rows of datamodel weights read at once by datamodel_neighbours
-RANKING_WORDS = {"weights": "their largest weights", "embedding": "their nearest datamodel embeddings (cosine)"}
+DATAMODEL_RANKING_HELP = ("how the datamodels rank training examples: weights (largest first), embedding (nearest "
+                          "datamodel rows, cosine) or auto (weights to remove, embedding to relabel, both in turn "
+                          "for leakage; in `audit run` one value serves every audit)")
+NEIGHBOUR_CHUNK_BYTES = 2**28  # train rows of datamodel weights read at once by the embedding neighbours
+QUERY_CHUNK_BYTES = 2**30  # target rows whose embedding neighbours are searched at once
+RANKING_WORDS = {"weights": "their largest weights", "embedding": "their nearest datamodel embeddings (cosine)",
+                 "both": "their nearest datamodel embeddings and largest weights, in turn"}
 PAPER_GRID = (10, 20, 40, 80, 160, 320, 640, 1280)  # for CIFAR-10's 50,000 training examples
 PAPER_N_TRAIN = 50_000
 VERIFY_FACTOR = 1.2
@@ -125,34 +130,59 @@ def datamodel_ranking(weights: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-weights, axis=1, kind="stable")[:, :k].astype(np.int64)
 
 
-def datamodel_neighbours(weights: Any, rows: np.ndarray, n_train: int, k: int, chunk: int | None = None,
-                         progress: Progress = SILENT) -> np.ndarray:
-    """Top-``k`` training examples nearest each target in datamodel-embedding space: ``[len(rows), k]``.
+def embedding_cosine_blocks(weights: Any, rows: np.ndarray, n_train: int, chunk: int | None = None,
+                            progress: Progress = SILENT) -> Iterator[tuple[int, np.ndarray]]:
+    """The cosine of each target's datamodel embedding with every training example's, a block of training
+    examples at a time: ``(start, [len(rows), block])``.
 
     ``weights`` holds every target's datamodel row, train targets first (``[n_train + n_test, n_train]``, an
     array or a memory map); ``rows`` are the targets' row numbers. A row scaled to unit length is the target's
-    datamodel embedding (paper §4.3, as ``audit embed``; all-zero rows stay zero): two images are close when the
-    same training examples raise and lower their predictions. Training example ``i`` is scored by the cosine of its own row (train
-    target ``i``) with the target's; the train rows are read ``chunk`` at a time (default: about 256 MB of
-    float32, a few hundred MB with their normalised copy) and the best ``k`` kept with faiss's ``ResultHeap``, so
-    the [n_train, n_train] block (10 GB for CIFAR-10) is never in memory.
+    datamodel embedding (paper §4.3, as ``audit embed``; all-zero rows stay zero, cosine 0): two images are
+    close when the same training examples raise and lower their predictions. Training example ``i``'s
+    embedding is its own row (train target ``i``). The train rows are read ``chunk`` at a time (default:
+    about 256 MB of float32), so the [n_train, n_train] block (10 GB for CIFAR-10) is never in memory.
     """
-    import faiss
-
     weights = weight_rows(weights)
-    k = min(int(k), n_train)
     chunk = chunk or max(1, NEIGHBOUR_CHUNK_BYTES // (4 * n_train))
     query = baselines.normalise_rows(weights[np.asarray(rows, dtype=np.int64)], "datamodel weights")
-    heap = faiss.ResultHeap(len(query), k, keep_max=True)
     with progress.task("nearest datamodel embeddings", total=n_train, unit="rows") as bar:
         for start in range(0, n_train, chunk):
             block = baselines.normalise_rows(weights[start:min(start + chunk, n_train)], "datamodel weights")
-            ids = np.broadcast_to(np.arange(start, start + len(block), dtype=np.int64), (len(query), len(block)))
-            heap.add_result(np.ascontiguousarray(query @ block.T, dtype=np.float32), np.ascontiguousarray(ids))
+            yield start, np.ascontiguousarray(query @ block.T, dtype=np.float32)
             bar.advance(len(block))
-    heap.finalize()
-    order = np.lexsort((heap.I, -heap.D), axis=-1)  # equal cosines (all-zero rows) in index order, as the weights'
-    return np.take_along_axis(heap.I, order, axis=1).astype(np.int64)
+
+
+def nearest_embeddings(weights: Any, rows: np.ndarray, n_train: int, k: int, chunk: int | None = None,
+                       query_rows: int | None = None, progress: Progress = SILENT) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` training examples nearest each target in datamodel-embedding space (cosine,
+    :func:`embedding_cosine_blocks`): ``(cosines, indices)``, each ``[len(rows), k]``, equal cosines in index
+    order. The best ``k`` are kept with faiss's ``ResultHeap``; the targets are taken ``query_rows`` at a time
+    (default: about 1 GB of float32 rows), each batch reading the train rows once."""
+    import faiss
+
+    rows = np.asarray(rows, dtype=np.int64)
+    k = min(int(k), n_train)
+    query_rows = query_rows or max(1, QUERY_CHUNK_BYTES // (4 * n_train))
+    cos = np.zeros((len(rows), k), np.float32)
+    idx = np.full((len(rows), k), -1, np.int64)
+    for q0 in range(0, len(rows), query_rows):
+        part = rows[q0:q0 + query_rows]
+        heap = faiss.ResultHeap(len(part), k, keep_max=True)
+        for start, block in embedding_cosine_blocks(weights, part, n_train, chunk, progress):
+            ids = np.broadcast_to(np.arange(start, start + block.shape[1], dtype=np.int64), block.shape)
+            heap.add_result(block, np.ascontiguousarray(ids))
+        heap.finalize()
+        order = np.lexsort((heap.I, -heap.D), axis=-1)  # equal cosines (all-zero rows) in index order, as the weights'
+        idx[q0:q0 + len(part)] = np.take_along_axis(heap.I, order, axis=1)
+        cos[q0:q0 + len(part)] = np.take_along_axis(heap.D, order, axis=1)
+    return cos, idx
+
+
+def datamodel_neighbours(weights: Any, rows: np.ndarray, n_train: int, k: int, chunk: int | None = None,
+                         progress: Progress = SILENT) -> np.ndarray:
+    """Top-``k`` training examples nearest each target in datamodel-embedding space: ``[len(rows), k]``
+    (:func:`nearest_embeddings`' indices)."""
+    return nearest_embeddings(weights, rows, n_train, k, chunk=chunk, progress=progress)[1]
 
 
 def datamodel_top(weights: Any, rows: np.ndarray, n_train: int, k: int, ranking: str,
@@ -392,10 +422,7 @@ class SupportConfig:
     methods: tuple[str, ...] = setting(METHODS, "--methods", "rankings to search: datamodels, representation, "
                                                               "random, and any score matrix of the run (audit "
                                                               "import-scores, audit gradients)", parse="names")
-    datamodel_ranking: str = setting("auto", "--datamodel-ranking", "how the datamodels rank training examples: "
-                                     "weights (largest first), embedding (nearest datamodel rows, cosine) or auto "
-                                     "(weights to remove, embedding to relabel; in `audit run` one value serves "
-                                     "both audits)")
+    datamodel_ranking: str = setting("auto", "--datamodel-ranking", DATAMODEL_RANKING_HELP)
     features: str | None = setting(None, "--features", "your own features [n_train + n_test, d] (.npy/.npz) for the "
                                                        "representation baseline instead of the reference models'")
     all_heuristic: bool = setting(False, "--all-heuristic", "also the heuristic support of every test example",
@@ -571,20 +598,24 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
 
 
 def datamodel_ranking_for(mode: str, choice: str = "auto") -> str:
-    """``weights`` or ``embedding``: how the datamodels rank training examples in this search.
+    """``weights``, ``embedding`` or ``both``: how the datamodels rank training examples in this audit
+    (``mode``: ``remove`` or ``relabel`` for the support searches, ``leak`` for the leakage candidates).
 
     A datamodel weight estimates what *removing* the example does to the target, so removal ranks by the
     largest weights. Relabelling an example also adds a wrongly labelled point where it lies, which pulls
     the predictions of the images the models treat like it; the nearest datamodel embeddings (cosine of
     datamodel rows: images whose predictions the same training examples drive) rank that effect. Measured on
     digits (README, "Brittleness audits"): label flips certified 0.91 → 0.99 of 100 targets, median support
-    9 → 4, against 1.00 and 3 for the representation ranking.
+    9 → 4, against 1.00 and 3 for the representation ranking. A near-copy of a test image shows in both: its
+    weight (the copy raises the image's margin) and its embedding (the same examples drive both), and each
+    finds copies the other misses, so ``auto`` takes the two lists in turn for leakage (``both``; README,
+    "Leakage").
     """
     if choice not in DATAMODEL_RANKINGS:
         raise AuditError(f"unknown --datamodel-ranking '{choice}': use {', '.join(DATAMODEL_RANKINGS)}")
     if choice != "auto":
         return choice
-    return "weights" if mode == "remove" else "embedding"
+    return {"remove": "weights", "relabel": "embedding"}.get(mode, "both")
 
 
 def _f(x: float) -> float | None:

@@ -21,8 +21,8 @@ from audit import findings, pipeline
 from audit.audits.counterfactual import COUNTERFACTUAL
 from audit.audits.embed import EMBED, Extreme, Spectrum
 from audit.audits.geo import haversine_miles
-from audit.audits.leakage_audit import (LEAKAGE, Candidate, GeoTable, LeakageFile, MTurkScores, found_only_by,
-                                        sources_of_union)
+from audit.audits.leakage_audit import (LEAKAGE, LEAK_RANKING_WORDS, Candidate, GeoTable, LeakageFile, MTurkScores,
+                                        found_only_by, sources_of_union)
 from audit.audits.support import (RANKING_WORDS, RankingVerdict, SupportRecord, datamodel_top, planned_lists,
                                   ranking_verdict, read_records)
 from audit.checks import read_check_report
@@ -547,8 +547,9 @@ def leakage_section(ctx: Context, n_show: int = 8, n_cand: int = 5) -> dict | No
     if s is not None:
         dc = s.datamodel_candidates
         facts = [("candidates per test image (k)", fmt(s.k)), ("test images", fmt(s.n_test)),
-                 ("mean positive-weight candidates", fmt(dc.mean_positive, 2)),
-                 ("test images with no positive weight", fmt(dc.n_tests_none)),
+                 ("datamodel candidates ranked by", LEAK_RANKING_WORDS.get(s.datamodel_ranking, s.datamodel_ranking)),
+                 ("mean datamodel candidates listed", fmt(dc.mean_positive, 2)),
+                 ("test images with no datamodel candidate", fmt(dc.n_tests_none)),
                  ("datamodel candidates of the test image's class", pct(dc.same_class_fraction)),
                  ("full-data reference models (representation baseline)", fmt(s.n_reference_models)),
                  ("their test accuracy", pct(s.reference_test_accuracy))]
@@ -613,8 +614,9 @@ def leakage_section(ctx: Context, n_show: int = 8, n_cand: int = 5) -> dict | No
             facts += [("mean leakage score", fmt(ms.leakage_score.mean)),
                       ("test images with leakage score ≥ 0.5", fmt(ms.leakage_score.n_at_least_half))]
     pairs = _leak_pairs(ctx, data, cands or {}, mturk, geo_table, n_show, n_cand)
+    ranking = s.datamodel_ranking if s is not None else "weights"
     return {"facts": facts, "figures": figures, "overlap": overlap, "planted": planted, "who": who,
-            "pairs": pairs["items"], "k": n_cand,
+            "dm_words": LEAK_RANKING_WORDS.get(ranking, ranking), "pairs": pairs["items"], "k": n_cand,
             "order": pairs["order"], "csv": _rel(LEAKAGE, "candidates") if cands is not None else None}
 
 
@@ -662,11 +664,13 @@ def _leak_pairs(ctx: Context, data: LeakageFile | None, by: dict[str, dict[int, 
         order, why = sorted(top, key=lambda t: (-top[t], t)), "largest top datamodel weight first"
     meta = ctx.dataset.meta if ctx.dataset is not None else {}
     has_geo = all(k in meta for k in ("lat_train", "lon_train", "lat_test", "lon_test"))
+    ranking = data.summary.datamodel_ranking if data is not None else "weights"
+    dm_words = LEAK_RANKING_WORDS.get(ranking, ranking)
     items = []
     for t in order[:n_show]:
         strips = []
         for method, label in (("union", "every ranking's top candidates (union, by best rank)"),
-                              ("datamodels", "datamodel candidates (largest weights)"),
+                              ("datamodels", f"datamodel candidates ({dm_words})"),
                               ("representation", "representation neighbours (FAISS)"),
                               ("pixels", "pixel neighbours (correlation of pixels)"),
                               ("annotation", "shown to annotators (top and bottom weights)")):

@@ -176,3 +176,29 @@ def test_the_narrowed_search_scores_an_all_zero_row_as_the_exact_search_does(mon
     assert not (i == 7).any()  # an L2-derived score would put it first (0.5) for every query
     in_both = i == exact_i
     assert np.allclose(s[in_both], exact_s[in_both], atol=1e-5)
+
+
+def test_interleave_takes_the_lists_in_turn_each_candidate_at_its_first_place():
+    first = np.array([[4, 2, 7, -1], [-1, -1, -1, -1], [1, 2, 3, 4]])
+    second = np.array([[2, 9, -1], [5, 6, -1], [1, 2, 3]])
+    out = baselines.interleave_rankings(first, second, 4)
+    assert out.tolist() == [[4, 2, 9, 7], [5, 6, -1, -1], [1, 2, 3, 4]]
+    assert baselines.interleave_rankings(first, second, 8)[0].tolist() == [4, 2, 9, 7, -1, -1, -1, -1]
+    with pytest.raises(ValueError, match="same length"):
+        baselines.interleave_rankings(first, second[:2], 4)
+
+
+def test_interleaved_scores_order_every_candidate_as_the_interleaved_lists():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 40)), rng.normal(size=(5, 40))  # distinct scores: no ties
+    scores = baselines.interleaved_scores(a, b)
+
+    def positive_order(s: np.ndarray) -> np.ndarray:
+        order = np.argsort(-s, axis=1, kind="stable")
+        return np.where(np.take_along_axis(s, order, axis=1) > 0, order, -1)
+
+    lists = baselines.interleave_rankings(positive_order(a), positive_order(b), 40)
+    for q in range(5):
+        listed = lists[q][lists[q] >= 0]
+        assert np.all(np.diff(scores[q, listed]) < 0)  # the list's order, best first
+        assert set(np.flatnonzero(scores[q] > 0)) == set(listed.tolist())  # 0 where neither score is positive

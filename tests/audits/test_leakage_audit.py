@@ -55,23 +55,71 @@ def leak_copy(leak_run, tmp_path):
 
 
 # ----- digits: candidates, FAISS baseline, overlap -----------------------------------------
-def test_datamodel_candidates_are_the_top_positive_weights(leak_run):
+def _top_positive(scores: np.ndarray, k: int = 10) -> list[int]:
+    return [int(j) for j in np.argsort(-scores, kind="stable")[:k] if scores[j] > 0]
+
+
+def _clear_order(scores: np.ndarray, k: int = 10) -> bool:
+    """No two of the top ``k + 1`` scores within float32 rounding (equal rows may come out in either order)."""
+    top = np.sort(scores)[::-1][:k + 1]
+    return bool(np.all(np.abs(np.diff(top)) > 1e-5))
+
+
+def test_datamodel_candidates_take_the_nearest_embeddings_and_largest_weights_in_turn(leak_run):
     run_dir, s = leak_run
     dm = pipeline.load_datamodels(run_dir)
     n_train = s["n_train"]
+    assert s["datamodel_ranking"] == "both"
+    w = np.asarray(dm.weights, dtype=np.float64)
+    unit = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-300)
     cands = candidates_of(run_dir, "datamodels")
-    n_pos = []
+    n_listed = []
     for t in range(s["n_test"]):
-        w = dm.weights[n_train + t]
-        want = [int(j) for j in np.argsort(-w, kind="stable")[:10] if w[j] > 0]
-        assert cands.get(t, []) == want
-        n_pos.append(len(want))
-    assert s["datamodel_candidates"]["mean_positive"] == pytest.approx(np.mean(n_pos))
-    annot = candidates_of(run_dir, "annotation")
+        cos = unit[:n_train] @ unit[n_train + t]
+        near = _top_positive(cos)
+        heavy = _top_positive(w[n_train + t])
+        want: list[int] = []
+        for pair in zip(near + [-1] * (10 - len(near)), heavy + [-1] * (10 - len(heavy))):
+            for j in pair:
+                if j >= 0 and j not in want:
+                    want.append(j)
+        if _clear_order(cos):
+            assert cands.get(t, []) == want[:10], t
+        n_listed.append(len(want[:10]))
+    assert s["datamodel_candidates"]["mean_positive"] == pytest.approx(np.mean(n_listed))
+    rows = [r for r in read_rows(run_dir / "audits" / la.CANDIDATES_CSV) if r["method"] == "datamodels"][:20]
+    for r in rows:  # the weight column is the candidate's datamodel weight, whichever list it came from
+        assert float(r["weight"]) == pytest.approx(w[n_train + int(r["test_index"]), int(r["train_index"])], abs=1e-6)
+    annot = candidates_of(run_dir, "annotation")  # annotators still see the top and bottom weights (paper App. H)
     t = 0
     order = np.argsort(-dm.weights[n_train + t], kind="stable")
     assert annot[t][:5] == order[:5].tolist()
     assert sorted(annot[t][5:]) == sorted(np.argsort(dm.weights[n_train + t], kind="stable")[:5].tolist())
+
+
+def test_weights_ranking_lists_the_top_positive_weights(leak_copy):
+    s = la.run_leakage(leak_copy, k=10, n_reference=2, datamodel_ranking="weights")
+    dm = pipeline.load_datamodels(leak_copy)
+    assert s["datamodel_ranking"] == "weights"
+    cands = candidates_of(leak_copy, "datamodels")
+    n_pos = []
+    for t in range(s["n_test"]):
+        want = _top_positive(np.asarray(dm.weights[s["n_train"] + t]))
+        assert cands.get(t, []) == want
+        n_pos.append(len(want))
+    assert s["datamodel_candidates"]["mean_positive"] == pytest.approx(np.mean(n_pos))
+    emb = la.run_leakage(leak_copy, k=10, n_reference=2, datamodel_ranking="embedding")
+    w = np.asarray(dm.weights, dtype=np.float64)
+    unit = w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-300)
+    n_train = s["n_train"]
+    assert emb["datamodel_ranking"] == "embedding"
+    cands = candidates_of(leak_copy, "datamodels")
+    cos = unit[n_train:] @ unit[:n_train].T
+    clear = [t for t in range(s["n_test"]) if _clear_order(cos[t])]
+    assert len(clear) > s["n_test"] // 4
+    assert all(cands.get(t, []) == _top_positive(cos[t]) for t in clear)
+    with pytest.raises(AuditError, match="--datamodel-ranking"):
+        la.run_leakage(leak_copy, k=10, n_reference=2, datamodel_ranking="largest")
 
 
 def test_faiss_baseline_equals_brute_force_cosine(leak_run):
@@ -410,7 +458,7 @@ def test_score_matrices_propose_candidates_too(leak_copy, digits, tmp_path):
     scores.import_scores(tmp_path / "copy.npy", leak_copy, n_train=digits.n_train, n_test=digits.n_test)
     with pytest.raises(AuditError, match="unknown method trak: available this run's score matrices copy"):
         la.run_leakage(leak_copy, k=10, n_reference=2, score_methods=("trak",))
-    s = la.run_leakage(leak_copy, k=10, n_reference=2, score_methods=("copy",))
+    s = la.run_leakage(leak_copy, k=10, n_reference=2, score_methods=("copy",), datamodel_ranking="weights")
     assert candidates_of(leak_copy, "copy") == candidates_of(leak_copy, "datamodels")  # the same weights
     assert s["score_methods"]["copy"]["mean_overlap_at_k"] == pytest.approx(s["datamodel_candidates"]["mean_positive"]
                                                                            / 10)
