@@ -159,6 +159,13 @@ def pick(run_dir: Path | str, methods: Sequence[str], built_in: Sequence[str], n
          n_test: int) -> dict[str, ScoreMatrix]:
     """The run's score matrices among ``methods`` (memory-mapped); one line naming what is available when a
     method is neither one of the audit's ``built_in`` rankings nor a score matrix of the run."""
+    check_methods(run_dir, methods, built_in)
+    return {m.info.name: m for m in load_all(run_dir, n_train, n_test) if m.info.name in methods}
+
+
+def check_methods(run_dir: Path | str, methods: Sequence[str], built_in: Sequence[str]) -> None:
+    """One line naming what is available when a method is neither one of the audit's ``built_in`` rankings nor a
+    score matrix of the run (or none is given); reads only the matrices' names."""
     have = names(run_dir)
     unknown = [m for m in methods if m not in built_in and m not in have]
     if not methods or unknown:
@@ -166,7 +173,6 @@ def pick(run_dir: Path | str, methods: Sequence[str], built_in: Sequence[str], n
         raise AuditError(f"unknown method {', '.join(unknown) or '(none given)'}: available {listed}"
                          + (f"this run's score matrices {', '.join(have)}" if have else
                             "any score matrix of the run (none yet: audit import-scores, audit gradients)"))
-    return {m.info.name: m for m in load_all(run_dir, n_train, n_test) if m.info.name in methods}
 
 
 # ----- bringing a matrix in ---------------------------------------------------------------------

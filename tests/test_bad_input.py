@@ -445,6 +445,18 @@ def _dataset_path(value: str) -> Callable[[Path], None]:
     return damage
 
 
+# settings of the support searches that only the run can refuse (its test set, training set, score matrices)
+SUPPORT_SETTINGS = {
+    f"{cmd} {' '.join(opts)}": Case(lambda w, cmd=cmd, opts=opts: [cmd, str(w / "run"), *opts], needle)
+    for cmd, opts, needle in [
+        ("mislabel", ("--methods", "datamodels,trak"), "unknown method trak"),
+        ("brittleness", ("--targets", "3,999"), "not a test index"),
+        ("mislabel", ("--k-grid", "0,3"), "increasing positive integers"),
+        ("brittleness", ("--k-grid", "2,5000"), "only 300 training examples"),
+        ("mislabel", ("--n", "0"), "at least 1"),
+    ]}
+
+
 CASES.update({
     "huge label, no class_names (OOM)": _npz("hugelabel", "at most the 360 examples",
                                              y_train=np.r_[10**9, np.zeros(299, np.int64)],
@@ -479,6 +491,7 @@ CASES.update({
     "corrupted reference.npz (brittleness)": _run(
         "r-ref2", "reference.npz", _write_garbage(Path("reference.npz"), b"PK junk"),
         lambda r: ["brittleness", str(r), "--n", "2", "--T", "1", "--k-grid", "1,2", "--methods", "representation"]),
+    **SUPPORT_SETTINGS,
     "check k beyond the audit's grid": _check("t-grid", "beyond the largest k", options=("--max-brittle-fraction", "0.5"),
                                               damage=_support_json(8, 3)),
     "check non-numeric support": _check("t-num", "not a number", damage=_support_json(8, "small"),
@@ -526,6 +539,16 @@ def test_the_matrix_is_large_enough():
 @pytest.mark.parametrize("name", _params(CASES))
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(world, name):
     run_case(world, name, call_main)
+
+
+@pytest.mark.parametrize("runner", [call_main, run_cli], ids=["in-process", "console script"])
+def test_support_settings_are_refused_before_the_cost_is_shown(world, runner):
+    """A setting the run refuses is the only thing printed: no cost line (how many models, how long) for a
+    search that will not run."""
+    for name in SUPPORT_SETTINGS if runner is call_main else list(SUPPORT_SETTINGS)[:2]:
+        proc = runner(*SUPPORT_SETTINGS[name].setup(world))
+        assert_one_line_error(proc)
+        assert SUPPORT_SETTINGS[name].needle in proc.stderr and proc.stdout.strip() == "", (name, proc.stdout)
 
 
 SUBPROCESS_SAMPLE = ["npz truncated", "fmow row without lat", "run dir from another dataset", "threshold out of range"]

@@ -94,8 +94,7 @@ def check_k_grid(k_grid: Sequence[int], n_train: int) -> list[int]:
 def sample_targets(y_test: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """``n`` test indices, class-balanced (round-robin over classes), drawn with a fixed seed; sorted."""
     y_test = np.asarray(y_test)
-    if n < 1:
-        raise AuditError(f"the number of targets must be at least 1 (got {n})")
+    check_n(n)
     if n >= len(y_test):
         return np.arange(len(y_test))
     rng = sample_rng(seed, STREAM_TARGETS)
@@ -109,6 +108,26 @@ def sample_targets(y_test: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
                 picked.append(int(pool[depth]))
         depth += 1
     return np.sort(np.asarray(picked, dtype=np.int64))
+
+
+def check_n(n: int) -> None:
+    if n < 1:
+        raise AuditError(f"the number of targets must be at least 1 (got {n})")
+
+
+def check_search(run_dir: Path | str, n_train: int, n_test: int, *, methods: Sequence[str], T: int | None,
+                 k_grid: Sequence[int] | None, n: int, targets: Sequence[int] | None) -> tuple[int, list[int], int]:
+    """The search's settings checked against the run, before anything is shown or trained: ``(T, k grid, number
+    of targets)``; one line for the first that no search of this run can use."""
+    scores.check_methods(run_dir, methods, METHODS)
+    T = default_replicates(n_train) if T is None else int(T)
+    if T < 1:
+        raise AuditError(f"T (models per grid point) must be at least 1 (got {T})")
+    grid = check_k_grid(default_k_grid(n_train) if k_grid is None else k_grid, n_train)
+    if targets is not None:
+        return T, grid, len(check_targets(targets, n_test))
+    check_n(n)
+    return T, grid, min(n_test, n)
 
 
 def check_targets(targets: Sequence[int], n_test: int) -> np.ndarray:
@@ -461,11 +480,9 @@ def run_brittleness(run_dir: Path | str, *, mode: str = "remove", n: int = Suppo
         raise AuditError(f"unknown engine '{engine}': use local or ray")
     store, dm, ds = pipeline.open_fitted(run_dir, dataset)
     c = store.config
+    T, grid, _ = check_search(store.path, c.n_train, c.n_test, methods=methods, T=T, k_grid=k_grid, n=n,
+                              targets=targets)
     matrices = scores.pick(store.path, methods, METHODS, c.n_train, c.n_test)
-    T = default_replicates(c.n_train) if T is None else int(T)
-    if T < 1:
-        raise AuditError(f"T (models per grid point) must be at least 1 (got {T})")
-    grid = check_k_grid(default_k_grid(c.n_train) if k_grid is None else k_grid, c.n_train)
     tgt = sample_targets(ds.y_test, n, seed) if targets is None else check_targets(targets, c.n_test)
     n_t, n_m, K = len(tgt), len(methods), min(c.n_train, verification_k(grid[-1]))
     rows_dm = c.n_train + tgt  # datamodel rows of the targets (train targets come first)
@@ -914,9 +931,8 @@ class SupportStep(Step[SupportConfig, SupportResult]):
         run_dir = Path(run_dir)
         store = pipeline.RunStore.open(run_dir, writable=False)
         n_train, n_test = store.config.n_train, store.config.n_test
-        T = default_replicates(n_train) if config.T is None else int(config.T)
-        grid = default_k_grid(n_train) if config.k_grid is None else list(config.k_grid)
-        n_t = min(n_test, config.n) if config.targets is None else len(config.targets)
+        T, grid, n_t = check_search(run_dir, n_train, n_test, methods=config.methods, T=config.T,
+                                    k_grid=config.k_grid, n=config.n, targets=config.targets)
         n_m = len(dict.fromkeys(config.methods))
         grid_models, verify_models = T + n_t * n_m * len(grid) * T, n_t * n_m * T
         rate, slowdown, kind = retrain_rate(run_dir, store.config.alpha)
