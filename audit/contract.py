@@ -426,6 +426,15 @@ class Step(Generic[C, R]):
         """What running the step would train, said before it starts (None: nothing worth saying)."""
         return None
 
+    # ----- score matrices (RUN/scores/NAME) ------------------------------------------------------
+    def scores_written(self, config: C) -> tuple[str, ...]:
+        """The score matrices the step writes into the run with these settings (none by default)."""
+        return ()
+
+    def check_scores(self, run_dir: Path | str, config: C, coming: Sequence[str] = ()) -> None:
+        """One line when these settings rank by a score matrix the run has not got and no step before this one
+        writes (``coming``), said before `audit run` trains anything; the default ranks by none."""
+
 
 @dataclass(frozen=True)
 class Cost:

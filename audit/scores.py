@@ -163,15 +163,19 @@ def pick(run_dir: Path | str, methods: Sequence[str], built_in: Sequence[str], n
     return {m.info.name: m for m in load_all(run_dir, n_train, n_test) if m.info.name in methods}
 
 
-def check_methods(run_dir: Path | str, methods: Sequence[str], built_in: Sequence[str]) -> None:
+def check_methods(run_dir: Path | str, methods: Sequence[str], built_in: Sequence[str],
+                  coming: Sequence[str] = ()) -> None:
     """One line naming what is available when a method is neither one of the audit's ``built_in`` rankings nor a
-    score matrix of the run (or none is given); reads only the matrices' names."""
-    have = names(run_dir)
+    score matrix of the run (or one that ``coming`` steps of the same `audit run` write first), or none is given;
+    reads only the matrices' names."""
+    have = sorted(set(names(run_dir)) | set(coming))
     unknown = [m for m in methods if m not in built_in and m not in have]
     if not methods or unknown:
         listed = f"{', '.join(built_in)} and " if built_in else ""
+        matrices = ("the score matrices this run has or its earlier steps write" if coming
+                    else "this run's score matrices")
         raise AuditError(f"unknown method {', '.join(unknown) or '(none given)'}: available {listed}"
-                         + (f"this run's score matrices {', '.join(have)}" if have else
+                         + (f"{matrices} {', '.join(have)}" if have else
                             "any score matrix of the run (none yet: audit import-scores, audit gradients)"))
 
 

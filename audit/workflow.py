@@ -83,6 +83,17 @@ StepCallback = Callable[[Step, "Result | None", dict], None]  # None: skipped fo
 CostCallback = Callable[[Step, Cost, str], None]
 
 
+def check_score_matrices(run_dir: Path, options: RunOptions) -> None:
+    """One line, before anything trains, when an audit of this run ranks by a score matrix (``--methods``,
+    ``--score-methods``) that the run has not got and no step before it writes (``gradients``: tracin, influence)."""
+    coming: list[str] = []
+    for step in REGISTRY:
+        if step.name in REGISTRY.audits() and step.name not in options.audits:
+            continue
+        step.check_scores(run_dir, options.config(step), coming)
+        coming += step.scores_written(options.config(step))
+
+
 def skip_hint(step: Step, options: RunOptions) -> str:
     """The option of `audit run` that leaves ``step`` out: --audits with the other audits chosen."""
     others = ",".join(a for a in options.audits if a != step.name) or "''"
@@ -106,6 +117,7 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
     options = options or RunOptions()
     options.check()
     run_dir = Path(run_dir)
+    check_score_matrices(run_dir, options)
     path = run_dir / SUMMARY_FILE
     steps: dict[str, dict] = {}
     start = time.perf_counter()

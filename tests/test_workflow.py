@@ -10,7 +10,7 @@ import pytest
 
 from audit import pipeline
 from audit.errors import AuditError
-from audit.workflow import RunOptions, evaluation_is_current, fit_is_current, run_pipeline
+from audit.workflow import RunOptions, check_score_matrices, evaluation_is_current, fit_is_current, run_pipeline
 from tests.conftest import FAST_MLP, assert_one_line_error, run_cli
 
 
@@ -86,6 +86,35 @@ def test_counterfactual_runs_only_when_named():
     assert RunOptions().audits == RunOptions.from_values().audits == REGISTRY.default_audits()
     assert [s.name for s in left_out(RunOptions())] == ["counterfactual"]
     assert left_out(RunOptions(audits=("counterfactual",))) == []
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"methods": ("datamodels", "trak")}, "unknown method trak: .*this run has or its earlier steps write influence"),
+    ({"score_methods": ("trak",)}, "unknown method trak"),
+    ({"methods": ("datamodels", "tracin"), "audits": ("brittleness",)}, "unknown method tracin: .*none yet"),
+    ({"methods": ("datamodels", "tracin"), "gradient_methods": ("influence",)}, "unknown method tracin")])
+def test_a_score_matrix_no_step_writes_stops_the_run_before_it_trains(tmp_path, values, match):
+    with pytest.raises(AuditError, match=match):
+        run_pipeline("digits", tmp_path / "run", RunOptions.from_values(**values))
+    assert not (tmp_path / "run").exists()
+
+
+def test_score_matrices_the_run_has_or_its_gradients_write_are_accepted(tmp_path):
+    from audit import scores
+
+    run = tmp_path / "run"
+    check_score_matrices(run, RunOptions.from_values(methods=("datamodels", "tracin", "influence")))  # gradients: first
+    with pytest.raises(AuditError, match="unknown method mine"):
+        check_score_matrices(run, RunOptions.from_values(score_methods=("mine",)))
+    scores.save_matrix(run, "mine", np.zeros((5, 3), np.float32), n_train=5, n_test=3, source="test", how="import")
+    check_score_matrices(run, RunOptions.from_values(score_methods=("mine",), audits=("leakage",)))
+
+
+def test_run_refuses_a_bad_method_before_its_heading(tmp_path):
+    proc = run_cli("run", "digits", "--run", str(tmp_path / "r"), "--methods", "datamodels,trak")
+    assert_one_line_error(proc)
+    assert "unknown method trak" in proc.stderr and proc.stdout.strip() == ""
+    assert not (tmp_path / "r").exists()
 
 
 def test_run_rejects_bad_options_in_one_line(tmp_path):

@@ -198,6 +198,9 @@ class GradientsStep(Step[GradientsConfig, GradientsResult]):
                 progress: Progress = SILENT) -> GradientsResult:
         return compute_gradients(Path(run_dir), config, dataset, progress)
 
+    def scores_written(self, config: GradientsConfig) -> tuple[str, ...]:
+        return tuple(m for m in config.gradient_methods if m in METHODS)
+
     def summary(self, r: GradientsResult) -> list[Block]:
         return [Table("gradient baselines (score matrices of the run)", ("method", "file"),
                       tuple(zip(r.methods, r.files))),

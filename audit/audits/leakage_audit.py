@@ -1124,6 +1124,10 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
                "audit leakage RUN --plant N"),
     )
 
+    def check_scores(self, run_dir: Path | str, config: LeakageConfig, coming: Sequence[str] = ()) -> None:
+        if config.score_methods:
+            scores.check_methods(run_dir, config.score_methods, (), coming)
+
     def compute(self, run_dir: Path, config: LeakageConfig, *, dataset: Dataset | None = None,
                 progress: Progress = SILENT) -> LeakageResult:
         if config.plant is not None and config.plant < 1:

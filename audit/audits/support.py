@@ -877,6 +877,9 @@ class SupportStep(Step[SupportConfig, SupportResult]):
                             progress=progress)
         return SupportResult.from_json(s)
 
+    def check_scores(self, run_dir: Path | str, config: SupportConfig, coming: Sequence[str] = ()) -> None:
+        scores.check_methods(run_dir, config.methods, METHODS, coming)
+
     def cost_detail(self, result: SupportResult) -> str:
         return f"{result.models_trained_now:,} models retrained"
 

@@ -13,7 +13,7 @@ from audit.commands.common import console, parse_names, progress, show, show_cos
 from audit.commands.options import build, with_settings
 from audit.contract import Result, Step
 from audit.steps import REGISTRY
-from audit.workflow import SUMMARY_FILE, RunOptions, run_pipeline
+from audit.workflow import SUMMARY_FILE, RunOptions, check_score_matrices, run_pipeline
 
 
 def print_step(step: Step, result: Result | None, entry: dict) -> None:
@@ -46,6 +46,7 @@ def run(
     options = RunOptions(configs={s.name: build(s.config_type, values) for s in REGISTRY},
                          audits=tuple(parse_names(audits)))
     options.check()
+    check_score_matrices(run_dir, options)  # before the heading: a bad --methods is the only line printed
     console.rule(f"[bold]audit run {dataset}[/] -> {run_dir}")
     summary = run_pipeline(dataset, run_dir, options, progress=progress(), on_step=print_step, on_cost=show_cost)
     show_found(summary["findings"], run_dir)
