@@ -645,7 +645,7 @@ def _leak_pairs(ctx: Context, data: LeakageFile | None, by: dict[str, dict[int, 
     """Test images with their datamodel and representation candidates.
 
     Which test images: the highest MTurk leakage scores when annotated; else planted copies;
-    else the nearest datamodel candidates (geodesic); else the largest top datamodel weight.
+    else the nearest datamodel candidates (geodesic); else the largest datamodel weight among the candidates.
     """
     scores = {t.test_id: t.leakage_score for t in (mturk.tests if mturk else []) if num(t.leakage_score) is not None}
     pair_score = {(p.test_id, p.train_id): p.score for p in (mturk.pairs if mturk else []) if num(p.score) is not None}
@@ -660,8 +660,9 @@ def _leak_pairs(ctx: Context, data: LeakageFile | None, by: dict[str, dict[int, 
         d = {t: m for t, m in zip(geo.test_index, nearest_dm) if m is not None}
         order, why = sorted(d, key=lambda t: (d[t], t)), "nearest datamodel candidate (miles) first"
     else:
-        top = {t: v[0].score for t, v in dm_lists.items() if v and v[0].score is not None}
-        order, why = sorted(top, key=lambda t: (-top[t], t)), "largest top datamodel weight first"
+        # the largest weight among the candidates: the first one only when they are ranked by weight alone
+        top = {t: max(w) for t, v in dm_lists.items() if (w := [c.score for c in v if c.score is not None])}
+        order, why = sorted(top, key=lambda t: (-top[t], t)), "largest datamodel weight among the candidates first"
     meta = ctx.dataset.meta if ctx.dataset is not None else {}
     has_geo = all(k in meta for k in ("lat_train", "lon_train", "lat_test", "lon_test"))
     ranking = data.summary.datamodel_ranking if data is not None else "weights"

@@ -337,3 +337,19 @@ def test_the_support_strip_shows_what_the_search_edited(tmp_path):
     assert render._shown_support(ctx, "embedding", record(), 4, planned) == [9, 3]
     assert render._shown_support(ctx, "embedding", edited, 4, planned) == [7, 4]  # what was edited comes first
     assert render._shown_support(ctx, "weights", record(), 4, {}) == np.argsort(-w[32], kind="stable")[:4].tolist()
+
+
+def test_leak_pairs_without_annotations_lead_with_the_largest_weight_among_the_candidates():
+    """With the embedding first (--datamodel-ranking auto) a test image's first candidate need not have its largest
+    weight (it may be negative): the order is by the largest weight of any candidate listed."""
+    from types import SimpleNamespace
+
+    from audit.audits.leakage_audit import Candidate
+
+    ctx = SimpleNamespace(dataset=None, images=SimpleNamespace(example=lambda split, i, **kw: {"split": split, "i": i}))
+    lists = {0: [Candidate(0, 5, 1, -0.2), Candidate(0, 6, 2, 0.9)],  # embedding's pick first, its weight negative
+             1: [Candidate(1, 7, 1, 0.5), Candidate(1, 8, 2, 0.1)],
+             2: [Candidate(2, 9, 1, None)]}  # no weight known: not ordered
+    out = render._leak_pairs(ctx, None, {"datamodels": lists}, None, None, n_show=5, n_cand=2)
+    assert [item["test"]["i"] for item in out["items"]] == [0, 1]
+    assert out["order"] == "largest datamodel weight among the candidates first"
