@@ -489,6 +489,15 @@ def weight_rows(weights: Any) -> Any:
     return weights if hasattr(weights, "shape") and hasattr(weights, "__getitem__") else np.asarray(weights)
 
 
+def require_finite_rows(block: np.ndarray, row_numbers: np.ndarray) -> None:
+    """One line naming the first datamodel row (its row number in the run, ``row_numbers[i]`` for the block's
+    row ``i``) with a NaN or infinite weight."""
+    finite = np.isfinite(block)
+    if not finite.all():
+        bad = int(np.asarray(row_numbers)[np.argwhere(~finite)[0, 0]])
+        raise AuditError(f"datamodel row {bad} has NaN or infinite weights; refit the datamodels")
+
+
 def file_size(data: dict) -> int:
     """Total bytes of the release's files a run reads."""
     return sum(os.path.getsize(p) for p in data["files"].values())

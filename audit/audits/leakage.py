@@ -16,7 +16,7 @@ from audit.data.planting import DEFAULT_PLANT_NOISE, plant_duplicates  # noqa: F
 from audit.errors import AuditError
 from audit.jsonio import write_csv, write_json
 from audit.lazy import torch
-from audit.release import weight_rows
+from audit.release import require_finite_rows, weight_rows
 
 CANDIDATE_COLUMNS = ("test_index", "train_index", "rank", "weight")
 _ROW_CHUNK = 128  # rows ranked at a time (the tie mask's temporaries)
@@ -82,10 +82,7 @@ def datamodel_candidates(weights, test_rows, k: int = 10, n_annot: int = 5, posi
         block = read[start % _READ_ROWS:start % _READ_ROWS + _ROW_CHUNK]
         if not np.issubdtype(block.dtype, np.floating):
             block = block.astype(np.float64)
-        finite = np.isfinite(block)
-        if not finite.all():
-            bad = int(rows[sl][np.argwhere(~finite)[0, 0]])
-            raise AuditError(f"datamodel row {bad} has NaN or infinite weights; refit the datamodels")
+        require_finite_rows(block, rows[sl])
         ti, tw = _topk_stable(block, max(k, n_annot))
         top_idx[sl], top_w[sl] = ti[:, :k], tw[:, :k]
         if n_annot:

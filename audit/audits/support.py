@@ -30,7 +30,7 @@ from audit.contract import (Block, Cost, Finding, Line, Metric, Param, Result, S
                             setting)
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
-from audit.release import weight_rows
+from audit.release import require_finite_rows, weight_rows
 from audit.execution import ENGINES, address_setting, engine_setting
 from audit.jsonio import read_json, write_csv, write_json
 from audit.progress import SILENT, Progress
@@ -163,10 +163,15 @@ def embedding_cosine_blocks(weights: Any, rows: np.ndarray, n_train: int, chunk:
     """
     weights = weight_rows(weights)
     chunk = chunk or max(1, NEIGHBOUR_CHUNK_BYTES // (4 * n_train))
-    query = baselines.normalise_rows(weights[np.asarray(rows, dtype=np.int64)], "datamodel weights")
+    rows = np.asarray(rows, dtype=np.int64)
+    query = np.asarray(weights[rows], dtype=np.float32)
+    require_finite_rows(query, rows)
+    query = baselines.normalise_rows(query, "datamodel weights")
     with progress.task("nearest datamodel embeddings", total=n_train, unit="rows") as bar:
         for start in range(0, n_train, chunk):
-            block = baselines.normalise_rows(weights[start:min(start + chunk, n_train)], "datamodel weights")
+            block = np.asarray(weights[start:min(start + chunk, n_train)], dtype=np.float32)
+            require_finite_rows(block, np.arange(start, start + len(block)))
+            block = baselines.normalise_rows(block, "datamodel weights")
             yield start, np.ascontiguousarray(query @ block.T, dtype=np.float32)
             bar.advance(len(block))
 

@@ -429,3 +429,11 @@ def test_own_features_change_the_representation_ranking(audit_run, digits, tmp_p
     proc = _audit_in_process(monkeypatch, capsys, "brittleness", str(audit_run), "--features", str(tmp_path / "bad.npy"))
     assert_one_line_error(proc)
     assert "[1797, d]" in proc.stderr
+
+
+@pytest.mark.parametrize("bad_row", [290, 300 + 7])  # a train row read in the second block; a target's own row
+def test_nearest_embeddings_name_the_run_row_with_a_nan_weight(bad_row):
+    w = np.random.default_rng(0).normal(size=(320, 300)).astype(np.float32)
+    w[bad_row, 5] = np.nan
+    with pytest.raises(AuditError, match=f"datamodel row {bad_row} has NaN or infinite weights; refit"):
+        support.nearest_embeddings(w, 300 + np.arange(20), 300, 5, chunk=256)
