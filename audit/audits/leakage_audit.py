@@ -392,6 +392,7 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     if engine not in ENGINES:
         raise AuditError(f"unknown engine '{engine}': use local or ray")
     extra = scores.pick(run_dir, list(dict.fromkeys(score_methods)), (), n_train, n_test) if score_methods else {}
+    dm_ranking, dm_note = datamodel_leak_ranking(dm.weights, c.n_targets, n_train, dm_choice)
     # cheap checks before any computing. With results and no URL, --mturk-export names the
     # folder of an earlier export to read the candidates from instead of a folder to write.
     write_export = mturk_export is not None and (mturk_results is None or bool((image_base_url or "").strip()))
@@ -426,7 +427,6 @@ def run_leakage(run_dir: Path | str, *, k: int = DEFAULT_K, d_grid: Sequence[flo
     test_rows = n_train + test_ids
     n_annot = min(N_ANNOT, n_train // 2)
     cand = datamodel_candidates(dm.weights, test_rows, k=k, n_annot=n_annot, positive_only=True)
-    dm_ranking, dm_note = datamodel_leak_ranking(dm.weights, c.n_targets, n_train, dm_choice)
     dm_idx = datamodel_leak_lists(dm.weights, test_rows, n_train, k, dm_ranking, cand["top_idx"], progress)
     dm_w = cand["top_w"] if dm_ranking == "weights" else weights_at(dm.weights, test_rows, dm_idx)
     rep_scores, rep_idx = representation_candidates(ref, n_train, k, progress=progress)
