@@ -349,11 +349,18 @@ def _merge_section(run_dir: Path, key: str, value: dict) -> None:
     write_json(path, data)
 
 
+def planted_ranking(section: Mapping[str, Any]) -> str:
+    """How a planted check's twin ranked its datamodel candidates (checks made before the ranking was a setting:
+    by weights)."""
+    return section.get("datamodel_ranking") or "weights"
+
+
 def _brief(key: str, value: dict) -> dict:
     if key == "planted_check":
         return {m: {"recall_at_k": r["recall_at_k"], "median_full_rank": r.get("median_full_rank")}
                 for m, r in value.get("methods", {}).items()} | {"run": value.get("run"),
-                                                                 "n_planted": value.get("n_planted")} | (
+                                                                 "n_planted": value.get("n_planted"),
+                                                                 "datamodel_ranking": planted_ranking(value)} | (
                     {"by_family": value["by_family"]} if "by_family" in value else {})
     if key == "mturk_export":
         return {"dir": value.get("dir"), "n_hits": value.get("n_hits")}
@@ -771,7 +778,8 @@ def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_mode
               "methods": {m: {key: r[key] for key in ("recall_at_k", "median_full_rank", "n_score_not_positive",
                                                       "rank", "full_rank") if key in r}
                           for m, r in planted["methods"].items()},
-              "pairs": planted["pairs"], "seconds": round(time.perf_counter() - start, 2)}
+              "pairs": planted["pairs"], "datamodel_ranking": s.get("datamodel_ranking"),
+              "seconds": round(time.perf_counter() - start, 2)}
     if "by_family" in planted:
         result["by_family"], result["families"] = planted["by_family"], planted["families"]
     _merge_section(run_dir, "planted_check", result)
@@ -901,6 +909,7 @@ class PlantedRecall(Result):
     pairs: list[tuple[int, int]] = []
     run: str | None = None
     by_family: dict[str, PlantedFamily] | None = None  # copies perturbed by families: recall per family
+    datamodel_ranking: str | None = None  # the twin's (planted_check; None: made before it was a setting, weights)
 
 
 class GeoCdf(Result):
@@ -1206,7 +1215,8 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
             out += _family_table(s.planted)
         if s.planted_check is not None:
             pc = s.planted_check
-            out += _recall_table(pc, f"planted check: {pc.get('n_planted')} copies in {pc.get('run')}")
+            out += _recall_table(pc, f"planted check: {pc.get('n_planted')} copies in {pc.get('run')}, datamodels: "
+                                     f"{LEAK_RANKING_WORDS.get(planted_ranking(pc), planted_ranking(pc))}")
             out += _family_table(pc)
         if s.mturk_export is not None:
             e = s.mturk_export

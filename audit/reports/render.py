@@ -565,6 +565,9 @@ def leakage_section(ctx: Context, n_show: int = 8, n_cand: int = 5) -> dict | No
                        (data.planted_check if data else None, "planted twin run")):
         if sec is None:
             continue
+        if sec is data.planted_check and (sec.datamodel_ranking or "weights") != data.summary.datamodel_ranking:
+            twin_ranking = sec.datamodel_ranking or "weights"  # the twin's own, when the run's audit has changed since
+            label += f" (datamodels: {LEAK_RANKING_WORDS.get(twin_ranking, twin_ranking)})"
         groups = [(label, sec.n_planted, sec.methods)] + [
             (f"{label}: {family}", f.n_planted, f.methods) for family, f in (sec.by_family or {}).items()]
         for where, n, methods in groups:

@@ -336,6 +336,19 @@ def test_planted_check_trains_a_twin_and_is_resumable(leak_copy):
     assert again["models_trained_now"] == 0 and not again["refitted"] and again["methods"] == r["methods"]
     with pytest.raises(AuditError, match="itself a planted run"):
         la.run_planted_check(twin, 5)
+    # the check says how its twin ranked; a later audit with another ranking keeps it and shows the twin's own
+    assert r["datamodel_ranking"] == main["summary"]["planted_check"]["datamodel_ranking"] == "both"
+    la.run_leakage(leak_copy, datamodel_ranking="weights")
+    kept = la.LEAKAGE.load(leak_copy)
+    assert kept.datamodel_ranking == "weights" and kept.planted_check["datamodel_ranking"] == "both"
+    titles = [getattr(b, "title", "") for b in la.LEAKAGE.summary(kept)]
+    assert any("planted check" in t and la.LEAK_RANKING_WORDS["both"] in t for t in titles), titles
+    from audit.reports.render import render_report
+    page = " ".join(render_report(leak_copy).read_text(encoding="utf-8").split())
+    assert f"planted twin run (datamodels: {la.LEAK_RANKING_WORDS['both']})" in page
+    # a check made before the ranking was a setting ranked by weights
+    assert la.planted_ranking({}) == "weights" and la._brief("planted_check", {"methods": {}})["datamodel_ranking"] \
+        == "weights"
 
 
 def test_planted_check_needs_the_leakage_audit_first(small_digits_run):
