@@ -454,6 +454,7 @@ SUPPORT_SETTINGS = {
         ("mislabel", ("--k-grid", "0,3"), "increasing positive integers"),
         ("brittleness", ("--k-grid", "2,5000"), "only 300 training examples"),
         ("mislabel", ("--n", "0"), "at least 1"),
+        ("brittleness", ("--methods", "representation", "--features", "/nonexistent/feats.npy"), "unreadable"),
     ]}
 
 

@@ -941,6 +941,8 @@ class SupportStep(Step[SupportConfig, SupportResult]):
         n_train, n_test = store.config.n_train, store.config.n_test
         T, grid, n_t = check_search(run_dir, n_train, n_test, methods=config.methods, T=config.T,
                                     k_grid=config.k_grid, n=config.n, targets=config.targets)
+        if config.features is not None:
+            user_features(config.features, n_train, n_test)  # unreadable or the wrong shape: said before the cost
         n_m = len(dict.fromkeys(config.methods))
         grid_models, verify_models = T + n_t * n_m * len(grid) * T, n_t * n_m * T
         rate, slowdown, kind = retrain_rate(run_dir, store.config.alpha)
