@@ -161,18 +161,20 @@ def user_features(path: Path | str, n_train: int, n_test: int, key: str | None =
     """Your own features for the representation baseline (``--features``): ``[n_train + n_test, d]`` rows (train
     first, then test) from an .npy or an .npz (its one array, or ``key``), as unit rows float32."""
     path = Path(path)
+    arrays: list[str] = []
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
-                if key is None and len(z.files) != 1:
-                    raise AuditError(f"{path} holds {len(z.files)} arrays ({', '.join(z.files[:8])}); keep one "
-                                     f"array of features in it")
-                x = np.asarray(z[key or z.files[0]])
+                arrays = list(z.files)
+                x = np.asarray(z[key or z.files[0]]) if key is not None or len(arrays) == 1 else None
         else:
             x = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise AuditError(f"--features {path} is unreadable ({type(exc).__name__}); give an .npy or .npz of "
                          f"[{n_train + n_test}, d] features") from None
+    if x is None:
+        raise AuditError(f"--features {path} holds {len(arrays)} arrays ({', '.join(arrays[:8]) or 'none'}); keep "
+                         f"one array of [{n_train + n_test}, d] features in it")
     if x.dtype.kind not in "fiu" or x.ndim != 2 or x.shape[0] != n_train + n_test or x.shape[1] < 1:
         raise AuditError(f"--features {path} holds {x.dtype} {x.shape}; the run needs [n_train + n_test, d] = "
                          f"[{n_train + n_test}, d] real numbers, train rows first, then test")

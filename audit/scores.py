@@ -35,7 +35,8 @@ from audit.errors import AuditError
 from audit.jsonio import read_json, write_json
 
 SCORES_DIR = "scores"
-BUILT_IN = ("datamodels", "representation", "random", "pixels")  # rankings that are not score matrices
+# rankings that are not score matrices, and leakage's lists of them all (any method's top k, rank fusion)
+BUILT_IN = ("datamodels", "representation", "random", "pixels", "union", "fused")
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 IMPORTED = "imported from"  # how an imported matrix's "how" starts
 CHUNK = 4096  # rows converted or scored at a time

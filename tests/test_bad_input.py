@@ -452,10 +452,27 @@ SUPPORT_SETTINGS = {
         ("mislabel", ("--methods", "datamodels,trak"), "unknown method trak"),
         ("brittleness", ("--targets", "3,999"), "not a test index"),
         ("mislabel", ("--k-grid", "0,3"), "increasing positive integers"),
-        ("brittleness", ("--k-grid", "2,5000"), "only 300 training examples"),
+        ("brittleness", ("--k-grid", "2,5000"), "fewer than the 300 training examples"),
         ("mislabel", ("--n", "0"), "at least 1"),
         ("brittleness", ("--methods", "representation", "--features", "/nonexistent/feats.npy"), "unreadable"),
     ]}
+
+
+def _arrays(w: Path, name: str, **arrays) -> str:
+    path = w / "cases" / name
+    np.savez(path, **arrays) if name.endswith(".npz") else np.save(path, *arrays.values())
+    return str(path)
+
+
+CASES.update({
+    "--memory-gb inf": Case(lambda w: ["fit", str(copy_run(w, "mem")), "--memory-gb", "inf"], "memory-gb"),
+    "import-scores --name union (leakage's list)": Case(
+        lambda w: ["import-scores", _arrays(w, "s.npy", s=np.zeros((300, 60), np.float32)), "--run",
+                   str(copy_run(w, "u")), "--name", "union"], "built-in ranking"),
+    "--features .npz of two arrays": Case(
+        lambda w: ["leakage", str(copy_run(w, "f2")), "--features",
+                   _arrays(w, "f.npz", a=np.zeros((360, 4)), b=np.zeros(3))], "holds 2 arrays (a, b); keep one"),
+})
 
 
 CASES.update({

@@ -87,7 +87,8 @@ def check_k_grid(k_grid: Sequence[int], n_train: int) -> list[int]:
     if not grid or any(k < 1 for k in grid) or grid != sorted(set(grid)):
         raise AuditError(f"the k grid must be increasing positive integers (got {list(k_grid)})")
     if grid[-1] >= n_train:
-        raise AuditError(f"the k grid reaches {grid[-1]} but there are only {n_train} training examples")
+        raise AuditError(f"the k grid reaches {grid[-1]}; edit fewer than the {n_train} training examples (the "
+                         f"largest k must leave some to train on)")
     return grid
 
 
