@@ -465,6 +465,12 @@ def _arrays(w: Path, name: str, **arrays) -> str:
 
 
 CASES.update({
+    **{f"leakage {' '.join(opts)}": Case(lambda w, opts=opts: ["leakage", str(w / "run"), *opts], needle)
+       for opts, needle in [(("--k", "5", "--plant", "100000"), "plant between 1 and the 60"),
+                            (("--plant", "5", "--plant-families", "bogus"), "choose among noise"),
+                            (("--plant", "5", "--plant-models", "0"), "at least 20 models"),
+                            (("--plant-families", "noise"), "only applies with --plant"),
+                            (("--mturk-sample", "3"), "only applies with --mturk-export")]},
     "--memory-gb inf": Case(lambda w: ["fit", str(copy_run(w, "mem")), "--memory-gb", "inf"], "memory-gb"),
     "import-scores --name union (leakage's list)": Case(
         lambda w: ["import-scores", _arrays(w, "s.npy", s=np.zeros((300, 60), np.float32)), "--run",

@@ -68,6 +68,7 @@ PIXEL_QUERY_CHUNK = 512  # test images whose aligned variants are searched at on
 PIXEL_SIDE = 32  # the pixel baseline compares images block-averaged down to at most this many pixels a side
 N_REFERENCE = 3
 PLANT_MODELS = 1000  # planted twin run: enough for a strong signal, a few minutes on digits
+MIN_PLANT_MODELS = 20  # the fewest the planted twin can fit datamodels on
 MTURK_VIEW_PIXELS = 128
 
 LEAKAGE_JSON = "leakage.json"
@@ -717,6 +718,22 @@ def planted_run_dir(run_dir: Path | str, n: int, families: Sequence[str] | None 
     return run_dir.parent / f"{run_dir.name}-plant{int(n)}{suffix}"
 
 
+def check_plant(run_dir: Path, n: Any, n_models: int | None, families: Sequence[str] | None | str) -> Any:
+    """The planted check's settings checked against the run before anything is computed (``audit leakage --plant``
+    checks them before the audit itself runs): one line for the first it cannot use. Returns the run's config."""
+    c = RunStore.open(run_dir, writable=False).config
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or not 1 <= n <= c.n_test:
+        raise AuditError(f"--plant {n}: plant between 1 and the {c.n_test} test images")
+    if "plant" in c.dataset_options:
+        raise AuditError(f"{run_dir} is itself a planted run; run the planted check from the original run")
+    if n_models is not None and n_models < MIN_PLANT_MODELS:
+        raise AuditError(f"--plant-models {n_models}: the planted run needs at least {MIN_PLANT_MODELS} models to "
+                         f"fit datamodels")
+    if families != "default":
+        parse_families(families)
+    return c
+
+
 def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_models: int | None = None,
                       seed: int = 0, noise: float | None = None, shift: bool | None = None,
                       families: Sequence[str] | None | str = None,
@@ -740,17 +757,10 @@ def run_planted_check(run_dir: Path | str, n: int, *, k: int = DEFAULT_K, n_mode
     start = time.perf_counter()
     datamodel_ranking_for("leak", datamodel_ranking)
     run_dir = Path(run_dir)
-    store = RunStore.open(run_dir, writable=False)
-    c = store.config
-    if not isinstance(n, (int, np.integer)) or not 1 <= n <= c.n_test:
-        raise AuditError(f"--plant {n}: plant between 1 and the {c.n_test} test images")
-    if "plant" in c.dataset_options:
-        raise AuditError(f"{run_dir} is itself a planted run; run the planted check from the original run")
+    c = check_plant(run_dir, n, n_models, families)
     if not (run_dir / "audits" / LEAKAGE_JSON).exists():
         raise AuditError(f"{run_dir} has no leakage audit yet; run `audit leakage {run_dir}` first")
-    n_models = int(n_models or min(PLANT_MODELS, c.n_models))
-    if n_models < 20:
-        raise AuditError(f"--plant-models {n_models}: the planted run needs at least 20 models to fit datamodels")
+    n_models = int(min(PLANT_MODELS, c.n_models) if n_models is None else n_models)
     if families == "default":
         fams: tuple[str, ...] | None = default_families(load_dataset(c.dataset, **c.dataset_options))
     else:
@@ -820,12 +830,19 @@ class LeakageConfig:
         None, "--plant-families", "how --plant perturbs the copies: comma-separated among noise, shift, brightness, "
         "crop, flip, jpeg (default: every family that keeps the class; 'classic': noise only)", parse="names",
         command_only=True, volatile=True)
-    plant_models: int | None = setting(None, "--plant-models", "models in the planted run (default 1000, at most "
-                                       "the run's)", command_only=True, volatile=True)
+    plant_models: int | None = setting(None, "--plant-models", "models in the planted run (default: 1000, or the "
+                                       "run's number if smaller)", command_only=True, volatile=True)
 
     def check(self) -> None:
         """One line for a setting the audit cannot use, before anything runs (``audit run`` calls it first)."""
         datamodel_ranking_for("leak", self.datamodel_ranking)
+        needs = [("--plant-families", self.plant_families, "--plant N"), ("--plant-models", self.plant_models,
+                                                                          "--plant N"),
+                 ("--mturk-sample", self.mturk_sample, "--mturk-export DIR"),
+                 ("--image-base-url", self.image_base_url, "--mturk-export DIR")]
+        for option, value, needed in needs:
+            if value is not None and (self.plant if needed == "--plant N" else self.mturk_export) is None:
+                raise AuditError(f"{option} only applies with {needed}; add it or leave {option} out")
 
 
 class CandidateStats(Result):
@@ -1139,8 +1156,11 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
 
     def compute(self, run_dir: Path, config: LeakageConfig, *, dataset: Dataset | None = None,
                 progress: Progress = SILENT) -> LeakageResult:
-        if config.plant is not None and config.plant < 1:
-            raise AuditError(f"--plant {config.plant}: plant at least one test image")
+        config.check()
+        fams = config.plant_families
+        families = "default" if fams is None else None if tuple(fams) == ("classic",) else fams
+        if config.plant is not None:  # before the audit: a check that cannot run must not cost the audit's result
+            check_plant(Path(run_dir), config.plant, config.plant_models, families)
         s = run_leakage(run_dir, k=config.k, d_grid=config.d_grid, mturk_export=config.mturk_export,
                         image_base_url=config.image_base_url, mturk_results=config.mturk_results,
                         mturk_sample=config.mturk_sample, n_reference=config.n_reference, dataset=dataset,
@@ -1148,8 +1168,6 @@ class LeakageStep(Step[LeakageConfig, LeakageResult]):
                         score_methods=config.score_methods or (), datamodel_ranking=config.datamodel_ranking,
                         progress=progress)
         if config.plant is not None:
-            fams = config.plant_families
-            families = "default" if fams is None else None if tuple(fams) == ("classic",) else fams
             p = run_planted_check(run_dir, config.plant, k=config.k, n_models=config.plant_models, families=families,
                                   engine=config.engine, datamodel_ranking=config.datamodel_ranking,
                                   address=config.address, progress=progress)
