@@ -103,7 +103,11 @@ def export(run_dir: Path | str, fmt: str, out: Path | str | None = None, *, issu
     if not ds.is_image:
         raise AuditError(f"{store.config.dataset} holds feature vectors, not images; a labelling tool has nothing to "
                          "show")
-    examples = examples_of(found_.collect(run_dir).items, issues, top)
+    found = found_.collect(run_dir)
+    unread = found_.unread_error(run_dir, found, issues)  # an export without them would look complete to labellers
+    if unread is not None:
+        raise unread
+    examples = examples_of(found.items, issues, top)
     with staging(out) as tmp:
         if fmt == "labelstudio":
             write_labelstudio(tmp, examples, ds, prefix)

@@ -16,7 +16,7 @@ the score (whose meaning is the issue's own), then split and index.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -51,6 +51,7 @@ class Findings:
     looked_for: tuple[str, ...] = ()  # issues of the steps that have a saved result
     notes: dict[str, str] = field(default_factory=dict)  # step -> why its findings are missing
     skipped: dict[str, str] = field(default_factory=dict)  # step -> why `audit run` did not run it (no result)
+    kept: bool = False  # the saved findings files were kept (a result could not be read), not rewritten
 
     def of(self, issue: str) -> list[Finding]:
         return [f for f in self.items if f.issue == issue]
@@ -154,10 +155,37 @@ def write(run_dir: Path | str, found: Findings) -> tuple[Path, Path]:
 
 
 def refresh(run_dir: Path | str, registry: Registry = REGISTRY) -> Findings:
-    """Collect the run's findings and save them (RUN/findings.json, RUN/findings.csv)."""
-    found = collect(run_dir, registry)
+    """Collect the run's findings and :func:`save` them."""
+    return save(run_dir, collect(run_dir, registry))
+
+
+def save(run_dir: Path | str, found: Findings) -> Findings:
+    """Write RUN/findings.json and RUN/findings.csv, unless :func:`keeps_saved` (then ``found``, marked kept)."""
+    if keeps_saved(run_dir, found):
+        return replace(found, kept=True)
     write(run_dir, found)
     return found
+
+
+def keeps_saved(run_dir: Path | str, found: Findings) -> bool:
+    """True when an audit's result could not be read (``found.notes``) and findings were saved before: those
+    files may hold that audit's findings, which partial ones must not replace."""
+    return bool(found.notes) and any((Path(run_dir) / name).exists() for name in (FINDINGS_JSON, FINDINGS_CSV))
+
+
+def unread_error(run_dir: Path | str, found: Findings, issues: Iterable[str] | None = None,
+                 registry: Registry = REGISTRY) -> AuditError | None:
+    """One line for findings that could not all be read (of ``issues``, default any): the first unreadable
+    result and its fix, and what was kept; None when every wanted finding was read."""
+    wanted = None if issues is None else set(issues)
+    notes = {step: why for step, why in found.notes.items() if wanted is None or wanted & set(registry[step].issues)}
+    if not notes:
+        return None
+    step, why = next(iter(notes.items()))
+    kept = (f"; {FINDINGS_JSON} and {FINDINGS_CSV} were kept as they were" if keeps_saved(run_dir, found)
+            else "")
+    more = f" (and {len(notes) - 1} more audit(s))" if len(notes) > 1 else ""
+    return AuditError(f"the {step} findings could not be read{more}: {why}{kept}")
 
 
 def load(run_dir: Path | str) -> list[Finding] | None:
@@ -191,6 +219,8 @@ def summary_lines(found: Findings, per_issue: int = 1) -> list[str]:
         lines += ["    " + shorten(f.headline) for f in top[1:]]
     for step, why in found.notes.items():
         lines.append(f"{step}: findings not read ({shorten(why)})")
+    if found.notes and found.kept:
+        lines.append(f"{FINDINGS_JSON} and {FINDINGS_CSV} kept as they were (they may hold the findings not read)")
     for step, why in found.skipped.items():
         lines.append(f"{step}: not run ({shorten(why, 160)})")
     return lines or ["no audit results yet: run `audit run` or an audit (brittleness, mislabel, leakage, influence, "

@@ -210,6 +210,26 @@ def test_an_unreadable_result_costs_only_its_own_findings(found_run, tmp_path):
     assert any(line.startswith("brittleness: findings not read") for line in findings.summary_lines(found))
 
 
+def test_an_unreadable_result_keeps_the_saved_findings(found_run, tmp_path):
+    """Partial findings never replace saved ones that may hold the unreadable audit's; with none saved they are
+    written (all there is)."""
+    run = tmp_path / "run"
+    shutil.copytree(found_run, run)
+    findings.refresh(run)
+    saved = {name: (run / name).read_bytes() for name in (findings.FINDINGS_JSON, findings.FINDINGS_CSV)}
+    (run / "audits" / "label_errors.json").write_text("{not json")
+    found = findings.refresh(run)
+    assert found.kept and not found.of(findings.LABEL_ERROR_ISSUE)
+    assert {name: (run / name).read_bytes() for name in saved} == saved
+    assert any("kept as they were" in line for line in findings.summary_lines(found))
+    error = str(findings.unread_error(run, found))
+    assert error.startswith("the label-errors findings could not be read") and "kept as they were" in error
+    assert findings.unread_error(run, found, {findings.BRITTLE_ISSUE}) is None  # not an issue it looks for
+    for name in saved:
+        (run / name).unlink()
+    assert not findings.refresh(run).kept and (run / findings.FINDINGS_CSV).is_file()
+
+
 # ----- the commands ------------------------------------------------------------------------------
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_audit_findings_prints_the_block_and_the_table(found_run, runner):
@@ -225,6 +245,27 @@ def test_audit_findings_prints_the_block_and_the_table(found_run, runner):
 def test_audit_findings_bad_input_is_one_line(found_run, tmp_path, runner):
     assert_one_line_error(RUNNERS[runner]("findings", found_run, "--issue", "typo"))
     assert_one_line_error(RUNNERS[runner]("findings", tmp_path))  # a folder that is no run
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_audit_findings_and_export_stop_on_an_unreadable_result(found_run, tmp_path, runner):
+    """`audit findings` and `audit export` say which audit's result could not be read (one line, exit 2) instead of
+    listing or exporting the rest as if complete, and leave the saved findings as they were."""
+    run = tmp_path / "run"
+    shutil.copytree(found_run, run)
+    assert call_main("findings", run).returncode == 0
+    saved = (run / findings.FINDINGS_CSV).read_bytes()
+    (run / "audits" / "label_errors.json").write_text("{not json")
+    for args in (("findings", run), ("export", run, "--to", "labelstudio", "-o", tmp_path / "out")):
+        proc = RUNNERS[runner](*args)
+        assert_one_line_error(proc)
+        assert "label-errors findings could not be read" in proc.stderr and "audit label-errors" in proc.stderr
+    assert (run / findings.FINDINGS_CSV).read_bytes() == saved and not (tmp_path / "out").exists()
+    assert RUNNERS[runner]("findings", run, "--issue", "influential training example").returncode == 0
+    (run / "run.json").write_text("{")
+    proc = RUNNERS[runner]("findings", run)
+    assert_one_line_error(proc)
+    assert "run.json is unreadable" in proc.stderr
 
 
 def test_an_audit_command_prints_what_we_found_before_its_tables(found_run, tmp_path):

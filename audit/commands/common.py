@@ -76,13 +76,12 @@ def refresh_findings(run_dir: Path) -> findings.Findings:
     """Collect the run's findings and save them (a read-only run: printed only, with a note)."""
     found = findings.collect(run_dir)
     try:
-        findings.write(run_dir, found)
+        return findings.save(run_dir, found)
     except OSError as exc:
         if exc.errno not in NOT_WRITABLE:
             raise
         err_console.print(f"note: {run_dir} is not writable; the findings were not saved there")
         return found
-    return found
 
 
 def show_step(step: Step, result: Result, run_dir: Path) -> None:
