@@ -36,7 +36,7 @@ from audit import pipeline
 from audit.contract import Finding
 from audit.data.dataset import Dataset
 from audit.errors import AuditError
-from audit.jsonio import _umask, atomic_write_text, write_json
+from audit.jsonio import _umask, atomic_write_text, cannot_write, check_output_place, write_json
 from audit.reports.images import png_bytes
 
 FORMATS = ("labelstudio", "fiftyone")
@@ -125,14 +125,18 @@ def check_target(out: Path) -> None:
         raise AuditError(f"--out {out} is a file; give a folder for the export")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise AuditError(f"--out {out} holds other files (it is not an earlier export); give a new or empty folder")
+    check_output_place(out, "--out", folder=True)
 
 
 @contextlib.contextmanager
 def staging(out: Path) -> Iterator[Path]:
     """A temporary folder beside ``out``, renamed to ``out`` when the block succeeds (an earlier export there
     is replaced), removed when it fails."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise cannot_write(out, "--out", exc) from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # as a folder made by mkdir would be, not mkdtemp's 0700
         yield tmp

@@ -17,6 +17,8 @@ from typing import IO, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from audit.errors import AuditError
+
 NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}  # and NaN -> "NaN"
 
 
@@ -50,6 +52,36 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def check_output_place(path: Path | str, option: str, folder: bool = False) -> None:
+    """One line, before any work, when an output named by ``option`` cannot be written at ``path``: a folder
+    where a file goes (``folder`` False), a file where a folder must be (the path's nearest existing parent),
+    or a parent this process cannot write in. (A place that fails only when written, such as /proc, is
+    said when the write fails.)"""
+    path = Path(path)
+    if path.is_dir() and not folder:
+        raise AuditError(f"{option} {path} is a folder; give a file name")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise AuditError(f"{option} {path}: {parent} is a file, not a folder; choose another place")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise AuditError(f"{option} {path}: {parent} is not writable; choose another place")
+
+
+# a write that failed because of where it went (not for want of space, which the CLI says on its own)
+PLACE_ERRORS = (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def cannot_write(path: Path | str, option: str, exc: OSError) -> Exception:
+    """The one line for an output that failed to be written where ``option`` put it (``exc`` itself when it
+    failed for another reason, such as a full disk)."""
+    if exc.errno not in PLACE_ERRORS:
+        return exc
+    return AuditError(f"{option} {path} could not be written ({exc.strerror or type(exc).__name__}); choose "
+                      f"another place")
 
 
 @contextlib.contextmanager

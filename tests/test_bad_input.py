@@ -471,6 +471,11 @@ CASES.update({
                             (("--plant", "5", "--plant-models", "0"), "at least 20 models"),
                             (("--plant-families", "noise"), "only applies with --plant"),
                             (("--mturk-sample", "3"), "only applies with --mturk-export")]},
+    "export --out under a file": Case(lambda w: ["export", str(w / "run"), "--to", "labelstudio", "-o",
+                                                 str(w / "good.npz" / "sub")], "is a file, not a folder"),
+    "report --out under a file": Case(lambda w: ["report", str(w / "run"), "-o", str(w / "good.npz" / "r.html")],
+                                      "is a file, not a folder"),
+    "report --out a folder": Case(lambda w: ["report", str(w / "run"), "-o", str(w / "cases")], "is a folder"),
     "--memory-gb inf": Case(lambda w: ["fit", str(copy_run(w, "mem")), "--memory-gb", "inf"], "memory-gb"),
     "import-scores --name union (leakage's list)": Case(
         lambda w: ["import-scores", _arrays(w, "s.npy", s=np.zeros((300, 60), np.float32)), "--run",

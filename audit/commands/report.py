@@ -10,6 +10,7 @@ import typer
 from audit import pipeline
 from audit.commands.common import console, progress
 from audit.errors import AuditError
+from audit.jsonio import cannot_write, check_output_place
 from audit.reports.render import render_report
 from audit.store import NOT_WRITABLE
 
@@ -22,10 +23,14 @@ def report(
 ) -> None:
     """Render the run's HTML report (opens offline; images and plots inlined)."""
     run_dir = pipeline.resolve_run(target, run)
+    if out is not None:
+        check_output_place(out, "--out")  # before the page is rendered
     try:
         path = render_report(run_dir, progress=progress(), n_examples=examples, out=out)
     except OSError as exc:
-        if out is not None or exc.errno not in NOT_WRITABLE:
+        if out is not None:
+            raise cannot_write(out, "--out", exc) from None
+        if exc.errno not in NOT_WRITABLE:
             raise
         raise AuditError(f"{run_dir} is not writable ({exc.strerror}); write the report elsewhere with "
                          f"--out FILE") from None
