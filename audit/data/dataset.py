@@ -106,6 +106,15 @@ def validate(ds: Dataset) -> Dataset:
     if len(ds.classes) < 2:
         raise AuditError(f"{ds.spec}: the data has {len(ds.classes)} class; a classifier needs at least 2 "
                          "(give class_names, or labels of two or more classes)")
+    names = [str(c).strip() for c in ds.classes]
+    if not all(names):
+        raise AuditError(f"{ds.spec}: class {names.index('')} has an empty name; name every class (findings, the "
+                         "report and the labelling exports show the names)")
+    twice = sorted({c for c in names if names.count(c) > 1})
+    if twice:
+        first = [i for i, c in enumerate(names) if c == twice[0]]
+        raise AuditError(f"{ds.spec}: classes {first[0]} and {first[1]} are both named {twice[0]!r}; give every class "
+                         "its own name (findings and the labelling exports could not tell them apart)")
     for part in ("train", "test"):
         x, y = getattr(ds, f"x_{part}"), getattr(ds, f"y_{part}")
         if len(x) == 0:

@@ -107,6 +107,14 @@ def test_labels_out_of_range_for_class_names(tmp_path):
     assert "y_test" in msg and "5" in msg
 
 
+@pytest.mark.parametrize("names, needle", [(["a", "b", "a"], "classes 0 and 2 are both named 'a'"),
+                                           (["a", " ", "c"], "class 1 has an empty name")])
+def test_class_names_must_tell_the_classes_apart(tmp_path, names, needle):
+    path = _write(tmp_path, **_arrays(), class_names=np.array(names))
+    with pytest.raises(AuditError, match=needle):
+        load_dataset(f"npz:{path}")
+
+
 def test_negative_and_fractional_labels(tmp_path):
     assert "y_train" in _error(_write(tmp_path, **_arrays(y_train=np.arange(12) - 1)))
     assert "y_test" in _error(_write(tmp_path, **_arrays(y_test=np.array([0.5, 1, 2, 1]))))
