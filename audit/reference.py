@@ -181,6 +181,9 @@ def user_features(path: Path | str, n_train: int, n_test: int, key: str | None =
     x = np.asarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
         raise AuditError(f"--features {path} has non-finite values")
+    if not x.any():
+        raise AuditError(f"--features {path} is all zeros; give the features of each example (nearest neighbours "
+                         f"of all-zero rows mean nothing)")
     return unit_rows(x)
 
 

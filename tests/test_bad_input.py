@@ -480,6 +480,8 @@ CASES.update({
     "import-scores --name union (leakage's list)": Case(
         lambda w: ["import-scores", _arrays(w, "s.npy", s=np.zeros((300, 60), np.float32)), "--run",
                    str(copy_run(w, "u")), "--name", "union"], "built-in ranking"),
+    "--features all zeros": Case(lambda w: ["leakage", str(copy_run(w, "f0")), "--features",
+                                            _arrays(w, "z.npy", z=np.zeros((360, 4), np.float32))], "all zeros"),
     "--features .npz of two arrays": Case(
         lambda w: ["leakage", str(copy_run(w, "f2")), "--features",
                    _arrays(w, "f.npz", a=np.zeros((360, 4)), b=np.zeros(3))], "holds 2 arrays (a, b); keep one"),

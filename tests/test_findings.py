@@ -210,6 +210,16 @@ def test_an_unreadable_result_costs_only_its_own_findings(found_run, tmp_path):
     assert any(line.startswith("brittleness: findings not read") for line in findings.summary_lines(found))
 
 
+@pytest.mark.parametrize("text", ["", "[]\n", "test_index,train_index,rank,weight,method\n"])
+def test_an_emptied_candidates_table_is_unreadable_not_clean(found_run, tmp_path, text):
+    """Every leakage audit lists neighbours for every test image: a table without them lost its leaks."""
+    run = tmp_path / "run"
+    shutil.copytree(found_run, run)
+    (run / "audits" / "leakage_candidates.csv").write_text(text)
+    found = findings.collect(run)
+    assert "lists no candidates" in found.notes["leakage"] and "audit leakage" in found.notes["leakage"]
+
+
 def test_an_unreadable_result_keeps_the_saved_findings(found_run, tmp_path):
     """Partial findings never replace saved ones that may hold the unreadable audit's; with none saved they are
     written (all there is)."""

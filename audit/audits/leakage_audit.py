@@ -571,6 +571,8 @@ def leak_verdicts(run_dir: Path, ds: Dataset) -> list[dict]:
                     ranks.setdefault(key, {})[method] = (int(row["rank"]), float(row["weight"]))
     except (OSError, UnicodeDecodeError, csv.Error, KeyError, ValueError) as exc:
         raise AuditError(f"{path} is unreadable ({type(exc).__name__}); run `audit leakage {run_dir}` again") from None
+    if not ranks:  # every audit lists FAISS neighbours for every test image: an empty table lost them
+        raise AuditError(f"{path} lists no candidates; run `audit leakage {run_dir}` again")
     pairs = np.array(sorted(ranks), dtype=np.int64).reshape(-1, 2)
     if len(pairs) and (pairs[:, 0].max() >= ds.n_test or pairs[:, 1].max() >= ds.n_train):
         raise AuditError(f"{path} names examples the dataset does not have; run `audit leakage {run_dir}` again")
