@@ -42,8 +42,9 @@ def _symlog_x(ax) -> None:
 
 
 def text(value: object) -> str:
-    """A string that matplotlib shows literally (no mathtext from '$')."""
-    return str(value).replace("$", r"\$")
+    """A string that matplotlib shows literally (no mathtext from '$'; control characters, which no font has a
+    glyph for, as spaces)."""
+    return "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in str(value)).replace("$", r"\$")
 
 
 def _styled(fn):

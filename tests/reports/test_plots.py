@@ -58,6 +58,11 @@ def test_text_is_literal_and_markup_stays_text():
     root = svg(plots.lines({label: ([1, 2], [0.1, 0.2])}, "d", "e", "t"))
     assert not [e for e in root.iter() if str(e.tag).endswith("script")]
     assert plots.text("$5") == r"\$5"
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns of a glyph missing for a control character
+        svg(plots.lines({"a\tb\x01c": ([1, 2], [0.1, 0.2])}, "d", "e", plots.text("t\tt")))
+    assert plots.text("a\tb\nc") == "a b c"
 
 
 def test_method_colours_are_stable():
