@@ -180,7 +180,7 @@ def read_embeddings(weights: Any, rows: np.ndarray, budget: float, *, dense: boo
                 nnz += block.nnz
                 if nnz * 8 > budget / 2:
                     raise AuditError(f"the {what} embeddings have more than {nnz:,} non-zero weights "
-                                     f"({nnz * 8 / 2**30:.1f} GiB), over half the memory budget of "
+                                     f"({nnz * 8 / 2**30:.3g} GiB), over half the memory budget of "
                                      f"{budget / 2**30:.3g} GiB; "
                                      "raise --memory-gb")
                 parts.append(block)
@@ -273,7 +273,7 @@ def check_clusters(k: int, n: int, budget: float) -> None:
         raise AuditError(f"--clusters {k} asks for at least as many clusters as there are test targets ({n})")
     need = AFFINITY_COPIES * n * n * 8
     if need > budget:
-        raise AuditError(f"clustering {n} test targets needs about {need / 2**30:.1f} GiB for the affinity matrix, over "
+        raise AuditError(f"clustering {n} test targets needs about {need / 2**30:.3g} GiB for the affinity matrix, over "
                          f"the memory budget of {budget / 2**30:.3g} GiB; raise --memory-gb")
 
 
