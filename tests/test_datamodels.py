@@ -407,8 +407,9 @@ def test_default_memory_budget_is_half_available_at_most_a_quarter_of_the_machin
     monkeypatch.setattr(dm_module, "open", meminfo(16, 3), raising=False)
     assert dm_module.memory_budget() == 1.5 * 2**30  # half of what is available when little is
     assert dm_module.memory_budget(0.5) == 2**29  # --memory-gb wins
-    with pytest.raises(AuditError, match="--memory-gb must be positive"):
-        dm_module.memory_budget(0)
+    for bad in (0, -1, float("inf"), float("nan")):
+        with pytest.raises(AuditError, match="--memory-gb must be a positive number of GiB"):
+            dm_module.memory_budget(bad)
     # in a container limited to 8 GiB on a 256 GiB host, the container is the machine
     (tmp_path / "memory.max").write_text(f"{8 * 2**30}\n")
     monkeypatch.setattr(dm_module, "CGROUP_LIMITS", (str(tmp_path / "memory.max"),))
