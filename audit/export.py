@@ -104,7 +104,7 @@ def export(run_dir: Path | str, fmt: str, out: Path | str | None = None, *, issu
         raise AuditError(f"{store.config.dataset} holds feature vectors, not images; a labelling tool has nothing to "
                          "show")
     found = found_.collect(run_dir)
-    unread = found_.unread_error(run_dir, found, issues)  # an export without them would look complete to labellers
+    unread = found_.unread_error(found, issues)  # an export without them would look complete to labellers
     if unread is not None:
         raise unread
     examples = examples_of(found.items, issues, top)

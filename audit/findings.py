@@ -173,17 +173,17 @@ def keeps_saved(run_dir: Path | str, found: Findings) -> bool:
     return bool(found.notes) and any((Path(run_dir) / name).exists() for name in (FINDINGS_JSON, FINDINGS_CSV))
 
 
-def unread_error(run_dir: Path | str, found: Findings, issues: Iterable[str] | None = None,
+def unread_error(found: Findings, issues: Iterable[str] | None = None,
                  registry: Registry = REGISTRY) -> AuditError | None:
     """One line for findings that could not all be read (of ``issues``, default any): the first unreadable
-    result and its fix, and what was kept; None when every wanted finding was read."""
+    result and its fix, and whether the saved findings were kept (``found.kept``, as :func:`save` left them);
+    None when every wanted finding was read."""
     wanted = None if issues is None else set(issues)
     notes = {step: why for step, why in found.notes.items() if wanted is None or wanted & set(registry[step].issues)}
     if not notes:
         return None
     step, why = next(iter(notes.items()))
-    kept = (f"; {FINDINGS_JSON} and {FINDINGS_CSV} were kept as they were" if keeps_saved(run_dir, found)
-            else "")
+    kept = f"; {FINDINGS_JSON} and {FINDINGS_CSV} were kept as they were" if found.kept else ""
     more = f" (and {len(notes) - 1} more audit(s))" if len(notes) > 1 else ""
     return AuditError(f"the {step} findings could not be read{more}: {why}{kept}")
 

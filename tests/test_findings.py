@@ -232,12 +232,14 @@ def test_an_unreadable_result_keeps_the_saved_findings(found_run, tmp_path):
     assert found.kept and not found.of(findings.LABEL_ERROR_ISSUE)
     assert {name: (run / name).read_bytes() for name in saved} == saved
     assert any("kept as they were" in line for line in findings.summary_lines(found))
-    error = str(findings.unread_error(run, found))
+    error = str(findings.unread_error(found))
     assert error.startswith("the label-errors findings could not be read") and "kept as they were" in error
-    assert findings.unread_error(run, found, {findings.BRITTLE_ISSUE}) is None  # not an issue it looks for
+    assert findings.unread_error(found, {findings.BRITTLE_ISSUE}) is None  # not an issue it looks for
     for name in saved:
         (run / name).unlink()
-    assert not findings.refresh(run).kept and (run / findings.FINDINGS_CSV).is_file()
+    fresh = findings.refresh(run)
+    assert not fresh.kept and (run / findings.FINDINGS_CSV).is_file()
+    assert "kept" not in str(findings.unread_error(fresh))  # written now (all there was): nothing was kept
 
 
 # ----- the commands ------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ def findings(
         raise AuditError(f"{run_dir} is not a run directory (no run.json); run `audit run` first")
     pipeline.RunStore.open(run_dir, writable=False)  # a damaged run.json: one line, as every command says it
     found = refresh_findings(run_dir)
-    unread = found_.unread_error(run_dir, found, wanted)  # an audit's result could not be read: its findings
-    if unread is not None:                                  # would be missing from the list
+    unread = found_.unread_error(found, wanted)  # an audit's result could not be read: its findings would be
+    if unread is not None:                       # missing from the list
         raise unread
     show_found(found, run_dir)
     items = [f for f in found.items if wanted is None or f.issue in wanted]
