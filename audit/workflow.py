@@ -48,6 +48,10 @@ class RunOptions:
             configs[s.name] = s.config_type(**{k: v for k, v in values.items() if k in names})
         return cls(configs=configs, audits=REGISTRY.default_audits() if audits is None else tuple(audits))
 
+    def steps(self) -> list[Step]:
+        """The registry's steps this run takes, in order: every step that is not an audit, and the audits chosen."""
+        return [s for s in REGISTRY if s.name not in REGISTRY.audits() or s.name in self.audits]
+
     def config(self, step: Step) -> Any:
         return self.configs.get(step.name) or step.config_type()
 
@@ -87,9 +91,7 @@ def check_score_matrices(run_dir: Path, options: RunOptions) -> None:
     """One line, before anything trains, when an audit of this run ranks by a score matrix (``--methods``,
     ``--score-methods``) that the run has not got and no step before it writes (``gradients``: tracin, influence)."""
     coming: list[str] = []
-    for step in REGISTRY:
-        if step.name in REGISTRY.audits() and step.name not in options.audits:
-            continue
+    for step in options.steps():
         step.check_scores(run_dir, options.config(step), coming)
         coming += step.scores_written(options.config(step))
 
@@ -128,9 +130,7 @@ def run_pipeline(spec: str, run_dir: Path | str, options: RunOptions | None = No
 
     dataset = None
     imported = is_imported(run_dir)
-    for step in REGISTRY:
-        if step.name in REGISTRY.audits() and step.name not in options.audits:
-            continue
+    for step in options.steps():
         if imported and needs_models_of_its_own(step):
             steps[step.name] = {"skipped": True, "reason": IMPORTED_SKIP}
             save()

@@ -838,12 +838,12 @@ class LeakageConfig:
     def check(self) -> None:
         """One line for a setting the audit cannot use, before anything runs (``audit run`` calls it first)."""
         datamodel_ranking_for("leak", self.datamodel_ranking)
-        needs = [("--plant-families", self.plant_families, "--plant N"), ("--plant-models", self.plant_models,
-                                                                          "--plant N"),
-                 ("--mturk-sample", self.mturk_sample, "--mturk-export DIR"),
-                 ("--image-base-url", self.image_base_url, "--mturk-export DIR")]
-        for option, value, needed in needs:
-            if value is not None and (self.plant if needed == "--plant N" else self.mturk_export) is None:
+        plant, export = ("--plant N", self.plant), ("--mturk-export DIR", self.mturk_export)
+        for option, value, (needed, given) in (("--plant-families", self.plant_families, plant),
+                                               ("--plant-models", self.plant_models, plant),
+                                               ("--mturk-sample", self.mturk_sample, export),
+                                               ("--image-base-url", self.image_base_url, export)):
+            if value is not None and given is None:
                 raise AuditError(f"{option} only applies with {needed}; add it or leave {option} out")
 
 
